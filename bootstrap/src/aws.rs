@@ -1,0 +1,76 @@
+//! One way to build AWS SDK clients, for the builder and the node alike:
+//! standard credential and region chain, an optional endpoint override
+//! (`--endpoint-url`, `AWS_ENDPOINT_URL`, or the user data's override for
+//! local testing), timeouts on every call and the SDK's standard bounded
+//! retries. Path-style S3 addressing is used whenever an endpoint is
+//! overridden, since emulators listen on an IP address.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// Attempts per AWS call (the first one included), with the SDK's
+/// exponential backoff between them.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Connecting to an AWS endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt of one call; large enough for a 512 KiB EBS block or a
+/// bundle object on a slow link.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// One call, all attempts included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where to reach AWS. Both fields default to the standard chain
+/// (environment, profile, IMDS).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+/// Loads the shared SDK configuration for `target`.
+pub async fn sdk_config(target: &Target) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        );
+    if let Some(region) = &target.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &target.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+/// The same configuration with another region (for copies across regions).
+pub fn in_region(config: &SdkConfig, region: &str) -> SdkConfig {
+    config.to_builder().region(Region::new(region.to_string())).build()
+}
+
+/// An S3 client; path-style when the endpoint is overridden.
+pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(config.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
+}
+
+/// Formats an SDK error with the service's code and message
+/// (`AccessDenied: ...`), not `ServiceError { .. }`.
+pub fn display_error<E: std::error::Error>(err: &E) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
+}
+
+/// Installs the process-wide TLS crypto provider. Called once at the top of
+/// each binary's `main`, before any HTTP client is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,12 @@
+//! keel-bootstrap's library: what a node does at boot, and the formats that
+//! the `keel` builder writes for it (roles, EC2 tag names, user data, asset
+//! bundles). Keeping these in one crate means the builder writes exactly
+//! what the node reads.
+
+pub mod atomic_file;
+pub mod aws;
+pub mod retry;
+pub mod role;
+pub mod tags;
+
+pub use role::Role;

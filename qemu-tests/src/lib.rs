@@ -1,0 +1,1 @@
+//! Harness that boots Keel images under QEMU against an emulated AWS.

@@ -1,0 +1,6 @@
+//! Real local servers for Keel's tests. Nothing here is a mock of an HTTP
+//! layer: tests talk to moto's real server (emulated AWS) and to small
+//! in-test servers over real sockets.
+
+pub mod moto;
+pub mod process;

@@ -1,0 +1,72 @@
+//! moto's server (PyPI `moto[server]`), the emulated AWS for tests: EC2,
+//! EBS direct APIs, S3 and KMS. It is installed into a virtualenv by
+//! `scripts/setup` (default `~/.cache/keel/moto-venv`, or `KEEL_MOTO_VENV`);
+//! a test that needs it fails with that instruction when it is missing,
+//! rather than being skipped.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{free_port, Guard};
+
+/// Where `scripts/setup` installs moto.
+pub fn venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KEEL_MOTO_VENV") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    home.join(".cache/keel/moto-venv")
+}
+
+/// A running moto server on a loopback port, stopped on drop. Each test
+/// gets its own server, so tests share no AWS state.
+pub struct Moto {
+    _guard: Guard,
+    pub endpoint: String,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> anyhow::Result<Moto> {
+        let bin = venv_dir().join("bin/moto_server");
+        if !bin.exists() {
+            anyhow::bail!(
+                "moto's server is not installed at {}: run scripts/setup (it installs moto[server] into that virtualenv)",
+                bin.display()
+            );
+        }
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut guard = Guard::spawn("moto_server", cmd)?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            guard.check_running()?;
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("moto_server did not listen on {endpoint} within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Moto { _guard: guard, endpoint, port })
+    }
+
+    /// Environment for a child process (the `keel` binary) to reach this
+    /// server with dummy credentials.
+    pub fn env(&self, region: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), region.into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}

@@ -1,0 +1,52 @@
+//! Child processes that die with the test: killed (whole process group) on
+//! drop, so a failing or panicking test leaves nothing running.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+/// A child process in its own process group, killed on drop.
+pub struct Guard {
+    child: Child,
+    name: String,
+}
+
+impl Guard {
+    pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Guard> {
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {name} ({cmd:?}): {e}"))?;
+        Ok(Guard { child, name: name.to_string() })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has already exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => anyhow::bail!("{} exited early: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}
