@@ -20,10 +20,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Print the fully resolved, pinned manifest for a profile and role.
+    Resolve(profile::command::ResolveArgs),
+}
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Resolve(args) => profile::command::run(&args),
+    }
 }
 
 fn main() -> ExitCode {
