@@ -40,7 +40,7 @@ impl fmt::Display for Location {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Read { path: PathBuf, source: io::Error },
 
     #[error("profile {name:?} not found: no file {}", path.display())]

@@ -20,6 +20,8 @@ use keel_bootstrap::Role;
 
 pub use error::{Location, ProfileError};
 pub use load::{ComponentSpec, Profile, SpecSource};
+// The image build (keel build) uses all of these.
+#[allow(unused_imports)]
 pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source};
 
 /// Where profiles and role definitions live.

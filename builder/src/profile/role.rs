@@ -14,7 +14,6 @@ use super::schema::RoleFile;
 #[derive(Debug, Clone)]
 pub struct RoleDef {
     pub role: Role,
-    pub path: PathBuf,
     /// Component names with where each is named.
     pub components: Vec<(String, Location)>,
     pub packages: Vec<String>,
@@ -37,5 +36,5 @@ pub fn load(images_dir: &Path, role: Role) -> Result<RoleDef, ProfileError> {
         .iter()
         .map(|c| (c.get_ref().clone(), Location::of_span(&path, &text, &c.span())))
         .collect();
-    Ok(RoleDef { role, path, components, packages: file.packages })
+    Ok(RoleDef { role, components, packages: file.packages })
 }

@@ -14,6 +14,8 @@ use super::resolved::Algorithm;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProfileFile {
+    /// Free text for readers of the file.
+    #[allow(dead_code)]
     pub description: Option<String>,
     /// Name of the profile this one extends (a file in the same directory).
     pub extends: Option<Spanned<String>>,
@@ -77,6 +79,8 @@ pub struct RoleExtras {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RoleFile {
+    /// Free text for readers of the file.
+    #[allow(dead_code)]
     pub description: Option<String>,
     /// Components (by profile name) the role's image gets.
     pub components: Vec<Spanned<String>>,
