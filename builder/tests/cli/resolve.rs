@@ -225,3 +225,14 @@ fn bad_role_files_and_roles_are_errors() {
     let err = fails(&ws.keel(&["resolve", "--profile", "missing", "--role", "etcd"]));
     assert!(err.contains("profile \"missing\" not found"), "{err}");
 }
+
+#[test]
+fn help_fits_80_columns() {
+    let repo = repo();
+    for sub in ["resolve", "fetch", "pin"] {
+        let help = ok(&keel(&repo, &[sub, "--help"]));
+        for line in help.lines() {
+            assert!(line.chars().count() <= 80, "keel {sub} --help: line too long: {line:?}");
+        }
+    }
+}
