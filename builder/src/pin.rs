@@ -6,14 +6,13 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use crate::fetch::{self, command::FetchFlags};
-use crate::profile::{load, Algorithm, Digest, SpecSource};
+use crate::profile::{command::ProfilesDir, load, Algorithm, Digest, SpecSource};
 
 #[derive(Debug, Args)]
 pub struct PinArgs {
@@ -28,15 +27,14 @@ pub struct PinArgs {
     /// file upstream publishes (the artifact then stays in the cache).
     #[arg(long)]
     pub compute: bool,
-    /// Directory of profiles.
-    #[arg(long, env = "KEEL_PROFILES_DIR", default_value = "profiles", value_name = "DIR")]
-    pub profiles_dir: PathBuf,
+    #[command(flatten)]
+    pub profiles: ProfilesDir,
     #[command(flatten)]
     pub fetch: FetchFlags,
 }
 
 pub async fn run(args: &PinArgs) -> anyhow::Result<()> {
-    let profile = load::load(&args.profiles_dir, &args.profile)?;
+    let profile = load::load(&args.profiles.profiles_dir, &args.profile)?;
     let name = &args.component;
     let spec = profile.components.get(name).ok_or_else(|| {
         let known: Vec<&str> = profile.components.keys().map(String::as_str).collect();

@@ -9,12 +9,19 @@ use keel_bootstrap::Role;
 
 use super::{resolve, table, Paths};
 
-/// Where profiles and role definitions are read from.
+/// Where profiles are read from.
 #[derive(Debug, Clone, Args)]
-pub struct PathArgs {
+pub struct ProfilesDir {
     /// Directory of profiles.
     #[arg(long, env = "KEEL_PROFILES_DIR", default_value = "profiles", value_name = "DIR")]
     pub profiles_dir: PathBuf,
+}
+
+/// Where profiles and role definitions are read from.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    #[command(flatten)]
+    pub profiles: ProfilesDir,
     /// Directory of role definitions (images/<role>/role.toml).
     #[arg(long, env = "KEEL_IMAGES_DIR", default_value = "images", value_name = "DIR")]
     pub images_dir: PathBuf,
@@ -22,7 +29,7 @@ pub struct PathArgs {
 
 impl PathArgs {
     pub fn paths(&self) -> Paths {
-        Paths { profiles: self.profiles_dir.clone(), images: self.images_dir.clone() }
+        Paths { profiles: self.profiles.profiles_dir.clone(), images: self.images_dir.clone() }
     }
 }
 

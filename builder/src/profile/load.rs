@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::error::{Location, ProfileError};
 use super::resolved::{Digest, Install};
-use super::schema::{ComponentTable, InstallTable, ProfileFile};
+use super::schema::{self, ComponentTable, InstallTable, ProfileFile};
 
 /// The only architecture Keel builds for.
 pub const ARCH: &str = "amd64";
@@ -118,11 +118,7 @@ fn read_chain(name: String, path: PathBuf) -> Result<Vec<Layer>, ProfileError> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let (mut name, mut path) = (name, path);
     loop {
-        let text = fs::read_to_string(&path).map_err(|source| ProfileError::Read { path: path.clone(), source })?;
-        let file: ProfileFile = toml::from_str(&text).map_err(|e| {
-            let at = Location::at(&path, &text, e.span().map_or(0, |s| s.start));
-            ProfileError::invalid(at, e.message().trim_end().to_string())
-        })?;
+        let (text, file): (String, ProfileFile) = schema::read(&path)?;
         seen.push(fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         let layer = Layer { name, path, text, file };
         let next = match &layer.file.extends {

@@ -2,13 +2,12 @@
 //! their profile names) and which extra Debian packages a role's image
 //! gets. The same folder holds the role's `units/` and `files/`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use keel_bootstrap::Role;
 
 use super::error::{Location, ProfileError};
-use super::schema::RoleFile;
+use super::schema::{self, RoleFile};
 
 /// A loaded role definition.
 #[derive(Debug, Clone)]
@@ -26,11 +25,7 @@ pub fn role_file(images_dir: &Path, role: Role) -> PathBuf {
 
 pub fn load(images_dir: &Path, role: Role) -> Result<RoleDef, ProfileError> {
     let path = role_file(images_dir, role);
-    let text = fs::read_to_string(&path).map_err(|source| ProfileError::Read { path: path.clone(), source })?;
-    let file: RoleFile = toml::from_str(&text).map_err(|e| {
-        let at = Location::at(&path, &text, e.span().map_or(0, |s| s.start));
-        ProfileError::invalid(at, e.message().trim_end().to_string())
-    })?;
+    let (text, file): (String, RoleFile) = schema::read(&path)?;
     let components = file
         .components
         .iter()

@@ -4,12 +4,27 @@
 //! values kept with their position so errors can point at them.
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
 
 use keel_bootstrap::Role;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use super::error::{Location, ProfileError};
 use super::resolved::Algorithm;
+
+/// Reads and parses a profile or role file; returns its text too, to place
+/// later errors. Parse errors name the file, line and column.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<(String, T), ProfileError> {
+    let text = fs::read_to_string(path).map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
+    let value = toml::from_str(&text).map_err(|e| {
+        let at = Location::at(path, &text, e.span().map_or(0, |s| s.start));
+        ProfileError::invalid(at, e.message().trim_end().to_string())
+    })?;
+    Ok((text, value))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
