@@ -112,11 +112,26 @@ impl Pending {
         Ok(())
     }
 
-    /// Finishes the entry: when its digest matches `expected` (or nothing is
-    /// expected), fsyncs and renames it into place and returns its path and
-    /// digest; otherwise removes it and returns the actual digest as the
-    /// error.
-    pub fn commit(mut self, expected: Option<&Digest>) -> Result<Result<(PathBuf, Digest), Digest>, FetchError> {
+    /// Finishes the entry when its digest is `expected`: fsyncs and renames
+    /// it into place and returns its path. Otherwise removes it and returns
+    /// the actual digest as the inner error.
+    pub fn commit(mut self, expected: &Digest) -> Result<Result<PathBuf, Digest>, FetchError> {
+        Ok(self.finish(Some(expected))?.map(|(path, _)| path))
+    }
+
+    /// Finishes the entry under whatever digest its contents have.
+    pub fn commit_any(mut self) -> Result<(PathBuf, Digest), FetchError> {
+        match self.finish(None)? {
+            Ok(done) => Ok(done),
+            // Nothing was expected, so nothing can mismatch.
+            Err(actual) => Err(FetchError::Io {
+                path: self.cache.path(&actual),
+                source: io::Error::other("digest mismatch without an expected digest"),
+            }),
+        }
+    }
+
+    fn finish(&mut self, expected: Option<&Digest>) -> Result<Result<(PathBuf, Digest), Digest>, FetchError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| FetchError::Io { path, source }
@@ -180,15 +195,14 @@ mod tests {
 
         let mut p = cache.pending(Algorithm::Sha256).unwrap();
         p.write(b"jello").unwrap();
-        let actual = p.commit(Some(&good)).unwrap().unwrap_err();
+        let actual = p.commit(&good).unwrap().unwrap_err();
         assert_eq!(actual, sha256_of(b"jello"));
         assert_eq!(fs::read_dir(dir.path().join("sha256")).unwrap().count(), 0);
 
         let mut p = cache.pending(Algorithm::Sha256).unwrap();
         p.write(b"hel").unwrap();
         p.write(b"lo").unwrap();
-        let (path, d) = p.commit(Some(&good)).unwrap().unwrap();
-        assert_eq!(d, good);
+        let path = p.commit(&good).unwrap().unwrap();
         assert_eq!(path, cache.path(&good));
         assert_eq!(cache.lookup(&good).unwrap(), Lookup::Hit(path));
     }

@@ -79,3 +79,20 @@ fn quoted(names: &[String]) -> String {
     }
     names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_one_based_lines_and_character_columns() {
+        let text = "a = 1\n# é\nbé = 2\n";
+        let p = Path::new("f.toml");
+        assert_eq!(Location::at(p, text, 0).to_string(), "f.toml:1:1");
+        assert_eq!(Location::at(p, text, 6).to_string(), "f.toml:2:1");
+        // "bé = 2": the '=' is the 4th character, at byte 5 of the line.
+        let eq = text.find("= 2").unwrap();
+        assert_eq!(Location::at(p, text, eq).to_string(), "f.toml:3:4");
+        assert_eq!(Location::at(p, text, 10_000).line, 4);
+    }
+}
