@@ -36,9 +36,9 @@ pub enum Reply {
     Body(Vec<u8>),
     /// This status with a short text body.
     Status(u16),
-    /// 200 with a Content-Length for `total` bytes, sends the first half of
-    /// `body`, then sends nothing more until the server stops: a client
-    /// without a read timeout hangs.
+    /// 200 with the Content-Length of `body`, sends its first half, then
+    /// sends nothing more until the server stops: a client without a read
+    /// timeout hangs.
     Stall(Vec<u8>),
     /// 200 with the Content-Length of `body`, sends its first half, then
     /// resets the connection (TCP RST).

@@ -69,6 +69,31 @@ fn fetches_in_parallel_verifies_and_reuses_the_cache() {
 }
 
 #[test]
+fn components_sharing_an_artifact_share_one_download() {
+    let server = FixtureServer::start().unwrap();
+    let content = b"server tarball".to_vec();
+    let digest = sha256(&content);
+    let mut text = String::from("[base]\nsuite = \"trixie\"\npackages = []\n");
+    for name in ["kube-apiserver", "kube-scheduler"] {
+        text.push_str(&format!(
+            "\n[components.{name}]\nversion = \"1.0\"\nurl = \"{}/server.tgz\"\nsha256 = \"{digest}\"\ninstall = {{ kind = \"tarball\", dest = \"/usr/bin\", include = [\"{name}\"] }}\n",
+            server.base_url()
+        ));
+    }
+    let ws = Workspace::new();
+    ws.profile("p", &text);
+    server.serve("/server.tgz", content);
+    let cache = ws.path().join("cache");
+    let out = ok(&ws.keel(&["fetch", "--profile", "p", "--cache-dir", cache.to_str().unwrap()]));
+    let entry = cache.join("sha256").join(&digest);
+    assert_eq!(
+        out,
+        format!("kube-apiserver\t{0}\nkube-scheduler\t{0}\n", entry.display())
+    );
+    assert_eq!(server.hits("/server.tgz"), 1);
+}
+
+#[test]
 fn wrong_bytes_are_a_mismatch_naming_url_and_both_digests() {
     let server = FixtureServer::start().unwrap();
     let s = Setup::new(&server.base_url(), &[("tool", b"the real bytes")]);

@@ -4,6 +4,7 @@
 //! (keel_testkit::http).
 
 mod fetch;
+mod golden;
 mod pin;
 mod resolve;
 
