@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
 mod fetch;
 mod pin;
 mod profile;
@@ -29,6 +30,10 @@ enum Command {
     Fetch(fetch::command::FetchArgs),
     /// Bump one component's pinned version and digest in a profile.
     Pin(pin::PinArgs),
+    /// Build a role's bootable disk image (GPT, UKI, verified /usr).
+    Build(build::command::BuildArgs),
+    /// Print the manifest stored inside a disk image.
+    Inspect(build::command::InspectArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,6 +41,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => profile::command::run(&args),
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
+        Command::Build(args) => build::command::run(&args).await,
+        Command::Inspect(args) => build::command::inspect(&args),
     }
 }
 
