@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod profile;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
@@ -20,10 +21,16 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Create, publish and list the cluster's encrypted TLS assets.
+    #[command(subcommand)]
+    Assets(assets::Command),
+}
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Assets(command) => assets::run(command).await,
+    }
 }
 
 fn main() -> ExitCode {
