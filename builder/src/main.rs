@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod fetch;
 mod pin;
 mod profile;
@@ -29,6 +30,9 @@ enum Command {
     Fetch(fetch::command::FetchArgs),
     /// Bump one component's pinned version and digest in a profile.
     Pin(pin::PinArgs),
+    /// Create, publish and list the cluster's encrypted TLS assets.
+    #[command(subcommand)]
+    Assets(assets::Command),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => profile::command::run(&args),
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
+        Command::Assets(command) => assets::run(command).await,
     }
 }
 
