@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod build;
 mod fetch;
 mod pin;
@@ -30,6 +31,9 @@ enum Command {
     Fetch(fetch::command::FetchArgs),
     /// Bump one component's pinned version and digest in a profile.
     Pin(pin::PinArgs),
+    /// Create, publish and list the cluster's encrypted TLS assets.
+    #[command(subcommand)]
+    Assets(assets::Command),
     /// Build a role's bootable disk image (GPT, UKI, verified /usr).
     Build(build::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
@@ -41,6 +45,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => profile::command::run(&args),
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
+        Command::Assets(command) => assets::run(command).await,
         Command::Build(args) => build::command::run(&args).await,
         Command::Inspect(args) => build::command::inspect(&args),
     }

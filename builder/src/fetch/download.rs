@@ -38,21 +38,22 @@ pub fn policy(opts: &FetchOptions) -> Policy {
     }
 }
 
-/// Fills a new cache entry with the bytes of `origin` (the source of
-/// component `name`'s `url`); returns it uncommitted for the caller to
-/// verify.
+/// Fills a new cache entry with the bytes of component `name`'s `url`,
+/// from wherever the mirrors say; returns it uncommitted for the caller to
+/// verify, with where the bytes came from (for messages).
 pub async fn fetch_into(
     client: &reqwest::Client,
     cache: &Cache,
     algorithm: Algorithm,
-    name: &str,
-    url: &str,
-    origin: &Origin,
+    (name, url): (&str, &str),
     opts: &FetchOptions,
     bar: &Bar,
-) -> Result<Pending, FetchError> {
-    match origin {
-        Origin::File(path) => copy_file(cache, algorithm, name, url, path, bar),
+) -> Result<(Pending, String), FetchError> {
+    match opts.mirrors.origin(url) {
+        Origin::File(path) => {
+            let pending = copy_file(cache, algorithm, name, url, &path, bar)?;
+            Ok((pending, format!("{} (mirror of {url})", path.display())))
+        }
         Origin::Http(from) => {
             if opts.offline {
                 return Err(FetchError::Offline {
@@ -61,40 +62,41 @@ pub async fn fetch_into(
                     path: cache.dir().to_path_buf(),
                 });
             }
-            let shown = shown_url(url, from);
-            retry(&policy(opts), |_attempt| async {
+            let shown = shown_url(url, &from);
+            let pending = retry(&policy(opts), |_attempt| async {
                 let mut pending = cache.pending(algorithm).map_err(Attempt::Fail)?;
                 bar.restart();
-                get(client, from, &mut pending, bar)
+                get(client, &from, &mut pending, bar)
                     .await
                     .map_err(|e| e.into_fetch_error(name, &shown))?;
                 Ok(pending)
             })
-            .await
+            .await?;
+            Ok((pending, shown))
         }
     }
 }
 
-/// The body of `url` as text (a checksum file), with the same timeouts and
-/// retries as downloads.
-pub async fn get_text(client: &reqwest::Client, url: &str, origin: &Origin, opts: &FetchOptions) -> Result<String, FetchError> {
-    let from = match origin {
+/// The body of `url` as text (a checksum file), through the mirrors, with
+/// the same timeouts and retries as downloads.
+pub async fn get_text(client: &reqwest::Client, url: &str, opts: &FetchOptions) -> Result<String, FetchError> {
+    let from = match opts.mirrors.origin(url) {
         Origin::File(path) => {
-            return std::fs::read_to_string(path).map_err(|source| FetchError::MirrorMissing {
+            return std::fs::read_to_string(&path).map_err(|source| FetchError::MirrorMissing {
                 name: "checksum file".to_string(),
                 url: url.to_string(),
-                path: path.clone(),
+                path,
                 source,
             });
         }
         Origin::Http(from) => from,
     };
-    let shown = shown_url(url, from);
+    let shown = shown_url(url, &from);
     if opts.offline {
         return Err(FetchError::OfflineText { url: shown });
     }
     retry(&policy(opts), |_attempt| async {
-        let resp = client.get(from).send().await.map_err(|e| Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown))?;
+        let resp = client.get(&from).send().await.map_err(|e| Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown))?;
         check_status(resp.status()).map_err(|f| f.into_fetch_error("checksum file", &shown))?;
         resp.text()
             .await

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 
 pub use cache::{hash_reader, Cache, Lookup};
-pub use mirrors::{Mirrors, Origin};
+pub use mirrors::Mirrors;
 
 use crate::profile::{Algorithm, Component, Digest, Source};
 use progress::Progress;
@@ -171,22 +171,12 @@ async fn fetch_one(
         ),
         Lookup::Miss => {}
     }
-    let origin = opts.mirrors.origin(url);
     let bar = progress.bar(name);
-    let pending = download::fetch_into(client, cache, digest.algorithm(), name, url, &origin, opts, &bar).await?;
+    let (pending, source) = download::fetch_into(client, cache, digest.algorithm(), (name, url), opts, &bar).await?;
     let expected = digest.clone();
     match blocking(move || pending.commit(&expected)).await? {
         Ok(path) => Ok(path),
-        Err(actual) => Err(FetchError::Mismatch {
-            name: name.to_string(),
-            url: match origin {
-                Origin::Http(from) if from != url => format!("{from} (mirror of {url})"),
-                Origin::File(path) => format!("{} (mirror of {url})", path.display()),
-                Origin::Http(_) => url.to_string(),
-            },
-            expected: digest.clone(),
-            actual,
-        }),
+        Err(actual) => Err(FetchError::Mismatch { name: name.to_string(), url: source, expected: digest.clone(), actual }),
     }
 }
 
@@ -196,9 +186,8 @@ async fn fetch_one(
 pub async fn fetch_and_hash(cache: &Cache, name: &str, url: &str, algorithm: Algorithm, opts: &FetchOptions) -> Result<Fetched, FetchError> {
     let client = download::client(opts.timeout)?;
     let progress = Progress::new(opts.progress);
-    let origin = opts.mirrors.origin(url);
     let bar = progress.bar(name);
-    let pending = download::fetch_into(&client, cache, algorithm, name, url, &origin, opts, &bar).await?;
+    let (pending, _) = download::fetch_into(&client, cache, algorithm, (name, url), opts, &bar).await?;
     let (path, digest) = blocking(move || pending.commit_any()).await?;
     Ok(Fetched { name: name.to_string(), path, digest })
 }
@@ -206,7 +195,7 @@ pub async fn fetch_and_hash(cache: &Cache, name: &str, url: &str, algorithm: Alg
 /// The text at `url` (through mirrors, with retries): a checksum file.
 pub async fn get_text(url: &str, opts: &FetchOptions) -> Result<String, FetchError> {
     let client = download::client(opts.timeout)?;
-    download::get_text(&client, url, &opts.mirrors.origin(url), opts).await
+    download::get_text(&client, url, opts).await
 }
 
 /// Runs blocking file work (hashing, fsync) off the async workers.
