@@ -59,19 +59,7 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let force = args.force;
     let started = std::time::Instant::now();
 
-    let req_scratch = {
-        let req = Request {
-            resolved: &resolved,
-            fetched: &fetched,
-            bootstrap_bin: &bootstrap_bin,
-            images_dir: &images_dir,
-            cache_dir: &cache_dir,
-            out_dir: &out_dir,
-            force,
-            progress: false,
-        };
-        Scratch::new(&req)
-    };
+    let req_scratch = Scratch::new(&resolved, &cache_dir, &out_dir);
     let (work, image_tmp) = (req_scratch.work.clone(), req_scratch.image_tmp.clone());
     let task = tokio::task::spawn_blocking(move || {
         let req = Request {

@@ -86,10 +86,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(req: &Request) -> Scratch {
-        let stem = file_stem(req.resolved);
+    pub fn new(resolved: &Resolved, cache_dir: &Path, out_dir: &Path) -> Scratch {
+        let stem = file_stem(resolved);
         let pid = std::process::id();
-        Scratch { work: req.cache_dir.join("work").join(format!("{stem}-{pid}")), image_tmp: req.out_dir.join(format!(".{stem}.raw.tmp-{pid}")) }
+        Scratch { work: cache_dir.join("work").join(format!("{stem}-{pid}")), image_tmp: out_dir.join(format!(".{stem}.raw.tmp-{pid}")) }
     }
 
     pub fn remove(&self) {

@@ -324,6 +324,12 @@ pub fn make_skeleton(dir: &Path) -> Result<(), BuildError> {
         fs::create_dir_all(&p).map_err(|e| BuildError::io(&p, e))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io(&p, e))?;
     }
+    // /etc and /var are as new as /usr: ConditionNeedsUpdate= units
+    // (ldconfig, journal catalog, ...) have nothing to do on first boot.
+    for f in ["etc/.updated", "var/.updated"] {
+        let p = dir.join(f);
+        fs::write(&p, b"").map_err(|e| BuildError::io(&p, e))?;
+    }
     for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
         let p = dir.join(l);
         symlink(t, &p).map_err(|e| BuildError::io(&p, e))?;
