@@ -284,7 +284,15 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     names.sort();
     let mut conf = String::from("# Written by keel build: /etc is made from /usr/share/factory/etc on first boot.\n");
     for n in names {
-        conf.push_str(&format!("C /etc/{n} - - - -\n"));
+        let p = factory.join(&n);
+        let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
+        if meta.file_type().is_symlink() {
+            // `C` follows links, and relative ones dangle in the factory.
+            let target = fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?;
+            conf.push_str(&format!("L /etc/{n} - - - - {}\n", target.display()));
+        } else {
+            conf.push_str(&format!("C /etc/{n} - - - -\n"));
+        }
     }
     write_file(root, ETC_TMPFILES, conf.as_bytes(), 0o644)
 }
@@ -385,6 +393,27 @@ mod tests {
             install_targets(unit),
             vec![("wants", "multi-user.target".into()), ("wants", "other.target".into()), ("requires", "x.target".into())]
         );
+    }
+
+    #[test]
+    fn factory_etc_copies_files_and_recreates_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        fs::write(root.join("etc/hostname"), "x").unwrap();
+        fs::write(root.join("etc/machine-id"), "").unwrap();
+        symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
+        symlink("/usr/lib/systemd/system/a.service", root.join("etc/systemd/system/multi-user.target.wants/a.service")).unwrap();
+        make_factory_etc(root).unwrap();
+        let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
+        assert!(conf.contains("C /etc/hostname - - - -\n"), "{conf}");
+        assert!(conf.contains("L /etc/mtab - - - - ../proc/self/mounts\n"), "{conf}");
+        assert!(!conf.contains("machine-id"), "{conf}");
+        assert!(!root.join("etc").exists());
+        assert!(root.join("usr/share/factory/etc/hostname").is_file());
+        let hoisted = root.join("usr/lib/systemd/system/multi-user.target.wants/a.service");
+        assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
     }
 
     #[test]
