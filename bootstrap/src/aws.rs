@@ -32,6 +32,26 @@ pub struct Target {
 
 /// Loads the shared SDK configuration for `target`.
 pub async fn sdk_config(target: &Target) -> SdkConfig {
+    loader(target).load().await
+}
+
+/// On a node: the same configuration, with the standard credential chain
+/// reading the instance profile's credentials from the metadata service at
+/// `imds_url` (injectable so tests and the QEMU harness can serve it).
+pub async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
+    let imds = aws_config::imds::Client::builder()
+        .endpoint(imds_url)
+        .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
+        .build();
+    let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder().imds_client(imds);
+    if let Some(region) = &target.region {
+        chain = chain.region(Region::new(region.clone()));
+    }
+    let credentials = chain.build().await;
+    Ok(loader(target).credentials_provider(credentials).load().await)
+}
+
+fn loader(target: &Target) -> aws_config::ConfigLoader {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
@@ -47,7 +67,7 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     if let Some(url) = &target.endpoint_url {
         loader = loader.endpoint_url(url.clone());
     }
-    loader.load().await
+    loader
 }
 
 /// The same configuration with another region (for copies across regions).

@@ -13,6 +13,7 @@ mod assets;
 mod fetch;
 mod pin;
 mod profile;
+mod userdata;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ enum Command {
     /// Create, publish and list the cluster's encrypted TLS assets.
     #[command(subcommand)]
     Assets(assets::Command),
+    /// Render a node's user data for a launch template.
+    Userdata(userdata::UserdataArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
         Command::Assets(command) => assets::run(command).await,
+        Command::Userdata(args) => userdata::run(&args),
     }
 }
 

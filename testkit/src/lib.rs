@@ -3,5 +3,6 @@
 //! in-test servers over real sockets.
 
 pub mod http;
+pub mod imds;
 pub mod moto;
 pub mod process;
