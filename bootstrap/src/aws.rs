@@ -90,7 +90,8 @@ pub fn display_error<E: std::error::Error>(err: &E) -> String {
 }
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
-/// each binary's `main`, before any HTTP client is built.
+/// each binary's `main`, before any HTTP client is built (and again, doing
+/// nothing, by library code that builds its own HTTPS clients).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

@@ -45,6 +45,17 @@ impl Counter {
 /// Every pending or running instance tagged with `cluster` and `role` that
 /// has a private address, sorted by instance id.
 pub async fn list(ec2: &aws_sdk_ec2::Client, cluster: &str, role: Role, pages: &Counter) -> Result<Vec<Peer>, DiscoveryError> {
+    list_paged(ec2, cluster, role, PAGE_SIZE, pages).await
+}
+
+/// `list` with `page_size` reservations a page (tests use small pages).
+pub async fn list_paged(
+    ec2: &aws_sdk_ec2::Client,
+    cluster: &str,
+    role: Role,
+    page_size: i32,
+    pages: &Counter,
+) -> Result<Vec<Peer>, DiscoveryError> {
     let filter = |name: String, values: &[&str]| {
         Filter::builder().name(name).set_values(Some(values.iter().map(|v| v.to_string()).collect())).build()
     };
@@ -53,7 +64,7 @@ pub async fn list(ec2: &aws_sdk_ec2::Client, cluster: &str, role: Role, pages: &
         .filters(filter(tags::filter_name(tags::CLUSTER), &[cluster]))
         .filters(filter(tags::filter_name(tags::ROLE), &[role.as_str()]))
         .filters(filter("instance-state-name".into(), &["pending", "running"]))
-        .max_results(PAGE_SIZE)
+        .max_results(page_size)
         .into_paginator()
         .send();
     let mut peers = Vec::new();

@@ -80,6 +80,7 @@ pub struct EtcdApi {
 impl EtcdApi {
     /// A client that trusts only `ca_pem` and presents `cert_pem`/`key_pem`.
     pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str, policy: Policy) -> Result<EtcdApi, EtcdApiError> {
+        crate::aws::install_crypto_provider();
         let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(EtcdApiError::Client)?;
         let mut identity_pem = zeroize::Zeroizing::new(Vec::with_capacity(cert_pem.len() + key_pem.len() + 1));
         identity_pem.extend_from_slice(cert_pem.as_bytes());
@@ -101,8 +102,14 @@ impl EtcdApi {
 
     /// `GET <endpoint>/health`: Ok when the member says it is healthy.
     pub async fn health(&self, endpoint: &str) -> Result<(), EtcdApiError> {
+        self.health_with(endpoint, &self.policy).await
+    }
+
+    /// `health` with another retry policy (a quick probe of a peer that
+    /// may not be running yet).
+    pub async fn health_with(&self, endpoint: &str, policy: &Policy) -> Result<(), EtcdApiError> {
         let url = format!("{}/health", endpoint.trim_end_matches('/'));
-        retry(&self.policy, |_| async {
+        retry(policy, |_| async {
             let resp = self.http.get(&url).send().await.map_err(|source| Attempt::Retry(EtcdApiError::Request { url: url.clone(), source }))?;
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();

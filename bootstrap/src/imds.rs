@@ -70,6 +70,7 @@ impl Imds {
     }
 
     pub fn with_policy(base_url: &str, policy: Policy) -> Result<Imds, ImdsError> {
+        crate::aws::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(REQUEST_TIMEOUT)

@@ -178,6 +178,13 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
         let (status, body, delay) = answer(&state, &req);
+        // The SDK's client wants the token's TTL echoed back.
+        let ttl = if req.path == "/latest/api/token" && status == 200 {
+            let t = req.headers.get("x-aws-ec2-metadata-token-ttl-seconds").cloned().unwrap_or_default();
+            format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n")
+        } else {
+            String::new()
+        };
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -191,7 +198,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             _ => "Status",
         };
         let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{ttl}\r\n",
             body.len()
         )
         .into_bytes();

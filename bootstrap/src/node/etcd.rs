@@ -10,6 +10,7 @@
 //!   same list).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::discovery::Peer;
 use crate::etcd_api::{EtcdApi, EtcdApiError, Member};
@@ -22,6 +23,24 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 pub const DEFAULT_HEARTBEAT_MS: u32 = 100;
 pub const DEFAULT_ELECTION_MS: u32 = 1000;
+
+/// Is a peer already serving? Two quick tries: members of a cluster that
+/// is still forming do not answer, and that is the expected answer.
+pub const PROBE: Policy = Policy {
+    initial: Duration::from_millis(200),
+    max_delay: Duration::from_millis(200),
+    deadline: Duration::from_secs(10),
+    max_attempts: 2,
+};
+/// Membership changes: etcd refuses them ("unhealthy cluster", 503) until
+/// its members have been connected for a few seconds (5 s in 3.4 and
+/// 3.5), e.g. right after a restart; keep trying for a minute.
+pub const RECONFIG: Policy = Policy {
+    initial: Duration::from_millis(250),
+    max_delay: Duration::from_secs(2),
+    deadline: Duration::from_secs(60),
+    max_attempts: 60,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -93,7 +112,7 @@ pub fn issue_certificates(layout: &Layout, ca: &Ca, me: &Peer, owner: Option<(u3
         write(layout, key, 0o600, issued.key_pem.as_bytes(), owner)?;
         write(layout, crt, 0o644, issued.cert_pem.as_bytes(), owner)?;
         if client.is_none() {
-            client = Some(EtcdApi::new(&ca.pem, &issued.cert_pem, &issued.key_pem, Policy::quick())?);
+            client = Some(EtcdApi::new(&ca.pem, &issued.cert_pem, &issued.key_pem, RECONFIG)?);
         }
     }
     client.ok_or_else(|| EtcdError::BadIp { ip: me.private_ip.clone() })
@@ -175,7 +194,7 @@ pub async fn plan(layout: &Layout, api: &EtcdApi, me: &Peer, peers: &[Peer]) -> 
     let mut via = None;
     for p in peers.iter().filter(|p| p.instance_id != me.instance_id) {
         let endpoint = client_url(&p.private_ip);
-        if api.health(&endpoint).await.is_ok() {
+        if api.health_with(&endpoint, &PROBE).await.is_ok() {
             via = Some(endpoint);
             break;
         }
