@@ -599,3 +599,43 @@ fn golden_files() {
     let _: HashMap<String, serde_json::Value> = serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
 }
+
+/// Figures for BENCHMARKS.bootstrap.md: time from start to "configured"
+/// per role (peers present), and AWS requests per boot. Runs the binary
+/// named by KEEL_BOOTSTRAP_BIN (e.g. the static release build) when set,
+/// else the library in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures, asserts none"]
+async fn bench_time_to_configured() {
+    let aws = aws_env().await;
+    let cluster = "bench";
+    for role in Role::ALL {
+        aws.publish(cluster, role).await;
+    }
+    let bin = std::env::var_os("KEEL_BOOTSTRAP_BIN");
+    let run = |n: &Node| {
+        if let Some(bin) = &bin {
+            let out = Command::new(bin).arg("--root").arg(n.root.path()).arg("--imds-url").arg(n.imds.base_url()).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        }
+    };
+    let mut guards = Vec::new();
+    for (role, ip) in [(Role::Etcd, "127.65.0.1"), (Role::Controller, "127.65.0.2"), (Role::Worker, "127.65.0.3")] {
+        let inst = aws.launch(cluster, role, Some(ip), 1).await.remove(0);
+        let n = node(role, &inst, user_data_bytes(&aws.user_data(cluster, role, 1, 30)));
+        if bin.is_some() {
+            run(&n);
+        } else {
+            n.boot().await.unwrap();
+        }
+        let s = n.status();
+        println!("{role}: configured in {} ms; requests {}; imds requests {}", s["elapsed_millis"], s["aws_requests"], n.imds.requests().len());
+        for st in s["steps"].as_array().unwrap() {
+            println!("  {:<22} {:>5} ms", st["name"].as_str().unwrap(), st["millis"]);
+        }
+        if role == Role::Etcd {
+            guards.push(n.start_etcd());
+            etcd_client(&aws).health("https://127.65.0.1:2379").await.unwrap();
+        }
+    }
+}
