@@ -9,6 +9,8 @@ use keel_bootstrap::Role;
 
 /// Render user data for a node role's launch template.
 #[derive(Debug, clap::Args)]
+#[command(override_usage = "keel userdata --role <ROLE> --cluster <NAME> --bucket <BUCKET>\n       \
+                            --api-endpoint <URL> [OPTIONS]")]
 pub struct UserdataArgs {
     /// The node role: controller, etcd or worker.
     #[arg(long)]
