@@ -620,13 +620,14 @@ async fn bench_time_to_configured() {
         }
     };
     let mut guards = Vec::new();
+    let mut nodes = Vec::new();
     for (role, ip) in [(Role::Etcd, "127.65.0.1"), (Role::Controller, "127.65.0.2"), (Role::Worker, "127.65.0.3")] {
         let inst = aws.launch(cluster, role, Some(ip), 1).await.remove(0);
         let n = node(role, &inst, user_data_bytes(&aws.user_data(cluster, role, 1, 30)));
         if bin.is_some() {
             run(&n);
         } else {
-            n.boot().await.unwrap();
+            n.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", n.console.text()));
         }
         let s = n.status();
         println!("{role}: configured in {} ms; requests {}; imds requests {}", s["elapsed_millis"], s["aws_requests"], n.imds.requests().len());
@@ -637,5 +638,8 @@ async fn bench_time_to_configured() {
             guards.push(n.start_etcd());
             etcd_client(&aws).health("https://127.65.0.1:2379").await.unwrap();
         }
+        // The etcd node's files must outlive its etcd.
+        nodes.push(n);
     }
+    drop(guards);
 }
