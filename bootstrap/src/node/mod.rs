@@ -106,17 +106,20 @@ impl Boot<'_> {
         })
         .await?;
         let etcd_owner = (role == Role::Etcd).then(|| etcd::etcd_owner(layout)).flatten();
+        let (s3_requests, kms_requests) = (aws::RequestCounter::default(), aws::RequestCounter::default());
         let assets = step(rep, "assets", async {
             let s3 = aws::s3_client(&sdk);
-            let kms = aws_sdk_kms::Client::new(&sdk);
+            let s3 = aws_sdk_s3::Client::from_conf(s3.config().to_builder().interceptor(s3_requests.clone()).build());
+            let kms_conf = aws_sdk_kms::config::Builder::from(&sdk).interceptor(kms_requests.clone()).build();
+            let kms = aws_sdk_kms::Client::from_conf(kms_conf);
             let bundle = envelope::fetch(&s3, &kms, &ud.assets.bucket, &ud.assets.prefix, &ud.cluster, role)
                 .await
                 .map_err(|e| e.to_string())?;
             Assets::install(layout, bundle, etcd_owner.map(|(u, g)| ("etcd/", u, g))).map_err(|e| e.to_string())
         })
         .await;
-        rep.status.aws_requests.s3_get_object = 1;
-        rep.status.aws_requests.kms_decrypt = 1;
+        rep.status.aws_requests.s3_get_object = s3_requests.get();
+        rep.status.aws_requests.kms_decrypt = kms_requests.get();
         let assets = assets?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let plan = match role {
