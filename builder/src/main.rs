@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod assets;
+mod fetch;
+mod pin;
 mod profile;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
@@ -22,6 +24,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the fully resolved, pinned manifest for a profile and role.
+    Resolve(profile::command::ResolveArgs),
+    /// Download and verify a profile's artifacts into the cache.
+    Fetch(fetch::command::FetchArgs),
+    /// Bump one component's pinned version and digest in a profile.
+    Pin(pin::PinArgs),
     /// Create, publish and list the cluster's encrypted TLS assets.
     #[command(subcommand)]
     Assets(assets::Command),
@@ -29,6 +37,9 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Resolve(args) => profile::command::run(&args),
+        Command::Fetch(args) => fetch::command::run(&args).await,
+        Command::Pin(args) => pin::run(&args).await,
         Command::Assets(command) => assets::run(command).await,
     }
 }

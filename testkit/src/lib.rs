@@ -2,5 +2,6 @@
 //! layer: tests talk to moto's real server (emulated AWS) and to small
 //! in-test servers over real sockets.
 
+pub mod http;
 pub mod moto;
 pub mod process;

@@ -29,6 +29,12 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> anyhow::Result<Moto> {
+        Moto::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts moto listening on `addr` (e.g. the host side of a VM
+    /// network, so that guests reach it too).
+    pub fn start_on(addr: std::net::Ipv4Addr) -> anyhow::Result<Moto> {
         let bin = venv_dir().join("bin/moto_server");
         if !bin.exists() {
             anyhow::bail!(
@@ -38,16 +44,16 @@ impl Moto {
         }
         let port = free_port();
         let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        cmd.args(["-H", &addr.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut guard = Guard::spawn("moto_server", cmd)?;
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{addr}:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             guard.check_running()?;
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((addr, port)).is_ok() {
                 break;
             }
             if Instant::now() > deadline {
