@@ -613,11 +613,15 @@ async fn replacing_cas_needs_rotate() {
     }
     assert_eq!(env.versions().await, (before, 3), "a refused publish changed objects");
 
+    // Rotate through an alias: the header records the key's ARN.
+    env.kms.create_alias().alias_name("alias/keel-c1").target_key_id(&key).send().await.unwrap();
     let out = env.keel_ok(&[
-        "assets", "publish", "--dir", b.to_str().unwrap(), "--bucket", BUCKET, "--prefix", "c1", "--kms-key", &key,
-        "--rotate",
+        "assets", "publish", "--dir", b.to_str().unwrap(), "--bucket", BUCKET, "--prefix", "c1", "--kms-key",
+        "alias/keel-c1", "--rotate",
     ]);
     assert_eq!(out.matches(" replaced ").count(), 3, "{out}");
+    let (h, _) = Header::parse(&env.get("c1/worker.bundle").await).unwrap();
+    assert!(h.kms_key_id.starts_with("arn:aws:kms:") && h.kms_key_id.ends_with(&key), "{}", h.kms_key_id);
     assert!(out.contains("worker: rotated CA kubernetes/pki/ca.crt"), "{out}");
     let w = env.fetch("c1", "c1", Role::Worker).await.unwrap();
     let ca = w.files.iter().find(|f| f.path == "kubernetes/pki/ca.crt").unwrap();
