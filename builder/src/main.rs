@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod profile;
+mod publish;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
 #[derive(Debug, Parser)]
@@ -20,10 +21,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Publish a built image as an AMI in one or more regions.
+    Publish(publish::PublishArgs),
+}
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Publish(args) => publish::run(args).await,
+    }
 }
 
 fn main() -> ExitCode {

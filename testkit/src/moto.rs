@@ -29,6 +29,12 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> anyhow::Result<Moto> {
+        Moto::start_with_env(&[])
+    }
+
+    /// Starts moto with extra environment variables, e.g.
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0` to make it check credentials.
+    pub fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Moto> {
         let bin = venv_dir().join("bin/moto_server");
         if !bin.exists() {
             anyhow::bail!(
@@ -42,6 +48,7 @@ impl Moto {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.envs(env.iter().copied());
         let mut guard = Guard::spawn("moto_server", cmd)?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
