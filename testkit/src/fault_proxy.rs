@@ -115,6 +115,9 @@ impl FaultProxy {
             .thread_name("fault-proxy")
             .build()
             .context("starting the proxy's runtime")?;
+        // reqwest is built without a default TLS provider; the workspace's
+        // one (idempotent if already installed).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -126,12 +129,16 @@ impl FaultProxy {
             log: Mutex::new(Vec::new()),
             http,
         });
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .context("binding the proxy's port")?;
-        let addr: SocketAddr = listener.local_addr()?;
+        // Bound here (not with block_on) so that a test may start the
+        // proxy from inside its own runtime.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy's port")?;
+        std_listener.set_nonblocking(true)?;
+        let addr: SocketAddr = std_listener.local_addr()?;
         let accept_state = Arc::clone(&state);
         runtime.spawn(async move {
+            let Ok(listener) = TcpListener::from_std(std_listener) else {
+                return;
+            };
             while let Ok((stream, _)) = listener.accept().await {
                 let state = Arc::clone(&accept_state);
                 tokio::spawn(async move {
