@@ -29,8 +29,9 @@ pub const AWS_BLOCK_SIZE: u64 = 524_288;
 pub enum Fault {
     /// HTTP 400 with error type `ThrottlingException` (EBS, JSON).
     Throttle,
-    /// This HTTP status with a JSON error body (`InternalServerException`
-    /// for 500, `ServiceUnavailable` otherwise).
+    /// This HTTP status with a JSON error body: `InternalServerException`
+    /// for 500, `ValidationException` for 4xx (final, not retried),
+    /// `ServiceUnavailable` otherwise.
     Status(u16),
     /// An EC2 query-API error: HTTP 400 with this error code, XML body.
     Ec2Error(String),
@@ -57,6 +58,10 @@ pub struct Recorded {
     pub status: u16,
     /// True when the reply was an injected fault.
     pub injected: bool,
+    /// When the request's head arrived and when its reply was written
+    /// (the benchmark measures upload time from these).
+    pub received: std::time::Instant,
+    pub answered: std::time::Instant,
 }
 
 impl Recorded {
@@ -237,6 +242,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 struct Request {
+    received: std::time::Instant,
     method: String,
     path: String,
     headers: Vec<(String, String)>,
@@ -279,6 +285,8 @@ async fn serve(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
             body: if state.record_bodies { req.body } else { Vec::new() },
             status,
             injected,
+            received: req.received,
+            answered: std::time::Instant::now(),
         });
         if close {
             return Ok(());
@@ -296,6 +304,7 @@ where
     if reader.read_line(&mut line).await? == 0 {
         return Ok(None);
     }
+    let received = std::time::Instant::now();
     let mut parts = line.split_whitespace();
     let method = parts.next().context("empty request line")?.to_string();
     let path = parts.next().context("request line without a path")?.to_string();
@@ -346,7 +355,7 @@ where
         body.resize(len, 0);
         reader.read_exact(&mut body).await?;
     }
-    Ok(Some(Request { method, path, headers, body }))
+    Ok(Some(Request { received, method, path, headers, body }))
 }
 
 fn injected_fault(state: &State, req: &Request) -> Option<Fault> {
@@ -379,7 +388,11 @@ fn fault_reply(fault: &Fault) -> Reply {
             br#"{"message":"Rate exceeded (injected by the test proxy)"}"#.to_vec(),
         ),
         Fault::Status(status) => {
-            let code = if *status == 500 { "InternalServerException" } else { "ServiceUnavailable" };
+            let code = match status {
+                500 => "InternalServerException",
+                400..=499 => "ValidationException",
+                _ => "ServiceUnavailable",
+            };
             (
                 *status,
                 json(code),

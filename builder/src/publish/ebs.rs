@@ -21,7 +21,6 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use base64::Engine;
 use futures::stream::{self, StreamExt};
 use indicatif::ProgressBar;
-use keel_bootstrap::aws::display_error;
 use keel_bootstrap::retry::{retry, Attempt, Policy};
 use sha2::{Digest, Sha256};
 
@@ -143,8 +142,8 @@ pub async fn upload(
         let cleanup = match ec2.delete_snapshot().snapshot_id(&snapshot_id).send().await {
             Ok(_) => format!("snapshot {snapshot_id} deleted"),
             Err(e) => format!(
-                "deleting snapshot {snapshot_id} failed too ({}); it is not tagged, so a rerun ignores it, and AWS cancels it after {ABANDON_AFTER_MINUTES} minutes",
-                display_error(&e)
+                "{}; it is not tagged, so a rerun ignores it, and AWS cancels it after {ABANDON_AFTER_MINUTES} minutes",
+                aws("DeleteSnapshot", region, snapshot_id.clone(), &e)
             ),
         };
         return Err(Error::Blocks {
@@ -210,7 +209,7 @@ async fn upload_block(
         async move {
             put.send().await.map_err(|e| {
                 let transient = is_transient(&e);
-                let f = fail(format!("PutSnapshotBlock to {snapshot_id} in {region}: {}", display_error(&e)));
+                let f = fail(aws("PutSnapshotBlock", region, snapshot_id, &e).to_string());
                 if transient {
                     Attempt::Retry(f)
                 } else {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use keel_bootstrap::aws::display_error;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,19 @@ impl fmt::Display for BlockList<'_> {
     }
 }
 
-/// An AWS SDK error as `Error::Aws`, with the service's message.
-pub fn aws<E: std::error::Error>(call: &'static str, region: &str, target: impl Into<String>, err: &E) -> Error {
-    Error::Aws { call, region: region.to_string(), target: target.into(), message: display_error(err) }
+/// An AWS SDK error as `Error::Aws`: the service's code and message
+/// (`AuthFailure: AWS was not able to validate ...`) when the service
+/// answered, the whole error chain otherwise (timeouts, connection errors).
+pub fn aws<E, R>(call: &'static str, region: &str, target: impl Into<String>, err: &SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let message = match err.as_service_error() {
+        Some(e) if e.code().is_some() => {
+            format!("{}: {}", e.code().unwrap_or_default(), e.message().unwrap_or("(no message)"))
+        }
+        _ => display_error(err),
+    };
+    Error::Aws { call, region: region.to_string(), target: target.into(), message }
 }
