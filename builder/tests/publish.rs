@@ -490,3 +490,143 @@ async fn failed_registration_reuses_the_snapshot_on_rerun() {
     let snapshot = manifest["regions"][HOME]["snapshot-id"].as_str().unwrap();
     assert_snapshot_is_image(&moto, snapshot, &img.data).await;
 }
+
+/// The publish benchmark (BENCHMARKS.publish.md), not part of CI: keel and
+/// coldsnap upload the same ~512 MiB synthetic image with an etcd image's
+/// mix of data and zero runs, each into a fresh moto server behind the
+/// proxy (answering BlockSize 524288, as AWS does). Upload time is measured
+/// the same way for both, on the proxy: from StartSnapshot arriving to
+/// CompleteSnapshot answered. Run:
+///
+/// ```sh
+/// KEEL_COLDSNAP=/root/.cache/keel/coldsnap/bin/coldsnap \
+///   cargo test -p keel --test publish -- --ignored --nocapture benchmark
+/// ```
+///
+/// `KEEL_BENCH_KEEL` may name another keel binary (e.g. a release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: needs coldsnap (KEEL_COLDSNAP) and ~1.5 GiB of RAM; see BENCHMARKS.publish.md"]
+async fn benchmark_upload_against_coldsnap() {
+    let coldsnap = std::env::var("KEEL_COLDSNAP").expect("KEEL_COLDSNAP: path to the coldsnap binary");
+    let keel_bin = std::env::var("KEEL_BENCH_KEEL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keel").to_string());
+    let runs: usize = std::env::var("KEEL_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, nonzero_blocks, total_blocks) = etcd_like_image(dir.path());
+    let size = std::fs::metadata(&raw).unwrap().len();
+    println!(
+        "image: {} MiB, {total_blocks} blocks of 512 KiB, {nonzero_blocks} not all-zero",
+        size >> 20
+    );
+    let raw_s = raw.to_str().unwrap().to_string();
+    let tools: Vec<(&str, Vec<String>)> = vec![
+        ("keel publish", vec![keel_bin.clone(), "publish".into(), raw_s.clone(), "--regions".into(), HOME.into()]),
+        (
+            "coldsnap upload --omit-zero-blocks",
+            vec![
+                coldsnap.clone(),
+                "--region".into(),
+                HOME.into(),
+                "--endpoint".into(),
+                "ENDPOINT".into(),
+                "upload".into(),
+                "--no-progress".into(),
+                "--omit-zero-blocks".into(),
+                raw_s.clone(),
+            ],
+        ),
+        (
+            "coldsnap upload (default: zero blocks sent)",
+            vec![
+                coldsnap.clone(),
+                "--region".into(),
+                HOME.into(),
+                "--endpoint".into(),
+                "ENDPOINT".into(),
+                "upload".into(),
+                "--no-progress".into(),
+                raw_s.clone(),
+            ],
+        ),
+    ];
+    println!("| tool | run | upload s | MiB/s (image size / upload s) | PutSnapshotBlock | all requests | process s |");
+    println!("|---|---|---|---|---|---|---|");
+    for run in 1..=runs {
+        for (name, argv) in &tools {
+            let moto = Moto::start().unwrap();
+            let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
+            let argv: Vec<String> =
+                argv.iter().map(|a| if a == "ENDPOINT" { proxy.endpoint.clone() } else { a.clone() }).collect();
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).envs(moto.env(HOME)).env("AWS_ENDPOINT_URL", &proxy.endpoint).kill_on_drop(true);
+            let start = std::time::Instant::now();
+            let out = cmd.output().await.unwrap();
+            let process = start.elapsed().as_secs_f64();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let reqs = proxy.requests();
+            let start_req = reqs.iter().find(|r| r.method == "POST" && r.path == "/snapshots").expect("StartSnapshot");
+            let complete = reqs.iter().find(|r| r.is_complete_snapshot()).expect("CompleteSnapshot");
+            let upload = complete.answered.duration_since(start_req.received).as_secs_f64();
+            println!(
+                "| {name} | {run} | {upload:.2} | {:.0} | {} | {} | {process:.2} |",
+                (size as f64 / (1 << 20) as f64) / upload,
+                puts(&reqs).len(),
+                reqs.len(),
+            );
+        }
+    }
+}
+
+/// A 512 MiB disk laid out like an etcd image: GPT, a 100 MiB ESP holding
+/// a ~70 MiB UKI, a 250 MiB erofs `/usr` (incompressible data), its verity
+/// hash tree, and a mostly empty ext4 root with metadata every 32 MiB.
+/// Returns the path, the number of non-zero blocks and all blocks.
+fn etcd_like_image(dir: &std::path::Path) -> (PathBuf, u64, u64) {
+    use std::os::unix::fs::FileExt;
+    const MIB: u64 = 1 << 20;
+    let size = 512 * MIB;
+    let mut extents: Vec<(u64, u64)> = vec![
+        (0, 20 * 1024),                 // protective MBR, GPT header and entries
+        (MIB, 70 * MIB),                // ESP: FAT and the UKI
+        (101 * MIB, 250 * MIB),         // /usr (erofs)
+        (351 * MIB, 2 * MIB + MIB / 2), // verity hash tree
+        (size - 20 * 1024, 20 * 1024),  // backup GPT
+    ];
+    for group in 0..5 {
+        extents.push((354 * MIB + group * 32 * MIB, 64 * 1024)); // ext4 group metadata
+    }
+    let raw = dir.join("etcd.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut chunk = vec![0u8; 4 * MIB as usize];
+    for &(offset, len) in &extents {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            for word in chunk[..n].chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+            }
+            f.write_all_at(&chunk[..n], offset + done).unwrap();
+            done += n as u64;
+        }
+    }
+    let block = BLOCK as u64;
+    let mut nonzero = std::collections::BTreeSet::new();
+    for &(offset, len) in &extents {
+        for b in offset / block..(offset + len).div_ceil(block) {
+            nonzero.insert(b);
+        }
+    }
+    let data = std::fs::read(&raw).unwrap();
+    let manifest = serde_json::json!({
+        "profile": "bench", "role": "etcd",
+        "image-sha256": hex::encode(Sha256::digest(&data)),
+        "components": [{"name": "etcd", "version": "3.6.14"}],
+        "verity-root-hash": "00",
+    });
+    std::fs::write(dir.join("etcd.manifest.json"), manifest.to_string()).unwrap();
+    (raw, nonzero.len() as u64, size / block)
+}
