@@ -119,7 +119,7 @@ pub async fn upload(
             let snapshot_id = snapshot_id.clone();
             async move {
                 let r = upload_block(ebs, region, &snapshot_id, image, file, index).await;
-                progress.inc(BLOCK_SIZE as u64);
+                progress.inc((image.size - index * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64));
                 r
             }
         })
