@@ -147,7 +147,7 @@ mod tests {
         let raw = dir.join("etcd.raw");
         std::fs::write(&raw, data).unwrap();
         let manifest = serde_json::json!({
-            "profile": "prod 1.36", "role": "etcd", "image-sha256": sha,
+            "profile": "prod+1.36", "role": "etcd", "image-sha256": sha,
             "components": [{"name": "etcd", "version": "3.6.14", "sha256": "ab"}],
             "verity-root-hash": "00", "built-by": "keel build",
         });
@@ -162,6 +162,7 @@ mod tests {
         let raw = write_image(dir.path(), data, &hex::encode(Sha256::digest(data)));
         let image = Image::open(&raw).unwrap();
         assert_eq!(image.size, data.len() as u64);
+        // `+` is not allowed in AMI names.
         assert!(image.ami_name().starts_with("keel-etcd-prod-1.36-"), "{}", image.ami_name());
         assert!(image.description().contains("etcd 3.6.14"));
         assert!(image.tags().contains(&("keel:component:etcd".into(), "3.6.14".into())));
