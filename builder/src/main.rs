@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod fetch;
+mod pin;
 mod profile;
 mod publish;
 
@@ -22,12 +24,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the fully resolved, pinned manifest for a profile and role.
+    Resolve(profile::command::ResolveArgs),
+    /// Download and verify a profile's artifacts into the cache.
+    Fetch(fetch::command::FetchArgs),
+    /// Bump one component's pinned version and digest in a profile.
+    Pin(pin::PinArgs),
     /// Publish a built image as an AMI in one or more regions.
     Publish(publish::PublishArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Resolve(args) => profile::command::run(&args),
+        Command::Fetch(args) => fetch::command::run(&args).await,
+        Command::Pin(args) => pin::run(&args).await,
         Command::Publish(args) => publish::run(args).await,
     }
 }

@@ -1,1 +1,3 @@
 //! Harness that boots Keel images under QEMU against an emulated AWS.
+
+pub mod net;

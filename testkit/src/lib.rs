@@ -3,5 +3,6 @@
 //! in-test servers over real sockets.
 
 pub mod fault_proxy;
+pub mod http;
 pub mod moto;
 pub mod process;

@@ -29,12 +29,22 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> anyhow::Result<Moto> {
-        Moto::start_with_env(&[])
+        Moto::start_on(std::net::Ipv4Addr::LOCALHOST)
     }
 
-    /// Starts moto with extra environment variables, e.g.
+    /// Starts moto listening on `addr` (e.g. the host side of a VM
+    /// network, so that guests reach it too).
+    pub fn start_on(addr: std::net::Ipv4Addr) -> anyhow::Result<Moto> {
+        Moto::start_with(addr, &[])
+    }
+
+    /// Starts moto on loopback with extra environment variables, e.g.
     /// `INITIAL_NO_AUTH_ACTION_COUNT=0` to make it check credentials.
     pub fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Moto> {
+        Moto::start_with(std::net::Ipv4Addr::LOCALHOST, env)
+    }
+
+    fn start_with(addr: std::net::Ipv4Addr, env: &[(&str, &str)]) -> anyhow::Result<Moto> {
         let bin = venv_dir().join("bin/moto_server");
         if !bin.exists() {
             anyhow::bail!(
@@ -44,17 +54,17 @@ impl Moto {
         }
         let port = free_port();
         let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        cmd.args(["-H", &addr.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         cmd.envs(env.iter().copied());
         let mut guard = Guard::spawn("moto_server", cmd)?;
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{addr}:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             guard.check_running()?;
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((addr, port)).is_ok() {
                 break;
             }
             if Instant::now() > deadline {

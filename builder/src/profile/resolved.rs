@@ -2,6 +2,8 @@
 //! source of truth for what goes into an image. `keel resolve --json` prints
 //! it; `keel build` consumes it and copies it into the image's manifest.
 
+use std::fmt;
+
 use keel_bootstrap::Role;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,10 @@ pub struct Resolved {
     pub role: Role,
     /// Target architecture (`amd64`), substituted for `{arch}` in URLs.
     pub arch: String,
+    /// Timestamp (seconds since the epoch) that the build clamps file times
+    /// to and exports as SOURCE_DATE_EPOCH; `None` when the profile sets
+    /// none (the build then chooses, and says so in its manifest).
+    pub source_date_epoch: Option<u64>,
     pub base: Base,
     /// Sorted by name.
     pub components: Vec<Component>,
@@ -25,8 +31,13 @@ pub struct Resolved {
 pub struct Base {
     /// Debian suite, e.g. `trixie`.
     pub suite: String,
-    /// Packages installed by mmdebstrap, sorted, including those that
-    /// Debian-sourced components need.
+    /// Debian mirror URL given to mmdebstrap; `None` means mmdebstrap's
+    /// default mirror.
+    pub mirror: Option<String>,
+    /// Packages installed by mmdebstrap, sorted and deduplicated: the
+    /// profile's base packages, the role's packages, the profile's packages
+    /// for that role, and the packages of Debian-sourced components. An
+    /// entry `name=version` pins a Debian version (apt syntax).
     pub packages: Vec<String>,
 }
 
@@ -34,7 +45,10 @@ pub struct Base {
 #[serde(rename_all = "kebab-case")]
 pub struct Component {
     pub name: String,
-    pub version: String,
+    /// The pinned upstream version for URL components; for Debian
+    /// components the pinned Debian version, or `None` for the version the
+    /// suite carries.
+    pub version: Option<String>,
     pub source: Source,
     pub install: Install,
 }
@@ -48,11 +62,85 @@ pub enum Source {
     Debian { package: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "algorithm", content = "hex")]
 pub enum Digest {
+    /// 64 lowercase hex characters.
     Sha256(String),
+    /// 128 lowercase hex characters.
     Sha512(String),
+}
+
+impl Digest {
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Digest::Sha256(_) => Algorithm::Sha256,
+            Digest::Sha512(_) => Algorithm::Sha512,
+        }
+    }
+
+    pub fn hex(&self) -> &str {
+        match self {
+            Digest::Sha256(h) | Digest::Sha512(h) => h,
+        }
+    }
+
+    pub fn new(algorithm: Algorithm, hex: String) -> Digest {
+        match algorithm {
+            Algorithm::Sha256 => Digest::Sha256(hex),
+            Algorithm::Sha512 => Digest::Sha512(hex),
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.hex())
+    }
+}
+
+/// A digest algorithm that profiles accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// Length of the digest in hex characters.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+
+    /// Checks and normalises (to lowercase) a hex digest.
+    pub fn parse_hex(self, s: &str) -> Result<String, String> {
+        let s = s.trim();
+        if s.len() != self.hex_len() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "malformed {}: expected {} hexadecimal characters, found {:?}",
+                self.name(),
+                self.hex_len(),
+                s
+            ));
+        }
+        Ok(s.to_ascii_lowercase())
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,9 +148,12 @@ pub enum Digest {
 pub enum Install {
     /// The artifact is one executable, installed at `path` with `mode`.
     Binary { path: String, mode: u32 },
-    /// The artifact is a (gzip) tarball unpacked into `dest`, dropping
-    /// `strip-components` leading path elements and keeping only entries
-    /// matching one of `include` (all when empty).
+    /// The artifact is a gzip-compressed tarball unpacked into `dest`.
+    /// `strip-components` leading path elements are dropped from each
+    /// entry's path first; then, when `include` is not empty, only entries
+    /// whose stripped path equals an `include` item, or lies under one that
+    /// ends with `/`, are kept. Entries left with an empty path are skipped.
+    #[serde(rename_all = "kebab-case")]
     Tarball {
         dest: String,
         strip_components: u32,

@@ -1,0 +1,418 @@
+//! Loading a profile: the file, the chain of profiles it `extends`, and the
+//! merge of that chain (nearest file wins, field by field) into one
+//! validated [`Profile`] whose every value remembers where it was written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use keel_bootstrap::Role;
+use toml::Spanned;
+
+use super::error::{Location, ProfileError};
+use super::resolved::{Digest, Install};
+use super::schema::{self, ComponentTable, InstallTable, ProfileFile};
+
+/// The only architecture Keel builds for.
+pub const ARCH: &str = "amd64";
+
+/// Placeholders a URL template may use.
+const PLACEHOLDERS: [&str; 2] = ["{version}", "{arch}"];
+
+/// A value and where it was written.
+#[derive(Debug, Clone)]
+pub struct At<T> {
+    pub value: T,
+    pub at: Location,
+}
+
+/// A profile with its `extends` chain merged and validated.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// File stem of the requested profile.
+    pub name: String,
+    pub path: PathBuf,
+    /// Names of the profiles it extends, nearest first.
+    pub extends: Vec<String>,
+    pub arch: String,
+    pub source_date_epoch: Option<u64>,
+    pub suite: String,
+    pub mirror: Option<String>,
+    pub packages: Vec<String>,
+    pub components: BTreeMap<String, ComponentSpec>,
+    /// Extra packages per role.
+    pub role_packages: BTreeMap<Role, Vec<String>>,
+}
+
+/// One component as the profile chain defines it: complete, with templates
+/// not yet expanded.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub name: String,
+    /// Where the nearest profile that mentions the component defines it.
+    pub at: Location,
+    pub version: Option<At<String>>,
+    pub source: SpecSource,
+    pub install: Install,
+}
+
+#[derive(Debug, Clone)]
+pub enum SpecSource {
+    Url {
+        url: At<String>,
+        digest: At<Digest>,
+        checksum_url: Option<At<String>>,
+    },
+    Debian {
+        package: At<String>,
+    },
+}
+
+/// One file of the chain, kept to turn byte offsets into lines and columns.
+struct Layer {
+    name: String,
+    path: PathBuf,
+    text: String,
+    file: ProfileFile,
+}
+
+impl Layer {
+    fn loc(&self, span: &Range<usize>) -> Location {
+        Location::of_span(&self.path, &self.text, span)
+    }
+
+    fn at<T: Clone>(&self, s: &Spanned<T>) -> At<T> {
+        At { value: s.get_ref().clone(), at: self.loc(&s.span()) }
+    }
+}
+
+/// Where a profile given by name (`production`) or by path
+/// (`./profiles/production.toml`) lives.
+pub fn locate(profiles_dir: &Path, name_or_path: &str) -> (String, PathBuf) {
+    if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+        let path = PathBuf::from(name_or_path);
+        let name = path
+            .file_stem()
+            .map_or_else(|| name_or_path.to_string(), |s| s.to_string_lossy().into_owned());
+        (name, path)
+    } else {
+        (name_or_path.to_string(), profiles_dir.join(format!("{name_or_path}.toml")))
+    }
+}
+
+/// Loads profile `name_or_path` (looked up in `profiles_dir` when it is a
+/// name) with everything it extends.
+pub fn load(profiles_dir: &Path, name_or_path: &str) -> Result<Profile, ProfileError> {
+    let (name, path) = locate(profiles_dir, name_or_path);
+    if !path.is_file() {
+        return Err(ProfileError::NotFound { name, path });
+    }
+    let chain = read_chain(name, path)?;
+    merge(&chain)
+}
+
+/// Reads the file and every file it extends, nearest first; refuses cycles.
+fn read_chain(name: String, path: PathBuf) -> Result<Vec<Layer>, ProfileError> {
+    let mut chain: Vec<Layer> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let (mut name, mut path) = (name, path);
+    loop {
+        let (text, file): (String, ProfileFile) = schema::read(&path)?;
+        seen.push(fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
+        let layer = Layer { name, path, text, file };
+        let next = match &layer.file.extends {
+            None => None,
+            Some(ext) => {
+                let dir = layer.path.parent().unwrap_or(Path::new("."));
+                let next_path = dir.join(format!("{}.toml", ext.get_ref()));
+                let at = layer.loc(&ext.span());
+                if !next_path.is_file() {
+                    return Err(ProfileError::invalid(
+                        at,
+                        format!("extends profile {:?}, but there is no file {}", ext.get_ref(), next_path.display()),
+                    ));
+                }
+                let canonical = fs::canonicalize(&next_path).unwrap_or_else(|_| next_path.clone());
+                if let Some(i) = seen.iter().position(|p| *p == canonical) {
+                    let mut names: Vec<&str> = chain.iter().map(|l| l.name.as_str()).collect();
+                    names.push(&layer.name);
+                    let cycle = names[i..].join(" -> ");
+                    return Err(ProfileError::invalid(
+                        at,
+                        format!("cycle in `extends`: {cycle} -> {}", ext.get_ref()),
+                    ));
+                }
+                Some((ext.get_ref().clone(), next_path))
+            }
+        };
+        chain.push(layer);
+        match next {
+            Some((n, p)) => (name, path) = (n, p),
+            None => return Ok(chain),
+        }
+    }
+}
+
+/// A component's fields while the chain is merged.
+#[derive(Default)]
+struct Entry {
+    at: Option<Location>,
+    version: Option<At<String>>,
+    url: Option<At<String>>,
+    digest: Option<At<Digest>>,
+    checksum_url: Option<At<String>>,
+    debian: Option<At<String>>,
+    install: Option<At<InstallTable>>,
+}
+
+/// Merges the chain, root first, each file overriding single fields.
+fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
+    let requested = &chain[0];
+    let mut arch: Option<At<String>> = None;
+    let mut sde = None;
+    let mut suite: Option<At<String>> = None;
+    let mut mirror: Option<At<String>> = None;
+    let mut packages: Option<At<Vec<String>>> = None;
+    let mut base_at: Option<Location> = None;
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut role_packages = BTreeMap::new();
+
+    for layer in chain.iter().rev() {
+        let f = &layer.file;
+        if let Some(a) = &f.arch {
+            arch = Some(layer.at(a));
+        }
+        if let Some(s) = &f.source_date_epoch {
+            sde = Some(*s.get_ref());
+        }
+        if let Some(b) = &f.base {
+            base_at = Some(layer.loc(&b.span()));
+            let b = b.get_ref();
+            if let Some(v) = &b.suite {
+                suite = Some(layer.at(v));
+            }
+            if let Some(v) = &b.mirror {
+                mirror = Some(layer.at(v));
+            }
+            if let Some(v) = &b.packages {
+                packages = Some(layer.at(v));
+            }
+        }
+        for (name, table) in &f.components {
+            let entry = entries.entry(name.get_ref().clone()).or_default();
+            merge_component(layer, name, table, entry)?;
+        }
+        for (role, extras) in &f.roles {
+            role_packages.insert(*role.get_ref(), extras.get_ref().packages.clone());
+        }
+    }
+
+    let missing_at = |what: &str| -> ProfileError {
+        let at = base_at.clone().unwrap_or_else(|| requested.loc(&(0..0)));
+        ProfileError::invalid(
+            at,
+            format!("missing field `{what}`: neither profile {:?} nor a profile it extends sets it", requested.name),
+        )
+    };
+    let suite = suite.ok_or_else(|| missing_at("base.suite"))?.value;
+    let packages = packages.ok_or_else(|| missing_at("base.packages"))?.value;
+    let arch = match arch {
+        None => ARCH.to_string(),
+        Some(a) if a.value == ARCH => a.value,
+        Some(a) => {
+            return Err(ProfileError::invalid(a.at, format!("unsupported arch {:?}: Keel builds {ARCH} images only", a.value)));
+        }
+    };
+    let mut components = BTreeMap::new();
+    for (name, entry) in entries {
+        components.insert(name.clone(), validate_component(name, entry)?);
+    }
+    Ok(Profile {
+        name: requested.name.clone(),
+        path: requested.path.clone(),
+        extends: chain[1..].iter().map(|l| l.name.clone()).collect(),
+        arch,
+        source_date_epoch: sde,
+        suite,
+        mirror: mirror.map(|m| m.value),
+        packages,
+        components,
+        role_packages,
+    })
+}
+
+fn merge_component(
+    layer: &Layer,
+    name: &Spanned<String>,
+    table: &Spanned<ComponentTable>,
+    entry: &mut Entry,
+) -> Result<(), ProfileError> {
+    let inherited = entry.at.is_some();
+    entry.at = Some(layer.loc(&name.span()));
+    let t = table.get_ref();
+    if let (Some(_), Some(sha512)) = (&t.sha256, &t.sha512) {
+        return Err(ProfileError::invalid(
+            layer.loc(&sha512.span()),
+            format!("component {:?}: give `sha256` or `sha512`, not both", name.get_ref()),
+        ));
+    }
+    if let (Some(_), Some(debian)) = (&t.url, &t.debian) {
+        return Err(ProfileError::invalid(
+            layer.loc(&debian.span()),
+            format!("component {:?}: give `url` or `debian`, not both", name.get_ref()),
+        ));
+    }
+    let new_digest = match (&t.sha256, &t.sha512) {
+        (Some(h), _) => Some(At { value: Digest::Sha256(h.get_ref().0.clone()), at: layer.loc(&h.span()) }),
+        (_, Some(h)) => Some(At { value: Digest::Sha512(h.get_ref().0.clone()), at: layer.loc(&h.span()) }),
+        _ => None,
+    };
+    // A new version of a downloaded artifact needs a new digest: the
+    // inherited one belongs to the old version.
+    if let (true, Some(v), None, None) = (inherited, &t.version, &new_digest, &t.debian) {
+        if let (Some(old), Some(_)) = (&entry.version, &entry.url) {
+            if old.value != *v.get_ref() {
+                return Err(ProfileError::invalid(
+                    layer.loc(&v.span()),
+                    format!(
+                        "component {:?}: version {:?} overrides {:?} (set at {}) without a new \
+                         `sha256` or `sha512`; the inherited digest is for the old version \
+                         (`keel pin` sets both)",
+                        name.get_ref(),
+                        v.get_ref(),
+                        old.value,
+                        old.at
+                    ),
+                ));
+            }
+        }
+    }
+    if t.debian.is_some() {
+        // Switching to a Debian package drops the download fields.
+        entry.url = None;
+        entry.digest = None;
+        entry.checksum_url = None;
+        entry.install = None;
+        entry.version = None;
+    }
+    if t.url.is_some() {
+        entry.debian = None;
+    }
+    if let Some(d) = new_digest {
+        entry.digest = Some(d);
+    }
+    if let Some(v) = &t.version {
+        entry.version = Some(layer.at(v));
+    }
+    if let Some(v) = &t.url {
+        entry.url = Some(layer.at(v));
+    }
+    if let Some(v) = &t.checksum_url {
+        entry.checksum_url = Some(layer.at(v));
+    }
+    if let Some(v) = &t.debian {
+        entry.debian = Some(layer.at(v));
+    }
+    if let Some(v) = &t.install {
+        entry.install = Some(layer.at(v));
+    }
+    Ok(())
+}
+
+fn validate_component(name: String, e: Entry) -> Result<ComponentSpec, ProfileError> {
+    let at = e.at.unwrap_or_else(|| Location { file: PathBuf::new(), line: 0, column: 0 });
+    let missing = |field: &str| {
+        ProfileError::invalid(at.clone(), format!("component {name:?}: missing field `{field}`"))
+    };
+    if let Some(package) = e.debian {
+        if let Some(i) = e.install {
+            return Err(ProfileError::invalid(
+                i.at,
+                format!("component {name:?}: `install` does not apply to a Debian package (dpkg installs it)"),
+            ));
+        }
+        return Ok(ComponentSpec {
+            name,
+            at,
+            version: e.version,
+            source: SpecSource::Debian { package },
+            install: Install::Package,
+        });
+    }
+    let Some(url) = e.url else {
+        return Err(ProfileError::invalid(
+            at,
+            format!("component {name:?}: missing field `url` (with `sha256` or `sha512`) or `debian`"),
+        ));
+    };
+    check_template(&name, &url)?;
+    if let Some(c) = &e.checksum_url {
+        check_template(&name, c)?;
+    }
+    let version = e.version.ok_or_else(|| missing("version"))?;
+    let digest = e.digest.ok_or_else(|| missing("sha256"))?;
+    let install = e.install.ok_or_else(|| missing("install"))?;
+    let install = match install.value {
+        InstallTable::Binary { path, mode } => {
+            check_absolute(&name, &path, &install.at)?;
+            if mode > 0o7777 {
+                return Err(ProfileError::invalid(
+                    install.at,
+                    format!("component {name:?}: mode {mode} is not a file mode; write it in octal, e.g. 0o755"),
+                ));
+            }
+            Install::Binary { path, mode }
+        }
+        InstallTable::Tarball { dest, strip_components, include } => {
+            check_absolute(&name, &dest, &install.at)?;
+            Install::Tarball { dest, strip_components, include }
+        }
+    };
+    Ok(ComponentSpec {
+        name,
+        at,
+        version: Some(version),
+        source: SpecSource::Url { url, digest, checksum_url: e.checksum_url },
+        install,
+    })
+}
+
+fn check_absolute(name: &str, path: &str, at: &Location) -> Result<(), ProfileError> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ProfileError::invalid(
+            at.clone(),
+            format!("component {name:?}: install path {path:?} must be absolute"),
+        ))
+    }
+}
+
+/// URL templates may use `{version}` and `{arch}` only.
+fn check_template(name: &str, t: &At<String>) -> Result<(), ProfileError> {
+    let mut rest = t.value.as_str();
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open..];
+        match PLACEHOLDERS.iter().find(|p| after.starts_with(*p)) {
+            Some(p) => rest = &after[p.len()..],
+            None => {
+                let end = after.find('}').map_or(after.len(), |i| i + 1);
+                return Err(ProfileError::invalid(
+                    t.at.clone(),
+                    format!(
+                        "component {name:?}: unknown placeholder {:?} in {:?} (known: {{version}}, {{arch}})",
+                        &after[..end],
+                        t.value
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Expands `{version}` and `{arch}` in a URL template.
+pub fn expand(template: &str, version: &str, arch: &str) -> String {
+    template.replace("{version}", version).replace("{arch}", arch)
+}

@@ -1,0 +1,221 @@
+//! A private network for test VMs: a network namespace holding a bridge,
+//! one tap device per VM, dnsmasq answering DHCP with a fixed address per
+//! MAC, and the instance metadata address 169.254.169.254 on the bridge.
+//! A veth pair puts the host (the test process) on the same segment, so
+//! host-side clients reach the VMs and the VMs reach servers the test runs
+//! on the host side (moto) without any routing or NAT.
+//!
+//! ```text
+//!   host netns                 | keel-<pid>-<n> netns
+//!   kh<id> 10.77.N.2/24 ---veth---- kn<id> ─┐
+//!                              |            br0 10.77.N.1/24, 169.254.169.254/32
+//!                              |  vm0 ── tap0 ─┤   dnsmasq (DHCP)
+//!                              |  vm1 ── tap1 ─┘   IMDS emulator (bound in netns)
+//! ```
+//!
+//! Everything is removed on drop (dnsmasq killed, veth and namespace
+//! deleted); namespaces left by a killed test run are swept on the next
+//! `Network::create`.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+use keel_testkit::process::Guard;
+
+/// The metadata address every EC2 guest asks.
+pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const NETNS_PREFIX: &str = "keel-";
+
+/// A guest on the network: its MAC gets a fixed address and hostname.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: String,
+}
+
+pub struct Network {
+    netns: String,
+    veth_host: String,
+    subnet: u8,
+    taps: Vec<String>,
+    dnsmasq: Option<Guard>,
+    workdir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running ip {}: is iproute2 installed?", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deletes namespaces (and their host-side veths) left by test processes
+/// that no longer exist.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !pid_alive(pid) {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
+impl Network {
+    /// Creates the namespace, bridge, host veth and DHCP server. `hosts`
+    /// are the guests that will get leases; addresses must be in
+    /// `subnet_addr(..)` of this network (use [`Network::guest_ip`]).
+    pub fn create(workdir: &Path) -> Result<Network> {
+        sweep_stale();
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // A /24 per network, picked from the pid so concurrent test
+        // processes do not collide; 10.77.0.0/16 is reserved for this.
+        let subnet = ((pid.wrapping_mul(7) + n * 13) % 240 + 10) as u8;
+        let netns = format!("{NETNS_PREFIX}{pid}-{n}");
+        let id = format!("{:x}{n}", pid % 0xfffff);
+        let veth_host = format!("kh{id}");
+        let veth_ns = format!("kn{id}");
+        let net = Network {
+            netns: netns.clone(),
+            veth_host: veth_host.clone(),
+            subnet,
+            taps: Vec::new(),
+            dnsmasq: None,
+            workdir: workdir.to_path_buf(),
+        };
+        std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
+        ip(&["netns", "add", &netns])?;
+        let ns = ["-n", netns.as_str()];
+        ip(&[ns[0], ns[1], "link", "set", "lo", "up"])?;
+        ip(&[ns[0], ns[1], "link", "add", "br0", "type", "bridge"])?;
+        ip(&[ns[0], ns[1], "addr", "add", &format!("10.77.{subnet}.1/24"), "dev", "br0"])?;
+        ip(&[ns[0], ns[1], "addr", "add", &format!("{METADATA_ADDR}/32"), "dev", "br0"])?;
+        ip(&[ns[0], ns[1], "link", "set", "br0", "up"])?;
+        ip(&["link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns])?;
+        ip(&["link", "set", &veth_ns, "netns", &netns])?;
+        ip(&[ns[0], ns[1], "link", "set", &veth_ns, "master", "br0", "up"])?;
+        ip(&["addr", "add", &format!("10.77.{subnet}.2/24"), "dev", &veth_host])?;
+        ip(&["link", "set", &veth_host, "up"])?;
+        Ok(net)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// The bridge's address in the namespace (guests' default gateway).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 1)
+    }
+
+    /// The host side's address: servers the test runs in the host
+    /// namespace bind here to be reachable from guests.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 2)
+    }
+
+    /// The address of guest number `i` (0-based).
+    pub fn guest_ip(&self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 10 + i)
+    }
+
+    /// A MAC address for guest number `i`, stable within this network.
+    pub fn guest_mac(&self, i: u8) -> String {
+        format!("52:54:00:77:{:02x}:{:02x}", self.subnet, 10 + i)
+    }
+
+    /// Starts dnsmasq in the namespace with a fixed lease per host.
+    pub fn serve_dhcp(&mut self, hosts: &[Host]) -> Result<()> {
+        let conf = self.workdir.join(format!("{}-dnsmasq.conf", self.netns));
+        let mut text = format!(
+            "interface=br0\nbind-interfaces\nport=0\nno-resolv\nno-hosts\nleasefile-ro\n\
+             dhcp-authoritative\ndhcp-range=10.77.{s}.10,static,255.255.255.0,12h\n\
+             dhcp-option=option:router,10.77.{s}.1\n",
+            s = self.subnet
+        );
+        for h in hosts {
+            text.push_str(&format!("dhcp-host={},{},{}\n", h.mac, h.ip, h.hostname));
+        }
+        std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+        let log = File::create(self.workdir.join(format!("{}-dnsmasq.log", self.netns)))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "dnsmasq", "--keep-in-foreground", "--log-dhcp"])
+            .arg(format!("--conf-file={}", conf.display()))
+            .arg("--pid-file")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut guard = Guard::spawn("dnsmasq", cmd)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        guard.check_running().context("dnsmasq (is dnsmasq-base installed?)")?;
+        self.dnsmasq = Some(guard);
+        Ok(())
+    }
+
+    /// Creates a tap device in the namespace, attached to the bridge, for
+    /// a QEMU started with `ip netns exec <netns>` and
+    /// `-netdev tap,ifname=<name>,script=no,downscript=no`.
+    pub fn add_tap(&mut self) -> Result<String> {
+        let name = format!("tap{}", self.taps.len());
+        ip(&["-n", &self.netns, "tuntap", "add", "dev", &name, "mode", "tap"])?;
+        ip(&["-n", &self.netns, "link", "set", &name, "master", "br0", "up"])?;
+        self.taps.push(name.clone());
+        Ok(name)
+    }
+
+    /// Binds a TCP listener inside the namespace (e.g. the metadata
+    /// emulator on 169.254.169.254:80). The socket stays in the namespace
+    /// whichever thread later serves it.
+    pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> Result<TcpListener> {
+        let path = format!("/run/netns/{}", self.netns);
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<TcpListener> {
+                // SAFETY: setns on this short-lived thread only; the thread
+                // ends right after binding.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("entering {path}: {}", std::io::Error::last_os_error());
+                }
+                TcpListener::bind(addr).with_context(|| format!("binding {addr} in {path}"))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+        })
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.dnsmasq.take();
+        let _ = ip(&["link", "del", &self.veth_host]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}

@@ -1,0 +1,305 @@
+//! A small HTTP/1.1 fixture server on a real loopback socket, for tests of
+//! code that downloads: it serves files and scripted faults (404, 503 then
+//! success, a stall past the client's timeout, a connection reset in the
+//! middle of a body, wrong bytes). It is not a mock of an HTTP library: the
+//! client under test opens real TCP connections to it.
+//!
+//! ```no_run
+//! use keel_testkit::http::{FixtureServer, Reply};
+//! let server = FixtureServer::start().unwrap();
+//! server.serve("/kubelet", b"bytes".to_vec());
+//! server.script("/flaky", vec![Reply::Status(503), Reply::Body(b"ok".to_vec())]);
+//! let url = server.url("/flaky");
+//! // ... run the client against `url`, then:
+//! assert_eq!(server.hits("/flaky"), 2);
+//! ```
+//!
+//! Each path has a script of replies used one per request, in order; the
+//! last one repeats. Unknown paths get 404. The server runs on its own
+//! thread and tokio runtime, so sync tests and child processes can use it;
+//! it stops when dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the server does with one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// 200 with these bytes (wrong bytes are just other bytes).
+    Body(Vec<u8>),
+    /// This status with a short text body.
+    Status(u16),
+    /// 200 with the Content-Length of `body`, sends its first half, then
+    /// sends nothing more until the server stops: a client without a read
+    /// timeout hangs.
+    Stall(Vec<u8>),
+    /// 200 with the Content-Length of `body`, sends its first half, then
+    /// resets the connection (TCP RST).
+    ResetMidBody(Vec<u8>),
+}
+
+#[derive(Default)]
+struct Route {
+    script: Vec<Reply>,
+    hits: usize,
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Route>,
+    /// Every request path, in order.
+    log: Vec<String>,
+}
+
+pub struct FixtureServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: watch::Sender<bool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FixtureServer {
+    /// Starts a server on a free port of 127.0.0.1.
+    pub fn start() -> std::io::Result<FixtureServer> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let st = state.clone();
+        let thread = thread::Builder::new().name("fixture-http".into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else { return };
+                accept_loop(listener, st, stopped).await;
+            });
+            runtime.shutdown_background();
+        })?;
+        Ok(FixtureServer { addr, state, stop, thread: Some(thread) })
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `body` at `path` for every request.
+    pub fn serve(&self, path: &str, body: Vec<u8>) {
+        self.script(path, vec![Reply::Body(body)]);
+    }
+
+    /// Replies to requests for `path` with `replies` in order; the last one
+    /// repeats. Resets the path's hit count.
+    pub fn script(&self, path: &str, replies: Vec<Reply>) {
+        assert!(!replies.is_empty(), "a script needs at least one reply");
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.routes.insert(path.to_string(), Route { script: replies, hits: 0 });
+    }
+
+    /// How many requests `path` received.
+    pub fn hits(&self, path: &str) -> usize {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let from_routes = st.routes.get(path).map(|r| r.hits);
+        from_routes.unwrap_or_else(|| st.log.iter().filter(|p| *p == path).count())
+    }
+
+    /// Every request path received so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).log.clone()
+    }
+}
+
+impl Drop for FixtureServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        _ = handle(stream, state) => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves requests on one connection (keep-alive) until it closes.
+async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some((path, close)) = read_request(&mut stream, &mut buf).await else { return };
+        let reply = {
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.log.push(path.clone());
+            match st.routes.get_mut(&path) {
+                None => Reply::Status(404),
+                Some(route) => {
+                    let i = route.hits.min(route.script.len() - 1);
+                    route.hits += 1;
+                    route.script[i].clone()
+                }
+            }
+        };
+        if !send(&mut stream, reply).await || close {
+            return;
+        }
+    }
+}
+
+/// Reads one request head; returns its path and whether the client asked
+/// to close the connection. Request bodies are not expected (GET only).
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, bool)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let target = head.lines().next()?.split_whitespace().nth(1)?.to_string();
+            let close = head.lines().any(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("connection:") && l.contains("close")
+            });
+            return Some((target, close));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn head(status: u16, len: usize) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n")
+        .into_bytes()
+}
+
+/// Sends a reply; false when the connection must not be reused.
+async fn send(stream: &mut TcpStream, reply: Reply) -> bool {
+    match reply {
+        Reply::Body(body) => {
+            let mut out = head(200, body.len());
+            out.extend_from_slice(&body);
+            stream.write_all(&out).await.is_ok()
+        }
+        Reply::Status(code) => {
+            let body = format!("fixture status {code}\n");
+            let mut out = head(code, body.len());
+            out.extend_from_slice(body.as_bytes());
+            stream.write_all(&out).await.is_ok()
+        }
+        Reply::Stall(body) => {
+            let mut out = head(200, body.len());
+            out.extend_from_slice(&body[..body.len() / 2]);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+            // Until the server stops (the caller's select ends this).
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+        Reply::ResetMidBody(body) => {
+            let mut out = head(200, body.len());
+            out.extend_from_slice(&body[..body.len() / 2]);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+            reset_on_close(stream);
+            false
+        }
+    }
+}
+
+/// SO_LINGER with a zero timeout: closing the socket sends RST, not FIN.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(server: &FixtureServer, path: &str) -> std::io::Result<Vec<u8>> {
+        let mut s = std::net::TcpStream::connect(server.addr())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn scripts_replies_in_order_and_counts_hits() {
+        let server = FixtureServer::start().unwrap();
+        server.script("/a", vec![Reply::Status(503), Reply::Body(b"hello".to_vec())]);
+        let first = String::from_utf8(get(&server, "/a").unwrap()).unwrap();
+        assert!(first.starts_with("HTTP/1.1 503"), "{first}");
+        for _ in 0..2 {
+            let next = String::from_utf8(get(&server, "/a").unwrap()).unwrap();
+            assert!(next.starts_with("HTTP/1.1 200") && next.ends_with("hello"), "{next}");
+        }
+        assert_eq!(server.hits("/a"), 3);
+        let missing = String::from_utf8(get(&server, "/nope").unwrap()).unwrap();
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert_eq!(server.requests(), ["/a", "/a", "/a", "/nope"]);
+    }
+
+    #[test]
+    fn reset_mid_body_sends_half_then_fails_the_read() {
+        let server = FixtureServer::start().unwrap();
+        server.script("/r", vec![Reply::ResetMidBody(vec![7u8; 200_000])]);
+        let err = get(&server, "/r").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+}
