@@ -14,12 +14,13 @@
 //!   error replies on chosen requests, consumed one per matching request.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::http::{read_request, response_head, Request, Served};
 
 /// The block size AWS announces for EBS direct API snapshots.
 pub const AWS_BLOCK_SIZE: u64 = 524_288;
@@ -106,7 +107,7 @@ struct State {
 pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<State>,
-    runtime: Option<tokio::runtime::Runtime>,
+    _served: Served,
 }
 
 impl FaultProxy {
@@ -114,12 +115,6 @@ impl FaultProxy {
     /// loopback port. `record_bodies` keeps every request body (tests);
     /// the benchmark turns it off to keep memory flat.
     pub fn start(upstream: &str, record_bodies: bool) -> anyhow::Result<FaultProxy> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_name("fault-proxy")
-            .build()
-            .context("starting the proxy's runtime")?;
         // reqwest is built without a default TLS provider; the workspace's
         // one (idempotent if already installed).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -134,26 +129,17 @@ impl FaultProxy {
             log: Mutex::new(Vec::new()),
             http,
         });
-        // Bound here (not with block_on) so that a test may start the
-        // proxy from inside its own runtime.
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy's port")?;
-        std_listener.set_nonblocking(true)?;
-        let addr: SocketAddr = std_listener.local_addr()?;
-        let accept_state = Arc::clone(&state);
-        runtime.spawn(async move {
-            let Ok(listener) = TcpListener::from_std(std_listener) else {
-                return;
-            };
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&accept_state);
-                tokio::spawn(async move {
-                    // A connection error only ends that connection; the
-                    // client sees it and retries.
-                    let _ = serve(stream, state).await;
-                });
-            }
-        });
-        Ok(FaultProxy { endpoint: format!("http://{addr}"), state, runtime: Some(runtime) })
+        let st = Arc::clone(&state);
+        let served = Served::start("fault-proxy", move |stream| {
+            let st = Arc::clone(&st);
+            // A connection error only ends that connection; the client
+            // sees it and retries.
+            Box::pin(async move {
+                let _ = serve(stream, st).await;
+            })
+        })
+        .context("starting the proxy")?;
+        Ok(FaultProxy { endpoint: format!("http://{}", served.addr()), state, _served: served })
     }
 
     /// Answers the next PutSnapshotBlock calls for `index` with `faults`,
@@ -184,14 +170,6 @@ impl FaultProxy {
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
         lock(&self.state.log).clear();
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -241,25 +219,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-struct Request {
-    received: std::time::Instant,
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-async fn serve(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::with_capacity(1 << 20, read);
-    loop {
-        let Some(req) = read_request(&mut reader, &mut write).await? else {
-            return Ok(());
-        };
-        let close = req
-            .headers
-            .iter()
-            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut stream, &mut buf).await {
         let (status, headers, body, injected) = match injected_fault(&state, &req) {
             Some(fault) => {
                 let (s, h, b) = fault_reply(&fault);
@@ -270,14 +232,10 @@ async fn serve(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
                 (s, h, b, false)
             }
         };
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-        for (k, v) in &headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-        write.write_all(head.as_bytes()).await?;
-        write.write_all(&body).await?;
-        write.flush().await?;
+        stream.write_all(&response_head(status, &headers, body.len())).await?;
+        stream.write_all(&body).await?;
+        stream.flush().await?;
+        let close = req.close;
         lock(&state.log).push(Recorded {
             method: req.method,
             path: req.path,
@@ -289,73 +247,10 @@ async fn serve(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
             answered: std::time::Instant::now(),
         });
         if close {
-            return Ok(());
-        }
-    }
-}
-
-/// Reads one request; `None` at a clean end of the connection.
-async fn read_request<R, W>(reader: &mut BufReader<R>, write: &mut W) -> anyhow::Result<Option<Request>>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let mut line = String::new();
-    if reader.read_line(&mut line).await? == 0 {
-        return Ok(None);
-    }
-    let received = std::time::Instant::now();
-    let mut parts = line.split_whitespace();
-    let method = parts.next().context("empty request line")?.to_string();
-    let path = parts.next().context("request line without a path")?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).await? == 0 {
-            anyhow::bail!("connection closed inside the headers");
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
     }
-    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    if get("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-        write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        write.flush().await?;
-    }
-    let mut body = Vec::new();
-    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).await?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-                .context("bad chunk size")?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    let mut t = String::new();
-                    if reader.read_line(&mut t).await? == 0 || t.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..]).await?;
-            let mut crlf = [0u8; 2];
-            reader.read_exact(&mut crlf).await?;
-        }
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len.parse().context("bad content-length")?;
-        body.resize(len, 0);
-        reader.read_exact(&mut body).await?;
-    }
-    Ok(Some(Request { received, method, path, headers, body }))
+    Ok(())
 }
 
 fn injected_fault(state: &State, req: &Request) -> Option<Fault> {
@@ -453,19 +348,6 @@ fn with_aws_block_size(body: &[u8]) -> Vec<u8> {
             serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
         }
         Err(_) => body.to_vec(),
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
     }
 }
 
