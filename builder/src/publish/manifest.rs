@@ -38,7 +38,7 @@ pub struct PublishManifest {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RegionAmi {
     pub ami_id: String,
-    /// The root snapshot, when EC2 reports it (moto does not for copies).
+    /// The root snapshot, when EC2 reports it.
     pub snapshot_id: Option<String>,
     /// True when the AMI existed before this run.
     pub reused: bool,
