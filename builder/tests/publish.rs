@@ -245,6 +245,7 @@ async fn round_trip_skips_zero_blocks_and_checks_checksums() {
     ])
     .await;
     let manifest = success(&out);
+    assert!(!stderr(&out).contains("announced"), "the proxy answers BlockSize 524288: {}", stderr(&out));
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_out).unwrap()).unwrap();
     assert_eq!(written, manifest, "the file and stdout agree");
     assert_eq!(manifest["image-sha256"], img.sha256);

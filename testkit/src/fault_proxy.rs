@@ -332,7 +332,8 @@ async fn forward(state: &State, req: &Request) -> anyhow::Result<Reply> {
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     let mut body = resp.bytes().await.context("reading the upstream reply")?.to_vec();
-    if req.method == "POST" && req.path.split('?').next() == Some("/snapshots") && status == 200 {
+    // StartSnapshot answers 201 Created.
+    if req.method == "POST" && req.path.split('?').next() == Some("/snapshots") && (200..300).contains(&status) {
         body = with_aws_block_size(&body);
     }
     Ok((status, headers, body))
