@@ -5,6 +5,8 @@
 
 pub mod atomic_file;
 pub mod aws;
+pub mod bundle;
+pub mod envelope;
 pub mod retry;
 pub mod role;
 pub mod tags;

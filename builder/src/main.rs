@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod fetch;
 mod pin;
 mod profile;
@@ -32,6 +33,9 @@ enum Command {
     Pin(pin::PinArgs),
     /// Publish a built image as an AMI in one or more regions.
     Publish(publish::PublishArgs),
+    /// Create, publish and list the cluster's encrypted TLS assets.
+    #[command(subcommand)]
+    Assets(assets::Command),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
         Command::Publish(args) => publish::run(args).await,
+        Command::Assets(command) => assets::run(command).await,
     }
 }
 

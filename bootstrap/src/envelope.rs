@@ -1,0 +1,228 @@
+//! Envelope encryption of asset bundles with KMS, and fetching them from
+//! S3: one GenerateDataKey (AES-256) per seal, one GetObject and one
+//! Decrypt per open, each with the encryption context of the cluster and
+//! role (see `bundle` for the byte layout). The SDK clients carry the
+//! timeouts and bounded retries of `aws::sdk_config`.
+
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use zeroize::Zeroizing;
+
+use crate::aws::display_error;
+use crate::bundle::{self, Bundle, BundleError, Header};
+use crate::role::Role;
+
+/// A bundle object larger than this is refused before it is read: real
+/// bundles are a few KiB.
+pub const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("KMS GenerateDataKey with key {key_id} for cluster {cluster:?} role {role}: {message}")]
+    GenerateDataKey { key_id: String, cluster: String, role: Role, message: String },
+    #[error("KMS GenerateDataKey with key {key_id} returned no {what}")]
+    IncompleteDataKey { key_id: String, what: &'static str },
+    #[error("KMS Decrypt of the data key (KMS key {key_id}) with the context of cluster {cluster:?} role {role}: {message}")]
+    Decrypt { key_id: String, cluster: String, role: Role, message: String },
+    #[error("sealing the bundle of cluster {cluster:?} role {role}: {source}")]
+    Seal { cluster: String, role: Role, source: BundleError },
+    #[error("opening the bundle of cluster {cluster:?} role {role} (KMS key {key_id}): {source}")]
+    Open { cluster: String, role: Role, key_id: String, source: BundleError },
+    #[error("reading the bundle header: {0}")]
+    Header(#[source] BundleError),
+    #[error("S3 GetObject s3://{bucket}/{key}: {message}")]
+    GetObject { bucket: String, key: String, message: String },
+    #[error("S3 object s3://{bucket}/{key} is {size} bytes, more than a bundle may be ({MAX_OBJECT_BYTES})")]
+    TooLarge { bucket: String, key: String, size: i64 },
+    #[error("bundle s3://{bucket}/{key}: {source}")]
+    Object { bucket: String, key: String, source: Box<EnvelopeError> },
+}
+
+/// Seals `bundle` under a fresh KMS data key of `key_id`, with the
+/// encryption context of the bundle's cluster and role.
+pub async fn seal(kms: &aws_sdk_kms::Client, key_id: &str, bundle: &Bundle) -> Result<Vec<u8>, EnvelopeError> {
+    let reply = kms
+        .generate_data_key()
+        .key_id(key_id)
+        .key_spec(DataKeySpec::Aes256)
+        .set_encryption_context(Some(bundle::encryption_context(&bundle.cluster, bundle.role)))
+        .send()
+        .await
+        .map_err(|e| EnvelopeError::GenerateDataKey {
+            key_id: key_id.to_string(),
+            cluster: bundle.cluster.clone(),
+            role: bundle.role,
+            message: display_error(&e),
+        })?;
+    let incomplete = |what| EnvelopeError::IncompleteDataKey { key_id: key_id.to_string(), what };
+    let plaintext = reply.plaintext().ok_or_else(|| incomplete("plaintext key"))?;
+    let data_key = Zeroizing::new(plaintext.as_ref().to_vec());
+    let encrypted = reply.ciphertext_blob().ok_or_else(|| incomplete("encrypted key"))?;
+    // Record the key as KMS names it (the ARN), not an alias that may move.
+    let reported_key = reply.key_id().unwrap_or(key_id);
+    bundle
+        .seal(reported_key, encrypted.as_ref(), &data_key)
+        .map_err(|source| EnvelopeError::Seal { cluster: bundle.cluster.clone(), role: bundle.role, source })
+}
+
+/// Opens a serialised bundle expected to be for `cluster` and `role`: the
+/// header must name them, and KMS must decrypt the data key with *their*
+/// encryption context.
+pub async fn open(kms: &aws_sdk_kms::Client, bytes: &[u8], cluster: &str, role: Role) -> Result<Bundle, EnvelopeError> {
+    let (header, _) = Header::parse(bytes).map_err(EnvelopeError::Header)?;
+    let open_error = |source| EnvelopeError::Open {
+        cluster: cluster.to_string(),
+        role,
+        key_id: header.kms_key_id.clone(),
+        source,
+    };
+    header.expect(cluster, role).map_err(open_error)?;
+    let reply = kms
+        .decrypt()
+        .ciphertext_blob(Blob::new(header.encrypted_data_key.clone()))
+        .set_encryption_context(Some(bundle::encryption_context(cluster, role)))
+        .send()
+        .await
+        .map_err(|e| EnvelopeError::Decrypt {
+            key_id: header.kms_key_id.clone(),
+            cluster: cluster.to_string(),
+            role,
+            message: display_error(&e),
+        })?;
+    let data_key = Zeroizing::new(
+        reply
+            .plaintext()
+            .ok_or_else(|| EnvelopeError::Decrypt {
+                key_id: header.kms_key_id.clone(),
+                cluster: cluster.to_string(),
+                role,
+                message: "KMS returned no plaintext".into(),
+            })?
+            .as_ref()
+            .to_vec(),
+    );
+    Bundle::open(bytes, cluster, role, &data_key).map_err(open_error)
+}
+
+/// Fetches and opens the bundle of `role` under `prefix` in `bucket`:
+/// exactly one GetObject and one Decrypt.
+pub async fn fetch(
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+    bucket: &str,
+    prefix: &str,
+    cluster: &str,
+    role: Role,
+) -> Result<Bundle, EnvelopeError> {
+    let key = bundle::object_key(prefix, role);
+    let get_error = |message: String| EnvelopeError::GetObject {
+        bucket: bucket.to_string(),
+        key: key.clone(),
+        message,
+    };
+    let reply = s3
+        .get_object()
+        .bucket(bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| get_error(display_error(&e)))?;
+    if let Some(size) = reply.content_length().filter(|s| *s > MAX_OBJECT_BYTES) {
+        return Err(EnvelopeError::TooLarge { bucket: bucket.to_string(), key, size });
+    }
+    let bytes = reply
+        .body
+        .collect()
+        .await
+        .map_err(|e| get_error(format!("reading the body: {}", display_error(&e))))?
+        .into_bytes();
+    open(kms, &bytes, cluster, role).await.map_err(|source| EnvelopeError::Object {
+        bucket: bucket.to_string(),
+        key,
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against moto's server (KMS and S3), started per test.
+    use super::*;
+    use crate::aws::{s3_client, sdk_config, Target};
+    use crate::bundle::BundleFile;
+    use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
+    use keel_testkit::moto::Moto;
+
+    async fn clients(moto: &Moto) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
+        let target = Target { region: Some("eu-west-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
+        let config = sdk_config(&target)
+            .await
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "testing", "testing", None, None, "test",
+            )))
+            .build();
+        (s3_client(&config), aws_sdk_kms::Client::new(&config))
+    }
+
+    fn etcd_bundle() -> Bundle {
+        Bundle {
+            cluster: "c1".into(),
+            role: Role::Etcd,
+            files: vec![BundleFile {
+                path: "etcd/pki/ca.key".into(),
+                mode: 0o600,
+                contents: Zeroizing::new(b"key material".to_vec()),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_opens_with_the_right_context_only() {
+        let moto = Moto::start().expect("moto (run scripts/setup)");
+        let (s3, kms) = clients(&moto).await;
+        let key = kms.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_string();
+        s3.create_bucket()
+            .bucket("assets")
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+
+        let sealed = seal(&kms, &key_id, &etcd_bundle()).await.unwrap();
+        let (header, _) = Header::parse(&sealed).unwrap();
+        assert!(header.kms_key_id.contains(&key_id), "{}", header.kms_key_id);
+        s3.put_object()
+            .bucket("assets")
+            .key("c1/etcd.bundle")
+            .body(sealed.clone().into())
+            .send()
+            .await
+            .unwrap();
+        let b = fetch(&s3, &kms, "assets", "c1", "c1", Role::Etcd).await.unwrap();
+        assert_eq!(b, etcd_bundle());
+
+        // KMS itself refuses the data key under another role's context.
+        let e = kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(header.encrypted_data_key.clone()))
+            .set_encryption_context(Some(bundle::encryption_context("c1", Role::Worker)))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(display_error(&e).contains("InvalidCiphertext"), "{}", display_error(&e));
+
+        // Asking for the worker bundle at the etcd key: refused by name.
+        let e = open(&kms, &sealed, "c1", Role::Worker).await.unwrap_err();
+        assert!(matches!(e, EnvelopeError::Open { source: BundleError::WrongRecipient { .. }, .. }), "{e}");
+
+        // A missing object names bucket and key.
+        let e = fetch(&s3, &kms, "assets", "c2", "c1", Role::Etcd).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("s3://assets/c2/etcd.bundle") && msg.contains("NoSuchKey"), "{msg}");
+    }
+}
