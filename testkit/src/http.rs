@@ -409,6 +409,30 @@ mod tests {
         assert_eq!(server.requests(), ["/a", "/a", "/a", "/nope"]);
     }
 
+    #[tokio::test]
+    async fn reads_bodies_by_length_and_chunked_on_one_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"PUT /snapshots/s/blocks/3 HTTP/1.1\r\nContent-Length: 5\r\nX-Amz-Checksum: abc\r\n\r\nhello").await.unwrap();
+            s.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nAct\r\n4;x=y\r\nion=\r\n0\r\n\r\n").await.unwrap();
+            s
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let first = read_request(&mut stream, &mut buf).await.unwrap();
+        assert_eq!((first.method.as_str(), first.path.as_str()), ("PUT", "/snapshots/s/blocks/3"));
+        assert_eq!(first.body, b"hello");
+        assert!(first.headers.contains(&("x-amz-checksum".into(), "abc".into())));
+        assert!(!first.close);
+        let second = read_request(&mut stream, &mut buf).await.unwrap();
+        assert_eq!(second.body, b"Action=");
+        assert!(second.close);
+        drop(client.await.unwrap());
+        assert!(read_request(&mut stream, &mut buf).await.is_none(), "end of the connection");
+    }
+
     #[test]
     fn reset_mid_body_sends_half_then_fails_the_read() {
         let server = FixtureServer::start().unwrap();
