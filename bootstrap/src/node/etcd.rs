@@ -189,20 +189,44 @@ pub async fn plan(layout: &Layout, api: &EtcdApi, me: &Peer, peers: &[Peer]) -> 
             found: peers.iter().map(|p| p.instance_id.as_str()).collect::<Vec<_>>().join(", "),
         });
     }
-    // A healthy member of an existing cluster? (Members of a cluster that
-    // is still forming do not answer yet.)
-    let mut via = None;
+    // Does a cluster exist? A peer that answers at all (even "unhealthy")
+    // means yes; only when no peer answers is a new cluster formed.
+    let mut healthy = None;
+    let mut answering = None;
     for p in peers.iter().filter(|p| p.instance_id != me.instance_id) {
         let endpoint = client_url(&p.private_ip);
-        if api.health_with(&endpoint, &PROBE).await.is_ok() {
-            via = Some(endpoint);
-            break;
+        match api.health_with(&endpoint, &PROBE).await {
+            Ok(()) => {
+                healthy = Some(endpoint);
+                break;
+            }
+            Err(EtcdApiError::Request { .. }) => {}
+            Err(_) => answering = answering.or(Some(endpoint)),
         }
     }
-    let Some(endpoint) = via else {
-        let initial: Vec<(String, String)> = peers.iter().map(|p| (p.instance_id.clone(), peer_url(&p.private_ip))).collect();
-        let members = peers.iter().map(|p| p.instance_id.clone()).collect();
-        return Ok((Plan::New { members }, initial, true));
+    let endpoint = match (healthy, answering) {
+        (Some(e), _) => e,
+        (None, None) => {
+            let initial: Vec<(String, String)> = peers.iter().map(|p| (p.instance_id.clone(), peer_url(&p.private_ip))).collect();
+            let members = peers.iter().map(|p| p.instance_id.clone()).collect();
+            return Ok((Plan::New { members }, initial, true));
+        }
+        (None, Some(e)) => {
+            // A cluster that is still forming (waiting for us, an initial
+            // member) or between leaders. An initial member starts with
+            // the membership the others were started with.
+            let join = |source| EtcdError::Join { endpoint: e.clone(), source };
+            let members = api.member_list(&e).await.map_err(join)?;
+            let (_, absent) = reconcile(me, peers, &members);
+            if !absent {
+                let names = initial_cluster_of(&members, peers);
+                let members = names.iter().map(|(n, _)| n.clone()).collect();
+                return Ok((Plan::New { members }, names, true));
+            }
+            // Otherwise wait for it to become healthy, then join.
+            api.health(&e).await.map_err(join)?;
+            e
+        }
     };
     let join = |source| EtcdError::Join { endpoint: endpoint.clone(), source };
     let members = api.member_list(&endpoint).await.map_err(join)?;
