@@ -14,6 +14,8 @@ mod build;
 mod fetch;
 mod pin;
 mod profile;
+mod publish;
+mod userdata;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
 #[derive(Debug, Parser)]
@@ -31,9 +33,13 @@ enum Command {
     Fetch(fetch::command::FetchArgs),
     /// Bump one component's pinned version and digest in a profile.
     Pin(pin::PinArgs),
+    /// Publish a built image as an AMI in one or more regions.
+    Publish(publish::PublishArgs),
     /// Create, publish and list the cluster's encrypted TLS assets.
     #[command(subcommand)]
     Assets(assets::Command),
+    /// Render a node's user data for a launch template.
+    Userdata(userdata::UserdataArgs),
     /// Build a role's bootable disk image (GPT, UKI, verified /usr).
     Build(build::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
@@ -45,7 +51,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => profile::command::run(&args),
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
+        Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
+        Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => build::command::run(&args).await,
         Command::Inspect(args) => build::command::inspect(&args),
     }
