@@ -1,3 +1,6 @@
 //! Harness that boots Keel images under QEMU against an emulated AWS.
 
+pub mod aws;
+pub mod cluster;
 pub mod net;
+pub mod rundir;
