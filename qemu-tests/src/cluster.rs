@@ -11,6 +11,7 @@
 //! are covered by `keel_testkit::teardown`, which every process guard and
 //! the network register with.
 
+use std::ffi::OsStr;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use keel_bootstrap::Role;
 
 use crate::aws::{Account, AZ, REGION};
+use crate::keel;
 use crate::net::{Host, Network};
 use crate::rundir;
 
@@ -123,6 +125,40 @@ impl Cluster {
 
     pub fn node(&self, name: &str) -> Result<&Node> {
         self.nodes.iter().find(|n| n.name == name).with_context(|| format!("no node {name} in cluster {}", self.name))
+    }
+
+    /// `keel assets init` for this cluster into `<work dir>/assets`.
+    pub fn init_assets(&self, api_endpoint: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("assets");
+        keel::run(
+            ["assets", "init", "--cluster", &self.name, "--api-endpoint", api_endpoint, "--out"]
+                .map(OsStr::new)
+                .into_iter()
+                .chain([dir.as_os_str()]),
+            &[],
+        )?;
+        Ok(dir)
+    }
+
+    /// `keel assets publish` of `assets` into the account's bucket, under
+    /// the prefix [`Cluster::assets_prefix`], sealed with its KMS key.
+    pub fn publish_assets(&self, assets: &Path) -> Result<()> {
+        let a = &self.account;
+        keel::run(
+            [OsStr::new("assets"), OsStr::new("publish"), OsStr::new("--dir"), assets.as_os_str()]
+                .into_iter()
+                .chain(
+                    ["--bucket", &a.bucket, "--prefix", self.assets_prefix(), "--kms-key", &a.kms_key_id]
+                        .map(OsStr::new),
+                ),
+            &a.env(),
+        )?;
+        Ok(())
+    }
+
+    /// The S3 prefix of this cluster's bundles.
+    pub fn assets_prefix(&self) -> &str {
+        &self.name
     }
 
     /// Where a node's console log is written.

@@ -2,5 +2,6 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod keel;
 pub mod net;
 pub mod rundir;

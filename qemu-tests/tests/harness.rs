@@ -5,11 +5,11 @@
 use std::net::TcpStream;
 use std::path::Path;
 
-use keel_bootstrap::Role;
+use keel_bootstrap::{envelope, Role};
 use keel_qemu_tests::cluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_are_leased_and_found_by_tags_and_terminated_ones_drop_out() {
+async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_per_role() {
     let (netns, moto_addr, dir);
     {
         let mut c = Cluster::start("harness", "kt").await.unwrap();
@@ -64,6 +64,18 @@ async fn nodes_are_leased_and_found_by_tags_and_terminated_ones_drop_out() {
         c.account.s3.head_bucket().bucket(&c.account.bucket).send().await.expect("asset bucket");
         let key = c.account.kms.describe_key().key_id(&c.account.kms_key_id).send().await.unwrap();
         assert_eq!(key.key_metadata().unwrap().enabled(), true);
+
+        // The assets, made and published with the keel binary, open with
+        // each role's encryption context from the guests' endpoint.
+        let assets = c.init_assets("api.kt.internal").unwrap();
+        c.publish_assets(&assets).unwrap();
+        for role in Role::ALL {
+            let b = envelope::fetch(&c.account.s3, &c.account.kms, &c.account.bucket, c.assets_prefix(), "kt", role)
+                .await
+                .unwrap_or_else(|e| panic!("{role} bundle: {e}"));
+            assert_eq!(b.role, role);
+            assert!(!b.files.is_empty(), "{role} bundle is empty");
+        }
 
         // A guest on the VM network reaches moto at the same endpoint.
         let out = c
