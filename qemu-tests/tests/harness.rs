@@ -63,7 +63,7 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         // The asset bucket and KMS key exist.
         c.account.s3.head_bucket().bucket(&c.account.bucket).send().await.expect("asset bucket");
         let key = c.account.kms.describe_key().key_id(&c.account.kms_key_id).send().await.unwrap();
-        assert_eq!(key.key_metadata().unwrap().enabled(), true);
+        assert!(key.key_metadata().unwrap().enabled(), "asset key disabled");
 
         // The assets, made and published with the keel binary, open with
         // each role's encryption context from the guests' endpoint.
