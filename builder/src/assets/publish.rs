@@ -24,7 +24,8 @@ use super::{fingerprint, roles, AwsArgs, PublishArgs};
 enum Action {
     Create,
     Unchanged { etag: Option<String>, version: Option<String> },
-    Replace { rotated: Vec<String> },
+    /// Replace the object that has this ETag (a conditional write).
+    Replace { rotated: Vec<String>, etag: Option<String> },
 }
 
 /// The current state of an object, from HeadObject.
@@ -63,27 +64,38 @@ pub async fn run(args: &PublishArgs) -> anyhow::Result<()> {
 
     for (role, bundle, key, new, action) in plans {
         let url = format!("s3://{}/{key}", args.bucket);
-        let (created, rotated) = match action {
+        let (created, rotated, if_match) = match action {
             Action::Unchanged { etag, version } => {
                 println!("{role}: {url} unchanged ({}), not uploaded", describe(&etag, &version));
                 continue;
             }
-            Action::Create => (true, Vec::new()),
-            Action::Replace { rotated } => (false, rotated),
+            Action::Create => (true, Vec::new(), None),
+            Action::Replace { rotated, etag } => (false, rotated, etag),
         };
         let sealed = envelope::seal(&kms, &args.kms_key, &bundle).await?;
         let (header, _) = Header::parse(&sealed).context("reading back the sealed header")?;
         let meta = ObjectMeta { kms_key: header.kms_key_id.clone(), ..new };
+        // Conditional writes: if another publish got there between the
+        // plan and now, S3 answers PreconditionFailed instead of losing
+        // one of the two silently.
         let put = s3
             .put_object()
             .bucket(&args.bucket)
             .key(&key)
             .content_type("application/octet-stream")
             .set_metadata(Some(meta.to_map()))
+            .set_if_none_match(created.then(|| "*".to_string()))
+            .set_if_match(if_match)
             .body(sealed.into())
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("S3 PutObject {url}: {}", display_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "S3 PutObject {url}: {} (PreconditionFailed means the object changed since \
+                     publish read it: run publish again)",
+                    display_error(&e)
+                )
+            })?;
         let etag = put.e_tag().map(str::to_string);
         let version = put.version_id().map(str::to_string);
         let verb = if created { "uploaded" } else { "replaced" };
@@ -114,7 +126,7 @@ fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: boo
     };
     let Some(old) = current.meta else {
         if rotate {
-            return Ok(Action::Replace { rotated: Vec::new() });
+            return Ok(Action::Replace { rotated: Vec::new(), etag: current.etag });
         }
         return Err("exists but was not written by keel (no keel metadata); pass --rotate to replace it".into());
     };
@@ -144,7 +156,7 @@ fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: boo
              Pass --rotate to replace them on purpose"
         ));
     }
-    Ok(Action::Replace { rotated })
+    Ok(Action::Replace { rotated, etag: current.etag })
 }
 
 /// The keys under `prefix` in `bucket` (one ListObjectsV2, paginated).
@@ -227,13 +239,13 @@ mod tests {
         assert!(matches!(decide("c1", &new, current(Some(meta("c1", "aaa", "f1"))), false), Ok(Action::Unchanged { .. })));
         assert_eq!(
             decide("c1", &new, current(Some(meta("c1", "aaa", "f0"))), false),
-            Ok(Action::Replace { rotated: vec![] })
+            Ok(Action::Replace { rotated: vec![], etag: Some("\"e\"".into()) })
         );
         let e = decide("c1", &new, current(Some(meta("c1", "bbb", "f0"))), false).unwrap_err();
         assert!(e.contains("--rotate") && e.contains("kubernetes/pki/ca.crt"), "{e}");
         assert_eq!(
             decide("c1", &new, current(Some(meta("c1", "bbb", "f0"))), true),
-            Ok(Action::Replace { rotated: vec!["kubernetes/pki/ca.crt".into()] })
+            Ok(Action::Replace { rotated: vec!["kubernetes/pki/ca.crt".into()], etag: Some("\"e\"".into()) })
         );
         let e = decide("c1", &new, current(Some(meta("c2", "aaa", "f1"))), true).unwrap_err();
         assert!(e.contains("cluster \"c2\""), "{e}");

@@ -11,11 +11,12 @@
 //!
 //! Every file is written with `keel_bootstrap::atomic_file` (mode set before
 //! the first byte: 0600 for keys, tokens and configs holding them, 0644 for
-//! certificates and public keys). The directory itself is 0700.
+//! certificates and public keys). The directory itself is 0700, and is
+//! complete or absent: it is built under a temporary name and renamed.
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -49,7 +50,9 @@ pub struct Store {
 }
 
 /// Writes freshly generated assets into `dir`, which must be missing or
-/// empty: existing assets (a CA above all) are never overwritten.
+/// empty: existing assets (a CA above all) are never overwritten. The files
+/// are written into a private temporary directory beside `dir` which is
+/// then renamed into place, so `dir` never holds a partial set.
 pub fn write(dir: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -61,25 +64,50 @@ pub fn write(dir: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()> {
                 );
             }
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private (0700)", dir.display()))?;
+    let name = dir.file_name().with_context(|| format!("{} has no directory name", dir.display()))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = write_tree(&tmp, manifest, pki).and_then(|()| {
+        // rename(2) replaces an empty directory.
+        fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", parent.display()))
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Writes every file under a new private directory `root`.
+fn write_tree(root: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("creating {}", root.display()))?;
+    // The umask may have cleared bits; the directory must be exactly 0700.
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", root.display()))?;
 
     let mut fingerprint_key = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill(&mut fingerprint_key[..]);
-    atomic_file::write(&dir.join(FINGERPRINT_KEY), SECRET_MODE, &fingerprint_key[..])
-        .with_context(|| format!("writing {}", dir.join(FINGERPRINT_KEY).display()))?;
+    atomic_file::write(&root.join(FINGERPRINT_KEY), SECRET_MODE, &fingerprint_key[..])
+        .with_context(|| format!("writing {}", root.join(FINGERPRINT_KEY).display()))?;
     for f in &pki.files {
-        let path = dir.join(f.path);
+        let path = root.join(f.path);
         atomic_file::write(&path, f.mode, &f.contents).with_context(|| format!("writing {}", path.display()))?;
     }
     let text = toml::to_string_pretty(manifest).context("encoding the asset manifest")?;
-    atomic_file::write(&dir.join(MANIFEST), 0o644, text.as_bytes())
-        .with_context(|| format!("writing {}", dir.join(MANIFEST).display()))?;
+    atomic_file::write(&root.join(MANIFEST), 0o644, text.as_bytes())
+        .with_context(|| format!("writing {}", root.join(MANIFEST).display()))?;
     Ok(())
 }
 
@@ -120,5 +148,59 @@ impl Store {
             bail!("{} is {} bytes, expected 32", self.dir.join(FINGERPRINT_KEY).display(), key.len());
         }
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assets::pki::{generate, Endpoint};
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: LAYOUT_VERSION,
+            cluster: "c1".into(),
+            api_endpoints: vec!["10.0.0.1".into()],
+            created: "2026-01-01T00:00:00Z".into(),
+            bootstrap_token_id: "abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn writes_into_an_empty_dir_reads_back_and_guards_secrets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("assets");
+        fs::create_dir(&dir).unwrap();
+        let pki = generate("c1", &[Endpoint::parse("10.0.0.1").unwrap()], time::OffsetDateTime::now_utc()).unwrap();
+        write(&dir, &manifest(), &pki).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["assets"], "temporary directory left behind");
+
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.manifest, manifest());
+        assert_eq!(store.fingerprint_key().unwrap().len(), 32);
+        let key = dir.join("etcd/pki/ca.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = store.read("etcd/pki/ca.key", true).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        assert!(store.read("etcd/pki/ca.crt", false).is_ok());
+
+        // Never over existing assets.
+        assert!(write(&dir, &manifest(), &pki).unwrap_err().to_string().contains("not empty"));
+    }
+
+    #[test]
+    fn failure_leaves_no_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = generate("c1", &[Endpoint::parse("10.0.0.1").unwrap()], time::OffsetDateTime::now_utc()).unwrap();
+        // A file where the parent directory must be: refused, nothing made.
+        let dir = tmp.path().join("assets");
+        let blocker = tmp.path().join("blocked");
+        fs::write(&blocker, b"x").unwrap();
+        assert!(write(&blocker.join("assets"), &manifest(), &pki).is_err());
+        assert!(!dir.exists());
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["blocked"]);
     }
 }
