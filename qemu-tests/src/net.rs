@@ -65,7 +65,8 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether process `pid` exists.
+pub(crate) fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
