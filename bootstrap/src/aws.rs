@@ -63,14 +63,45 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(s3)
 }
 
-/// Formats an SDK error with the service's code and message
-/// (`AccessDenied: ...`), not `ServiceError { .. }`.
+/// Formats an SDK error as its chain of messages, with the service's code
+/// and message (`service error: NoSuchBucket: The specified bucket does not
+/// exist`), not `ServiceError { .. }` and not the raw HTTP response that
+/// `DisplayErrorContext` appends.
 pub fn display_error<E: std::error::Error>(err: &E) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
 /// each binary's `main`, before any HTTP client is built.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("service error")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("NoSuchBucket: The specified bucket does not exist")]
+    struct Inner;
+
+    #[test]
+    fn error_chain_without_debug_noise() {
+        assert_eq!(
+            display_error(&Outer(Inner)),
+            "service error: NoSuchBucket: The specified bucket does not exist"
+        );
+    }
 }

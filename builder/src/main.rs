@@ -13,6 +13,7 @@ mod assets;
 mod fetch;
 mod pin;
 mod profile;
+mod publish;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Command {
     Fetch(fetch::command::FetchArgs),
     /// Bump one component's pinned version and digest in a profile.
     Pin(pin::PinArgs),
+    /// Publish a built image as an AMI in one or more regions.
+    Publish(publish::PublishArgs),
     /// Create, publish and list the cluster's encrypted TLS assets.
     #[command(subcommand)]
     Assets(assets::Command),
@@ -40,6 +43,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(args) => profile::command::run(&args),
         Command::Fetch(args) => fetch::command::run(&args).await,
         Command::Pin(args) => pin::run(&args).await,
+        Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
     }
 }

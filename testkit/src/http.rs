@@ -20,7 +20,9 @@
 //! it stops when dropped.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -61,31 +63,16 @@ struct State {
 pub struct FixtureServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    stop: watch::Sender<bool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _served: Served,
 }
 
 impl FixtureServer {
     /// Starts a server on a free port of 127.0.0.1.
     pub fn start() -> std::io::Result<FixtureServer> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
         let st = state.clone();
-        let thread = thread::Builder::new().name("fixture-http".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else { return };
-                accept_loop(listener, st, stopped).await;
-            });
-            runtime.shutdown_background();
-        })?;
-        Ok(FixtureServer { addr, state, stop, thread: Some(thread) })
+        let served = Served::start("fixture-http", move |stream| Box::pin(handle(stream, st.clone())))?;
+        Ok(FixtureServer { addr: served.addr(), state, _served: served })
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -128,7 +115,49 @@ impl FixtureServer {
     }
 }
 
-impl Drop for FixtureServer {
+/// What a server does with each accepted connection.
+pub(crate) type Handler = Arc<dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A test server on a free loopback port, run by its own thread and tokio
+/// runtime (so sync tests, async tests and child processes can all use
+/// it). Each connection is handed to the handler; everything stops when
+/// this is dropped, connections in the middle of a reply included.
+pub(crate) struct Served {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Served {
+    pub(crate) fn start<F>(name: &str, handler: F) -> std::io::Result<Served>
+    where
+        F: Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let handler: Handler = Arc::new(handler);
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else { return };
+                accept_loop(listener, handler, stopped).await;
+            });
+            runtime.shutdown_background();
+        })?;
+        Ok(Served { addr, stop, thread: Some(thread) })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
@@ -137,18 +166,18 @@ impl Drop for FixtureServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
+                let connection = handler(stream);
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stopped.changed() => {}
-                        _ = handle(stream, state) => {}
+                        _ = connection => {}
                     }
                 });
             }
@@ -160,7 +189,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, mut stoppe
 async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut buf = Vec::new();
     loop {
-        let Some((path, close)) = read_request(&mut stream, &mut buf).await else { return };
+        let Some(Request { path, close, .. }) = read_request(&mut stream, &mut buf).await else { return };
         let reply = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
             st.log.push(path.clone());
@@ -179,39 +208,124 @@ async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     }
 }
 
-/// Reads one request head; returns its path and whether the client asked
-/// to close the connection. Request bodies are not expected (GET only).
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, bool)> {
-    loop {
+/// One HTTP/1.1 request as a test server saw it.
+pub(crate) struct Request {
+    pub method: String,
+    /// The request target (path and query).
+    pub path: String,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The client asked to close the connection after this request.
+    pub close: bool,
+    /// When the request's head arrived.
+    pub received: std::time::Instant,
+}
+
+/// Reads one request (head, then a Content-Length or chunked body),
+/// answering `Expect: 100-continue`; `None` when the connection ends or
+/// the request is malformed. `buf` keeps what was read past this request.
+pub(crate) async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    let end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end + 4);
-            let target = head.lines().next()?.split_whitespace().nth(1)?.to_string();
-            let close = head.lines().any(|l| {
-                let l = l.to_ascii_lowercase();
-                l.starts_with("connection:") && l.contains("close")
-            });
-            return Some((target, close));
+            break end;
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
+        fill(stream, buf).await?;
+    };
+    let received = std::time::Instant::now();
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end + 4);
+    let mut lines = head.lines();
+    let mut request_line = lines.next()?.split_whitespace();
+    let method = request_line.next()?.to_string();
+    let path = request_line.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let has = |name: &str, value: &str| {
+        headers.iter().any(|(k, v)| k == name && v.to_ascii_lowercase().contains(value))
+    };
+    let close = has("connection", "close");
+    if has("expect", "100-continue") {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
+    }
+    let body = if has("transfer-encoding", "chunked") {
+        read_chunked(stream, buf).await?
+    } else {
+        let len: usize = match headers.iter().find(|(k, _)| k == "content-length") {
+            Some((_, v)) => v.parse().ok()?,
+            None => 0,
+        };
+        while buf.len() < len {
+            fill(stream, buf).await?;
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.drain(..len).collect()
+    };
+    Some(Request { method, path, headers, body, close, received })
+}
+
+/// Reads more bytes into `buf`; `None` at the end of the connection.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 64 * 1024];
+    let n = stream.read(&mut chunk).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Some(())
+}
+
+async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 2);
+            return Some(line);
+        }
+        fill(stream, buf).await?;
     }
 }
 
-fn head(status: u16, len: usize) -> Vec<u8> {
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let size_line = read_line(stream, buf).await?;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            // Trailers up to the empty line.
+            while !read_line(stream, buf).await?.is_empty() {}
+            return Some(body);
+        }
+        while buf.len() < size + 2 {
+            fill(stream, buf).await?;
+        }
+        body.extend(buf.drain(..size));
+        buf.drain(..2);
+    }
+}
+
+/// A response head with Content-Length `len` and these extra headers.
+pub(crate) fn response_head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
     };
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n")
-        .into_bytes()
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+fn head(status: u16, len: usize) -> Vec<u8> {
+    response_head(status, &[("Content-Type".into(), "application/octet-stream".into())], len)
 }
 
 /// Sends a reply; false when the connection must not be reused.
@@ -293,6 +407,30 @@ mod tests {
         let missing = String::from_utf8(get(&server, "/nope").unwrap()).unwrap();
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         assert_eq!(server.requests(), ["/a", "/a", "/a", "/nope"]);
+    }
+
+    #[tokio::test]
+    async fn reads_bodies_by_length_and_chunked_on_one_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"PUT /snapshots/s/blocks/3 HTTP/1.1\r\nContent-Length: 5\r\nX-Amz-Checksum: abc\r\n\r\nhello").await.unwrap();
+            s.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nAct\r\n4;x=y\r\nion=\r\n0\r\n\r\n").await.unwrap();
+            s
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let first = read_request(&mut stream, &mut buf).await.unwrap();
+        assert_eq!((first.method.as_str(), first.path.as_str()), ("PUT", "/snapshots/s/blocks/3"));
+        assert_eq!(first.body, b"hello");
+        assert!(first.headers.contains(&("x-amz-checksum".into(), "abc".into())));
+        assert!(!first.close);
+        let second = read_request(&mut stream, &mut buf).await.unwrap();
+        assert_eq!(second.body, b"Action=");
+        assert!(second.close);
+        drop(client.await.unwrap());
+        assert!(read_request(&mut stream, &mut buf).await.is_none(), "end of the connection");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! layer: tests talk to moto's real server (emulated AWS) and to small
 //! in-test servers over real sockets.
 
+pub mod fault_proxy;
 pub mod http;
 pub mod moto;
 pub mod process;

@@ -35,6 +35,16 @@ impl Moto {
     /// Starts moto listening on `addr` (e.g. the host side of a VM
     /// network, so that guests reach it too).
     pub fn start_on(addr: std::net::Ipv4Addr) -> anyhow::Result<Moto> {
+        Moto::start_with(addr, &[])
+    }
+
+    /// Starts moto on loopback with extra environment variables, e.g.
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0` to make it check credentials.
+    pub fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Moto> {
+        Moto::start_with(std::net::Ipv4Addr::LOCALHOST, env)
+    }
+
+    fn start_with(addr: std::net::Ipv4Addr, env: &[(&str, &str)]) -> anyhow::Result<Moto> {
         let bin = venv_dir().join("bin/moto_server");
         if !bin.exists() {
             anyhow::bail!(
@@ -48,6 +58,7 @@ impl Moto {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.envs(env.iter().copied());
         let mut guard = Guard::spawn("moto_server", cmd)?;
         let endpoint = format!("http://{addr}:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
