@@ -32,6 +32,26 @@ pub struct Target {
 
 /// Loads the shared SDK configuration for `target`.
 pub async fn sdk_config(target: &Target) -> SdkConfig {
+    loader(target).load().await
+}
+
+/// On a node: the same configuration, with the standard credential chain
+/// reading the instance profile's credentials from the metadata service at
+/// `imds_url` (injectable so tests and the QEMU harness can serve it).
+pub async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
+    let imds = aws_config::imds::Client::builder()
+        .endpoint(imds_url)
+        .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
+        .build();
+    let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder().imds_client(imds);
+    if let Some(region) = &target.region {
+        chain = chain.region(Region::new(region.clone()));
+    }
+    let credentials = chain.build().await;
+    Ok(loader(target).credentials_provider(credentials).load().await)
+}
+
+fn loader(target: &Target) -> aws_config::ConfigLoader {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
@@ -47,7 +67,7 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     if let Some(url) = &target.endpoint_url {
         loader = loader.endpoint_url(url.clone());
     }
-    loader.load().await
+    loader
 }
 
 /// The same configuration with another region (for copies across regions).
@@ -81,9 +101,38 @@ pub fn display_error<E: std::error::Error>(err: &E) -> String {
 }
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
-/// each binary's `main`, before any HTTP client is built.
+/// each binary's `main`, before any HTTP client is built (and again, doing
+/// nothing, by library code that builds its own HTTPS clients).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Counts the HTTP requests an SDK client sends (every attempt, retries
+/// included), for the status file and the benchmarks. Add it with
+/// `config.to_builder().interceptor(counter.clone())`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl RequestCounter {
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "keel::RequestCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,18 @@
 pub mod atomic_file;
 pub mod aws;
 pub mod bundle;
+pub mod discovery;
 pub mod envelope;
+pub mod etcd_api;
+pub mod imds;
+pub mod layout;
+pub mod net;
+pub mod node;
+pub mod pki;
 pub mod retry;
 pub mod role;
+pub mod status;
 pub mod tags;
+pub mod userdata;
 
 pub use role::Role;

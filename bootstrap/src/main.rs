@@ -1,7 +1,58 @@
-//! keel-bootstrap: configures a Keel node at boot. See the crate docs of
-//! `keel_bootstrap` and DESIGN.md for the steps.
+//! keel-bootstrap: configures a Keel node at boot (see `keel_bootstrap::node`
+//! and DESIGN.md): identity from the metadata service, user data, the
+//! role's assets from S3 and KMS, peers from EC2, then the role's
+//! configuration. One console line per step; one clear line and a non-zero
+//! exit on failure.
 
-fn main() {
-    eprintln!("keel-bootstrap: not yet able to configure this node: the boot steps are not implemented in this build");
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use keel_bootstrap::{imds, node, retry, status};
+
+/// Configures this node at boot from its metadata, user data and assets.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Root of the file system to configure (tests use a temporary one).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The instance metadata service.
+    #[arg(long, default_value = imds::DEFAULT_BASE_URL, env = "KEEL_IMDS_URL")]
+    imds_url: String,
+}
+
+fn main() -> ExitCode {
+    keel_bootstrap::aws::install_crypto_provider();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            println!("keel-bootstrap: failed: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = node::Options {
+        root: args.root,
+        imds_url: args.imds_url,
+        imds_policy: retry::Policy::quick(),
+        console: Box::new(std::io::stdout()),
+    };
+    match runtime.block_on(node::run(opts)) {
+        Ok(done) => {
+            if let Err(e) = status::notify_ready() {
+                println!("keel-bootstrap: notify: failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "keel-bootstrap: configured {} node {} in {} ms",
+                done.role, done.identity.instance_id, done.status.elapsed_millis
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("keel-bootstrap: failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

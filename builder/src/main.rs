@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod assets;
+mod build;
 mod fetch;
 mod pin;
 mod profile;
 mod publish;
+mod userdata;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
 #[derive(Debug, Parser)]
@@ -36,6 +38,12 @@ enum Command {
     /// Create, publish and list the cluster's encrypted TLS assets.
     #[command(subcommand)]
     Assets(assets::Command),
+    /// Render a node's user data for a launch template.
+    Userdata(userdata::UserdataArgs),
+    /// Build a role's bootable disk image (GPT, UKI, verified /usr).
+    Build(build::command::BuildArgs),
+    /// Print the manifest stored inside a disk image.
+    Inspect(build::command::InspectArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pin(args) => pin::run(&args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
+        Command::Userdata(args) => userdata::run(&args),
+        Command::Build(args) => build::command::run(&args).await,
+        Command::Inspect(args) => build::command::inspect(&args),
     }
 }
 

@@ -9,12 +9,11 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BootModeValues, Filter, InstanceStateName, InstanceType, Placement,
-    ResourceType, Tag, TagSpecification,
+    ArchitectureValues, BootModeValues, InstanceType, Placement, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use keel_bootstrap::aws::{display_error, sdk_config, s3_client, Target};
-use keel_bootstrap::{tags, Role};
+use keel_bootstrap::{discovery, tags, Role};
 use keel_testkit::moto::Moto;
 
 /// The region of every test account.
@@ -202,33 +201,10 @@ impl Account {
 
     /// The pending or running instances of this cluster with `role`, as
     /// (instance id, private IP), sorted by id: what a node's discovery
-    /// should see.
+    /// sees, found by the node's own code (`keel_bootstrap::discovery`).
     pub async fn live_members(&self, role: Role) -> Result<Vec<(String, String)>> {
-        let mut found = Vec::new();
-        let mut pages = self
-            .ec2
-            .describe_instances()
-            .filters(filter(&tags::filter_name(tags::CLUSTER), [self.cluster.as_str()]))
-            .filters(filter(&tags::filter_name(tags::ROLE), [role.as_str()]))
-            .filters(filter(
-                "instance-state-name",
-                [InstanceStateName::Pending.as_str(), InstanceStateName::Running.as_str()],
-            ))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| anyhow::anyhow!("DescribeInstances: {}", display_error(&e)))?;
-            for r in page.reservations() {
-                for i in r.instances() {
-                    found.push((
-                        i.instance_id().unwrap_or_default().to_string(),
-                        i.private_ip_address().unwrap_or_default().to_string(),
-                    ));
-                }
-            }
-        }
-        found.sort();
-        Ok(found)
+        let peers = discovery::list(&self.ec2, &self.cluster, role, &discovery::Counter::default()).await?;
+        Ok(peers.into_iter().map(|p| (p.instance_id, p.private_ip)).collect())
     }
 }
 
@@ -236,6 +212,3 @@ fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
-fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
-    values.into_iter().fold(Filter::builder().name(name), |f, v| f.values(v)).build()
-}

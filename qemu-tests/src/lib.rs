@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod keel;
 pub mod net;
 pub mod rundir;
+pub mod vm;

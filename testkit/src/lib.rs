@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 pub mod http;
+pub mod imds;
 pub mod moto;
 pub mod process;
 pub mod teardown;

@@ -7,6 +7,7 @@ mod fetch;
 mod golden;
 mod pin;
 mod resolve;
+mod userdata;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,167 @@
+//! The controller role: the etcd cluster found by tags and checked to
+//! answer with the API server's etcd client certificate; certificates
+//! issued here from the cluster CA (API server serving certificate, its
+//! kubelet client, the controller manager's, scheduler's and kubelet's
+//! client certificates) and from the front-proxy CA; flags for
+//! kube-apiserver, kube-controller-manager and kube-scheduler; the
+//! kubelet's configuration.
+
+use std::net::IpAddr;
+
+use crate::discovery::Peer;
+use crate::imds::Identity;
+use crate::layout::Layout;
+use crate::net::Ipv4Cidr;
+use crate::pki::{Ca, Issued, PkiError, Request, Usage};
+use crate::userdata::UserData;
+
+use super::kube;
+
+pub const API_PORT: u16 = 6443;
+const PKI: &str = "etc/kubernetes/pki";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    Pki(#[from] PkiError),
+    #[error("{what} {value:?} is not an IP address")]
+    BadIp { what: &'static str, value: String },
+    #[error("service CIDR {0}")]
+    ServiceCidr(String),
+}
+
+/// A certificate issued here: name of its files under the PKI dir.
+pub struct Cert {
+    pub name: &'static str,
+    pub issued: Issued,
+}
+
+pub fn pki_path(name: &str, ext: &str) -> String {
+    format!("{PKI}/{name}.{ext}")
+}
+
+/// Issues every certificate the control plane needs on this node.
+pub fn issue(ud: &UserData, id: &Identity, ca: &Ca, front_proxy: &Ca) -> Result<Vec<Cert>, ControllerError> {
+    let ip: IpAddr = id.private_ipv4.parse().map_err(|_| ControllerError::BadIp { what: "private IPv4", value: id.private_ipv4.clone() })?;
+    let svc = Ipv4Cidr::parse(ud.service_cidr()).map_err(ControllerError::ServiceCidr)?.nth(1);
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let domain = ud.cluster_domain();
+    let mut dns = vec![
+        id.local_hostname.clone(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{domain}"),
+        "localhost".into(),
+    ];
+    let mut ips = vec![ip, IpAddr::V4(svc), loopback];
+    match ud.api_host().parse::<IpAddr>() {
+        Ok(a) => ips.insert(0, a),
+        Err(_) => dns.insert(0, ud.api_host().to_string()),
+    }
+    let client = |what, cn, org| Request { what, common_name: cn, organization: org, dns_names: vec![], ips: vec![], usage: Usage::Client };
+    let node_cn = format!("system:node:{}", id.local_hostname);
+    let mut out = vec![Cert {
+        name: "apiserver",
+        issued: ca.issue(&Request { what: "API server serving certificate", common_name: "kube-apiserver", organization: None, dns_names: dns, ips, usage: Usage::Server })?,
+    }];
+    for (name, what, cn, org) in [
+        ("apiserver-kubelet-client", "API server kubelet client certificate", "kube-apiserver-kubelet-client", Some("system:masters")),
+        ("controller-manager", "controller manager client certificate", "system:kube-controller-manager", None),
+        ("scheduler", "scheduler client certificate", "system:kube-scheduler", None),
+        ("kubelet-client", "kubelet client certificate", node_cn.as_str(), Some("system:nodes")),
+    ] {
+        out.push(Cert { name, issued: ca.issue(&client(what, cn, org))? });
+    }
+    out.push(Cert {
+        name: "front-proxy-client",
+        issued: front_proxy.issue(&client("front-proxy client certificate", "front-proxy-client", None))?,
+    });
+    Ok(out)
+}
+
+pub const APISERVER_ENV: &str = "etc/default/kube-apiserver";
+pub const CONTROLLER_MANAGER_ENV: &str = "etc/default/kube-controller-manager";
+pub const SCHEDULER_ENV: &str = "etc/default/kube-scheduler";
+pub const CONTROLLER_MANAGER_KUBECONFIG: &str = "etc/kubernetes/controller-manager.kubeconfig";
+pub const SCHEDULER_KUBECONFIG: &str = "etc/kubernetes/scheduler.kubeconfig";
+pub const KUBELET_KUBECONFIG: &str = "etc/kubernetes/kubelet.kubeconfig";
+
+/// kube-apiserver's flags.
+pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer]) -> String {
+    let p = |n: &str, e: &str| layout.shown(&pki_path(n, e));
+    let endpoints: Vec<String> = etcd.iter().map(|e| super::etcd::client_url(&e.private_ip)).collect();
+    let args = vec![
+        format!("--advertise-address={}", id.private_ipv4),
+        format!("--secure-port={API_PORT}"),
+        "--allow-privileged=true".into(),
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        "--enable-bootstrap-token-auth=true".into(),
+        format!("--client-ca-file={}", p("ca", "crt")),
+        format!("--tls-cert-file={}", p("apiserver", "crt")),
+        format!("--tls-private-key-file={}", p("apiserver", "key")),
+        format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client", "crt")),
+        format!("--kubelet-client-key={}", p("apiserver-kubelet-client", "key")),
+        format!("--etcd-servers={}", endpoints.join(",")),
+        format!("--etcd-cafile={}", layout.shown("etc/etcd/pki/ca.crt")),
+        format!("--etcd-certfile={}", p("apiserver-etcd-client", "crt")),
+        format!("--etcd-keyfile={}", p("apiserver-etcd-client", "key")),
+        format!("--encryption-provider-config={}", layout.shown("etc/kubernetes/encryption-config.yaml")),
+        format!("--service-cluster-ip-range={}", ud.service_cidr()),
+        format!("--service-account-issuer=https://kubernetes.default.svc.{}", ud.cluster_domain()),
+        format!("--service-account-key-file={}", p("sa", "pub")),
+        format!("--service-account-signing-key-file={}", p("sa", "key")),
+        format!("--requestheader-client-ca-file={}", p("front-proxy-ca", "crt")),
+        "--requestheader-allowed-names=front-proxy-client".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        format!("--proxy-client-cert-file={}", p("front-proxy-client", "crt")),
+        format!("--proxy-client-key-file={}", p("front-proxy-client", "key")),
+    ];
+    kube::env_file("KUBE_APISERVER_ARGS", &args)
+}
+
+/// kube-controller-manager's flags.
+pub fn controller_manager_env(layout: &Layout, ud: &UserData) -> String {
+    let p = |n: &str, e: &str| layout.shown(&pki_path(n, e));
+    let kc = layout.shown(CONTROLLER_MANAGER_KUBECONFIG);
+    let args = vec![
+        "--bind-address=127.0.0.1".into(),
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        format!("--cluster-name={}", ud.cluster),
+        format!("--cluster-signing-cert-file={}", p("ca", "crt")),
+        format!("--cluster-signing-key-file={}", p("ca", "key")),
+        format!("--root-ca-file={}", p("ca", "crt")),
+        format!("--service-account-private-key-file={}", p("sa", "key")),
+        "--use-service-account-credentials=true".into(),
+        "--controllers=*,bootstrapsigner,tokencleaner".into(),
+        "--allocate-node-cidrs=true".into(),
+        format!("--cluster-cidr={}", ud.pod_cidr()),
+        format!("--service-cluster-ip-range={}", ud.service_cidr()),
+        format!("--requestheader-client-ca-file={}", p("front-proxy-ca", "crt")),
+        "--leader-elect=true".into(),
+    ];
+    kube::env_file("KUBE_CONTROLLER_MANAGER_ARGS", &args)
+}
+
+/// kube-scheduler's flags.
+pub fn scheduler_env(layout: &Layout) -> String {
+    let kc = layout.shown(SCHEDULER_KUBECONFIG);
+    let args = vec![
+        "--bind-address=127.0.0.1".into(),
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--leader-elect=true".into(),
+    ];
+    kube::env_file("KUBE_SCHEDULER_ARGS", &args)
+}
+
+/// The local API server, for the components on this node.
+pub fn local_server() -> String {
+    format!("https://127.0.0.1:{API_PORT}")
+}
