@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod assets;
+mod build;
 mod fetch;
 mod pin;
 mod profile;
@@ -39,6 +40,10 @@ enum Command {
     Assets(assets::Command),
     /// Render a node's user data for a launch template.
     Userdata(userdata::UserdataArgs),
+    /// Build a role's bootable disk image (GPT, UKI, verified /usr).
+    Build(build::command::BuildArgs),
+    /// Print the manifest stored inside a disk image.
+    Inspect(build::command::InspectArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +54,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
         Command::Userdata(args) => userdata::run(&args),
+        Command::Build(args) => build::command::run(&args).await,
+        Command::Inspect(args) => build::command::inspect(&args),
     }
 }
 

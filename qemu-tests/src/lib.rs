@@ -1,3 +1,8 @@
 //! Harness that boots Keel images under QEMU against an emulated AWS.
 
+pub mod aws;
+pub mod cluster;
+pub mod keel;
 pub mod net;
+pub mod rundir;
+pub mod vm;

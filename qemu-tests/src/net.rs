@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Everything is removed on drop (dnsmasq killed, veth and namespace
-//! deleted); namespaces left by a killed test run are swept on the next
-//! `Network::create`.
+//! deleted) and on Ctrl-C/SIGTERM (`keel_testkit::teardown`); namespaces
+//! left by a test run that was killed outright (SIGKILL) are swept, with
+//! any process still inside them, on the next `Network::create`.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context, Result};
 use keel_testkit::process::Guard;
+use keel_testkit::teardown::{self, Registration};
 
 /// The metadata address every EC2 guest asks.
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -46,6 +48,7 @@ pub struct Network {
     taps: Vec<String>,
     dnsmasq: Option<Guard>,
     workdir: PathBuf,
+    _on_interrupt: Registration,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -62,8 +65,25 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether process `pid` exists.
+pub(crate) fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills every process still inside namespace `name` (QEMU or dnsmasq of
+/// a run that was killed), then deletes it; its veth goes with it.
+fn remove_netns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stdin(Stdio::null()).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill(2) of a process in our test namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    let _ = ip(&["netns", "del", name]);
 }
 
 /// Deletes namespaces (and their host-side veths) left by test processes
@@ -75,7 +95,7 @@ fn sweep_stale() {
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         if !pid_alive(pid) {
-            let _ = ip(&["netns", "del", &name]);
+            remove_netns(&name);
         }
     }
 }
@@ -102,6 +122,13 @@ impl Network {
             taps: Vec::new(),
             dnsmasq: None,
             workdir: workdir.to_path_buf(),
+            _on_interrupt: {
+                let (netns, veth) = (netns.clone(), veth_host.clone());
+                teardown::on_interrupt(&format!("removing network namespace {netns}"), move || {
+                    let _ = ip(&["link", "del", &veth]);
+                    remove_netns(&netns);
+                })
+            },
         };
         std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
         ip(&["netns", "add", &netns])?;
@@ -135,6 +162,11 @@ impl Network {
         Ipv4Addr::new(10, 77, self.subnet, 2)
     }
 
+    /// The network's /24 in CIDR notation (the VPC and subnet match it).
+    pub fn cidr(&self) -> String {
+        format!("10.77.{}.0/24", self.subnet)
+    }
+
     /// The address of guest number `i` (0-based).
     pub fn guest_ip(&self, i: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.subnet, 10 + i)
@@ -145,8 +177,10 @@ impl Network {
         format!("52:54:00:77:{:02x}:{:02x}", self.subnet, 10 + i)
     }
 
-    /// Starts dnsmasq in the namespace with a fixed lease per host.
+    /// Starts dnsmasq in the namespace with a fixed lease per host
+    /// (restarting it when it already runs, e.g. for a replacement node).
     pub fn serve_dhcp(&mut self, hosts: &[Host]) -> Result<()> {
+        self.dnsmasq.take();
         let conf = self.workdir.join(format!("{}-dnsmasq.conf", self.netns));
         let mut text = format!(
             "interface=br0\nbind-interfaces\nport=0\nno-resolv\nno-hosts\nleasefile-ro\n\
@@ -216,6 +250,6 @@ impl Drop for Network {
     fn drop(&mut self) {
         self.dnsmasq.take();
         let _ = ip(&["link", "del", &self.veth_host]);
-        let _ = ip(&["netns", "del", &self.netns]);
+        remove_netns(&self.netns);
     }
 }

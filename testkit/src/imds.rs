@@ -9,9 +9,13 @@
 //!
 //! Faults are scripted per server: the next N GETs answer a status (401
 //! also revokes the tokens, like an expiry; 503; 404), or are delayed.
+//!
+//! For VMs that all ask 169.254.169.254:80, one server plays every
+//! instance and picks the one by the request's source address
+//! ([`ImdsEmulator::start_by_source`]); a source it does not know gets 404.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -66,6 +70,8 @@ pub enum Fault {
 #[derive(Default)]
 struct State {
     instance: Option<Instance>,
+    /// When serving several guests: the instance per source address.
+    by_source: HashMap<IpAddr, Instance>,
     tokens: Vec<String>,
     issued: usize,
     faults: VecDeque<Fault>,
@@ -89,10 +95,24 @@ impl ImdsEmulator {
     /// Serves `instance` on `addr` (the QEMU harness binds the metadata
     /// address 169.254.169.254:80 inside its network namespace).
     pub fn start_on(addr: SocketAddr, instance: Instance) -> std::io::Result<ImdsEmulator> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        let state = State { instance: Some(instance), ..State::default() };
+        Self::serve_listener(std::net::TcpListener::bind(addr)?, state)
+    }
+
+    /// Serves several instances on an already bound listener (the QEMU
+    /// harness binds 169.254.169.254:80 inside its network namespace),
+    /// each to the guest whose source address is its key.
+    pub fn start_by_source(
+        listener: std::net::TcpListener,
+        instances: HashMap<IpAddr, Instance>,
+    ) -> std::io::Result<ImdsEmulator> {
+        Self::serve_listener(listener, State { by_source: instances, ..State::default() })
+    }
+
+    fn serve_listener(std_listener: std::net::TcpListener, state: State) -> std::io::Result<ImdsEmulator> {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State { instance: Some(instance), ..State::default() }));
+        let state = Arc::new(Mutex::new(state));
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let st = state.clone();
@@ -105,12 +125,12 @@ impl ImdsEmulator {
                     tokio::select! {
                         _ = stopped.changed() => return,
                         accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
+                            let Ok((stream, peer)) = accepted else { continue };
                             let state = st.clone();
                             tokio::spawn(async move {
                                 tokio::select! {
                                     _ = stopped_conn.changed() => {}
-                                    _ = serve(stream, state) => {}
+                                    _ = serve(stream, peer.ip(), state) => {}
                                 }
                             });
                         }
@@ -147,6 +167,16 @@ impl ImdsEmulator {
         }
     }
 
+    /// Adds, replaces (`Some`) or removes (`None`) the instance served to
+    /// source address `ip`.
+    pub fn set_instance_for(&self, ip: IpAddr, instance: Option<Instance>) {
+        let mut st = self.lock();
+        match instance {
+            Some(i) => st.by_source.insert(ip, i),
+            None => st.by_source.remove(&ip),
+        };
+    }
+
     /// Every request so far, as "METHOD /path".
     pub fn requests(&self) -> Vec<String> {
         self.lock().log.clone()
@@ -174,10 +204,10 @@ struct Request {
     close: bool,
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+async fn serve(mut stream: TcpStream, peer: IpAddr, state: Arc<Mutex<State>>) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
-        let (status, body, delay) = answer(&state, &req);
+        let (status, body, delay) = answer(&state, peer, &req);
         // The SDK's client wants the token's TTL echoed back.
         let ttl = if req.path == "/latest/api/token" && status == 200 {
             let t = req.headers.get("x-aws-ec2-metadata-token-ttl-seconds").cloned().unwrap_or_default();
@@ -209,7 +239,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     }
 }
 
-fn answer(state: &Mutex<State>, req: &Request) -> (u16, Vec<u8>, Option<Duration>) {
+fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, Option<Duration>) {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.log.push(format!("{} {}", req.method, req.path));
     if req.path == "/latest/api/token" {
@@ -247,7 +277,7 @@ fn answer(state: &Mutex<State>, req: &Request) -> (u16, Vec<u8>, Option<Duration
         Some(Fault::Delay(d)) => delay = Some(d),
         None => {}
     }
-    let Some(inst) = st.instance.as_ref() else { return (404, Vec::new(), delay) };
+    let Some(inst) = st.by_source.get(&peer).or(st.instance.as_ref()) else { return (404, Vec::new(), delay) };
     match lookup(inst, &req.path) {
         Some(body) => (200, body, delay),
         None => (404, Vec::new(), delay),

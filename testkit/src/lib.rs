@@ -7,3 +7,4 @@ pub mod http;
 pub mod imds;
 pub mod moto;
 pub mod process;
+pub mod teardown;

@@ -1,14 +1,18 @@
 //! Child processes that die with the test: killed (whole process group) on
-//! drop, so a failing or panicking test leaves nothing running.
+//! drop, so a failing or panicking test leaves nothing running, and on
+//! Ctrl-C/SIGTERM/SIGHUP through [`crate::teardown`].
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
+use crate::teardown::{self, Registration};
+
 /// A child process in its own process group, killed on drop.
 pub struct Guard {
     child: Child,
     name: String,
+    _on_interrupt: Registration,
 }
 
 impl Guard {
@@ -17,7 +21,14 @@ impl Guard {
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {name} ({cmd:?}): {e}"))?;
-        Ok(Guard { child, name: name.to_string() })
+        let pgid = child.id() as i32;
+        let on_interrupt = teardown::on_interrupt(&format!("killing {name} (process group {pgid})"), move || {
+            // SAFETY: signalling the process group of a child we started.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        });
+        Ok(Guard { child, name: name.to_string(), _on_interrupt: on_interrupt })
     }
 
     pub fn id(&self) -> u32 {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-pub use cache::{Cache, Lookup};
+pub use cache::{hash_reader, Cache, Lookup};
 pub use mirrors::Mirrors;
 
 use crate::profile::{Algorithm, Component, Digest, Source};

@@ -1,0 +1,261 @@
+//! GUID partition tables, written and read in Rust: a protective MBR, the
+//! primary header and entry array at the start of the disk, the backup
+//! copies at its end, all with their CRC32s. Everything in it comes from
+//! the caller (disk GUID, partition GUIDs, names), so the same plan gives
+//! the same bytes.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const SECTOR: u64 = 512;
+/// Partitions start on 1 MiB boundaries.
+pub const ALIGN: u64 = 1 << 20;
+const ENTRIES: u64 = 128;
+const ENTRY_SIZE: u64 = 128;
+/// Sectors taken by the entry array (128 entries of 128 bytes).
+const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
+
+/// Partition type GUIDs from the Discoverable Partitions Specification.
+pub mod types {
+    use uuid::{uuid, Uuid};
+    pub const ESP: Uuid = uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+    pub const ROOT_X86_64: Uuid = uuid!("4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+    pub const USR_X86_64: Uuid = uuid!("8484680c-9521-48c6-9c11-b0720656f69e");
+    pub const USR_VERITY_X86_64: Uuid = uuid!("77ff5f63-e7b6-4633-acf4-1565b864c0e6");
+}
+
+/// GPT attribute bit 59: systemd grows the file system to the partition.
+pub const FLAG_GROWFS: u64 = 1 << 59;
+/// GPT attribute bit 60: the partition is read-only.
+pub const FLAG_READ_ONLY: u64 = 1 << 60;
+
+/// One partition as laid out on the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Partition {
+    pub number: u32,
+    pub name: String,
+    pub type_guid: Uuid,
+    pub partition_guid: Uuid,
+    pub offset: u64,
+    pub size: u64,
+    pub flags: u64,
+}
+
+/// A disk layout: GUID, size and partitions in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Table {
+    pub disk_guid: Uuid,
+    pub disk_size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+/// What a partition should hold, before it is placed.
+pub struct Request {
+    pub name: &'static str,
+    pub type_guid: Uuid,
+    pub partition_guid: Uuid,
+    pub size: u64,
+    pub flags: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no GPT: {0}")]
+    Invalid(String),
+}
+
+/// Places `requests` one after the other on 1 MiB boundaries and sizes the
+/// disk to hold them and the backup table.
+pub fn plan(disk_guid: Uuid, requests: &[Request]) -> Table {
+    let mut offset = ALIGN;
+    let mut partitions = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let size = r.size.div_ceil(ALIGN) * ALIGN;
+        partitions.push(Partition {
+            number: i as u32 + 1,
+            name: r.name.to_string(),
+            type_guid: r.type_guid,
+            partition_guid: r.partition_guid,
+            offset,
+            size,
+            flags: r.flags,
+        });
+        offset += size;
+    }
+    // Room for the backup entries and header, rounded to the alignment.
+    let disk_size = offset + ALIGN;
+    Table { disk_guid, disk_size, partitions }
+}
+
+impl Table {
+    pub fn get(&self, name: &str) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// Writes the protective MBR and both GPT copies into `disk`, which must
+    /// already be `disk_size` bytes long.
+    pub fn write(&self, disk: &mut (impl Write + Seek)) -> Result<(), GptError> {
+        let last_lba = self.disk_size / SECTOR - 1;
+        let entries = self.entry_array();
+        let entries_crc = crc32fast::hash(&entries);
+        let first_usable = 2 + ENTRY_SECTORS;
+        let last_usable = last_lba - ENTRY_SECTORS - 1;
+
+        disk.seek(SeekFrom::Start(0))?;
+        disk.write_all(&protective_mbr(last_lba))?;
+        let primary = self.header(1, last_lba, 2, first_usable, last_usable, entries_crc);
+        disk.write_all(&primary)?;
+        disk.write_all(&entries)?;
+
+        let backup_entries_lba = last_lba - ENTRY_SECTORS;
+        let backup = self.header(last_lba, 1, backup_entries_lba, first_usable, last_usable, entries_crc);
+        disk.seek(SeekFrom::Start(backup_entries_lba * SECTOR))?;
+        disk.write_all(&entries)?;
+        disk.write_all(&backup)?;
+        Ok(())
+    }
+
+    fn entry_array(&self) -> Vec<u8> {
+        let mut out = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
+        for (i, p) in self.partitions.iter().enumerate() {
+            let e = &mut out[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
+            e[0..16].copy_from_slice(&p.type_guid.to_bytes_le());
+            e[16..32].copy_from_slice(&p.partition_guid.to_bytes_le());
+            e[32..40].copy_from_slice(&(p.offset / SECTOR).to_le_bytes());
+            e[40..48].copy_from_slice(&((p.offset + p.size) / SECTOR - 1).to_le_bytes());
+            e[48..56].copy_from_slice(&p.flags.to_le_bytes());
+            for (j, unit) in p.name.encode_utf16().take(36).enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    fn header(&self, my_lba: u64, alt_lba: u64, entries_lba: u64, first: u64, last: u64, entries_crc: u32) -> [u8; SECTOR as usize] {
+        let mut h = [0u8; SECTOR as usize];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
+        h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
+        h[40..48].copy_from_slice(&first.to_le_bytes());
+        h[48..56].copy_from_slice(&last.to_le_bytes());
+        h[56..72].copy_from_slice(&self.disk_guid.to_bytes_le());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
+        h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        let crc = crc32fast::hash(&h[0..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Reads the primary GPT of `disk`, checking both CRCs.
+    pub fn read(disk: &mut (impl Read + Seek)) -> Result<Table, GptError> {
+        let disk_size = disk.seek(SeekFrom::End(0))?;
+        let mut h = [0u8; SECTOR as usize];
+        disk.seek(SeekFrom::Start(SECTOR))?;
+        disk.read_exact(&mut h)?;
+        if &h[0..8] != b"EFI PART" {
+            return Err(GptError::Invalid("no \"EFI PART\" signature at LBA 1".into()));
+        }
+        let mut check = h;
+        check[16..20].fill(0);
+        if crc32fast::hash(&check[0..92]) != u32le(&h[16..20]) {
+            return Err(GptError::Invalid("header CRC32 mismatch".into()));
+        }
+        let entries_lba = u64le(&h[72..80]);
+        let count = u32le(&h[80..84]) as usize;
+        let size = u32le(&h[84..88]) as usize;
+        if size < 128 || count > 1024 {
+            return Err(GptError::Invalid(format!("implausible entry array ({count} entries of {size} bytes)")));
+        }
+        let mut entries = vec![0u8; count * size];
+        disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+        disk.read_exact(&mut entries)?;
+        if crc32fast::hash(&entries) != u32le(&h[88..92]) {
+            return Err(GptError::Invalid("entry array CRC32 mismatch".into()));
+        }
+        let disk_guid = Uuid::from_bytes_le(guid(&h[56..72]));
+        let mut partitions = Vec::new();
+        for (i, e) in entries.chunks(size).enumerate() {
+            let type_guid = Uuid::from_bytes_le(guid(&e[0..16]));
+            if type_guid.is_nil() {
+                continue;
+            }
+            let first = u64le(&e[32..40]);
+            let last = u64le(&e[40..48]);
+            let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+            partitions.push(Partition {
+                number: i as u32 + 1,
+                name: String::from_utf16_lossy(&name),
+                type_guid,
+                partition_guid: Uuid::from_bytes_le(guid(&e[16..32])),
+                offset: first * SECTOR,
+                size: (last + 1 - first) * SECTOR,
+                flags: u64le(&e[48..56]),
+            });
+        }
+        Ok(Table { disk_guid, disk_size, partitions })
+    }
+}
+
+fn protective_mbr(last_lba: u64) -> [u8; SECTOR as usize] {
+    let mut m = [0u8; SECTOR as usize];
+    let e = &mut m[446..462];
+    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
+    e[4] = 0xee;
+    e[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    e[8..12].copy_from_slice(&1u32.to_le_bytes());
+    e[12..16].copy_from_slice(&(last_lba.min(u32::MAX as u64) as u32).to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xaa;
+    m
+}
+
+fn guid(b: &[u8]) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g.copy_from_slice(b);
+    g
+}
+
+fn u32le(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn u64le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[0..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn written_table_reads_back() {
+        let table = plan(
+            Uuid::from_u128(1),
+            &[
+                Request { name: "esp", type_guid: types::ESP, partition_guid: Uuid::from_u128(2), size: 3 << 20, flags: 0 },
+                Request { name: "root", type_guid: types::ROOT_X86_64, partition_guid: Uuid::from_u128(3), size: 1000, flags: FLAG_GROWFS },
+            ],
+        );
+        assert_eq!(table.partitions[1].offset, 4 << 20);
+        assert_eq!(table.partitions[1].size, 1 << 20);
+        let mut disk = Cursor::new(vec![0u8; table.disk_size as usize]);
+        table.write(&mut disk).unwrap();
+        assert_eq!(Table::read(&mut disk).unwrap(), table);
+        // A flipped bit in the entry array is caught.
+        disk.get_mut()[2 * 512 + 20] ^= 1;
+        assert!(matches!(Table::read(&mut disk), Err(GptError::Invalid(_))));
+    }
+}

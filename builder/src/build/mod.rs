@@ -1,0 +1,362 @@
+//! `keel build`: profile + role -> bootable GPT disk image with a verified,
+//! read-only /usr. The pipeline, top to bottom, is [`build`]:
+//! tools tree -> Debian base (cached) -> file tree (base, components, role
+//! files, keel-bootstrap) -> /usr as erofs + dm-verity -> UKI with the root
+//! hash on its command line -> ESP -> GPT disk -> manifest.
+
+pub mod command;
+mod base;
+mod elf;
+mod esp;
+mod gpt;
+pub mod manifest;
+mod rootfs;
+mod tools;
+mod uki;
+mod usr;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use crate::fetch::Fetched;
+use crate::profile::Resolved;
+use manifest::Manifest;
+
+/// Used when a profile sets no `source-date-epoch` (2026-01-01T00:00:00Z).
+pub const DEFAULT_EPOCH: u64 = 1_767_225_600;
+/// The writable root partition's size in the image; it grows to fill the
+/// disk on first boot.
+const ROOT_SIZE: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{program} not found: install the Debian package {package}")]
+    MissingTool { program: String, package: String },
+    #[error("{what} failed: {message}")]
+    Tool { what: String, message: String },
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BuildError {
+    pub fn io(path: &Path, source: std::io::Error) -> BuildError {
+        BuildError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// Everything one build needs.
+pub struct Request<'a> {
+    pub resolved: &'a Resolved,
+    pub fetched: &'a [Fetched],
+    /// The static keel-bootstrap executable.
+    pub bootstrap_bin: &'a Path,
+    /// `images/` (role files and units).
+    pub images_dir: &'a Path,
+    /// Base and tools caches, work directories.
+    pub cache_dir: &'a Path,
+    pub out_dir: &'a Path,
+    /// Rebuild even when the output is up to date.
+    pub force: bool,
+    /// Draw spinners (on a terminal).
+    pub progress: bool,
+}
+
+/// What [`build`] made.
+pub struct Outcome {
+    pub image: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub up_to_date: bool,
+}
+
+/// Paths a build writes before they are complete; removed on failure and
+/// on Ctrl-C.
+pub struct Scratch {
+    pub work: PathBuf,
+    pub image_tmp: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(resolved: &Resolved, cache_dir: &Path, out_dir: &Path) -> Scratch {
+        let stem = file_stem(resolved);
+        let pid = std::process::id();
+        Scratch { work: cache_dir.join("work").join(format!("{stem}-{pid}")), image_tmp: out_dir.join(format!(".{stem}.raw.tmp-{pid}")) }
+    }
+
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.work);
+        let _ = fs::remove_file(&self.image_tmp);
+    }
+}
+
+/// `keel-<role>-<profile>`.
+pub fn file_stem(r: &Resolved) -> String {
+    format!("keel-{}-{}", r.role, r.profile)
+}
+
+/// Builds the image, or finds it up to date.
+pub fn build(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> {
+    let result = build_inner(req, scratch);
+    scratch.remove();
+    result
+}
+
+fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> {
+    let r = req.resolved;
+    let epoch = r.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
+    let stem = file_stem(r);
+    let image_path = req.out_dir.join(format!("{stem}.raw"));
+    let manifest_path = req.out_dir.join(format!("{stem}.manifest.json"));
+    elf::check_static(req.bootstrap_bin)?;
+    let role_dirs = [req.images_dir.join("common"), req.images_dir.join(r.role.as_str())];
+
+    let key = build_key(req, epoch, &role_dirs)?;
+    if !req.force {
+        if let Some(m) = up_to_date(&image_path, &manifest_path, &key) {
+            return Ok(Outcome { image: image_path, manifest_path, manifest: m, up_to_date: true });
+        }
+    }
+    let stage = Stage::new(req.progress);
+
+    stage.start("tools tree (trixie: ukify, mkfs.erofs, veritysetup)");
+    let tools = tools::Tools::ensure(req.cache_dir, r.base.mirror.as_deref())?;
+    stage.start(&format!("Debian {} base ({} packages)", r.base.suite, base::packages(&r.base).len()));
+    let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
+
+    stage.start("file tree");
+    let work = &scratch.work;
+    let tree = work.join("tree");
+    fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
+    rootfs::unpack_base(&base_tar, &tree)?;
+    let packages = rootfs::debian_packages(&tree)?;
+    let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
+    for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
+        fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
+    }
+    rootfs::add_components(&tree, &r.components, req.fetched)?;
+    for d in &role_dirs {
+        rootfs::add_files(&d.join("files"), &tree)?;
+    }
+    rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
+    let bootstrap = fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
+    rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
+    rootfs::write_file(&tree, "usr/lib/keel/role", format!("{}\n", r.role).as_bytes(), 0o644)?;
+    rootfs::make_factory_etc(&tree)?;
+    let os_release = "tree/usr/lib/os-release";
+
+    stage.start("/usr as erofs + dm-verity");
+    let seed = Seed(key.clone());
+    let usr = usr::make(&tools, work, "tree", epoch, seed.uuid("erofs"), seed.uuid("verity"), &seed.bytes("verity-salt"))?;
+    let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
+    let root_uuid = seed.uuid("root-partition");
+
+    stage.start("root file system");
+    let skel = work.join("skel");
+    fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
+    rootfs::make_skeleton(&skel)?;
+    rootfs::clamp_times(&skel, epoch)?;
+    make_ext4(&tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
+
+    stage.start("unified kernel image");
+    let cmdline = uki::cmdline(&usr.root_hash, &root_uuid);
+    uki::make(&tools, work, "vmlinuz", "initrd", os_release, &cmdline, &kernel)?;
+    let uki_bytes = fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
+
+    stage.start("disk image");
+    let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
+    let (usr_img, verity_img, root_img, esp_img) = (work.join("usr.erofs"), work.join("usr.verity"), work.join("root.img"), work.join("esp.img"));
+    let table = gpt::plan(
+        seed.uuid("disk"),
+        &[
+            gpt::Request { name: "esp", type_guid: gpt::types::ESP, partition_guid: seed.uuid("esp"), size: esp::size_for(uki_bytes.len() as u64), flags: 0 },
+            gpt::Request { name: "usr", type_guid: gpt::types::USR_X86_64, partition_guid: usr_uuid, size: len(&usr_img)?, flags: gpt::FLAG_READ_ONLY },
+            gpt::Request { name: "usr-verity", type_guid: gpt::types::USR_VERITY_X86_64, partition_guid: verity_uuid, size: len(&verity_img)?, flags: gpt::FLAG_READ_ONLY },
+            gpt::Request { name: "root", type_guid: gpt::types::ROOT_X86_64, partition_guid: root_uuid, size: ROOT_SIZE, flags: gpt::FLAG_GROWFS },
+        ],
+    );
+    let mut manifest = Manifest {
+        profile: r.profile.clone(),
+        role: r.role,
+        image_sha256: None,
+        image_size: table.disk_size,
+        keel_version: env!("CARGO_PKG_VERSION").to_string(),
+        build_key: key.clone(),
+        source_date_epoch: epoch,
+        kernel,
+        cmdline,
+        verity_root_hash: usr.root_hash.clone(),
+        components: manifest::components(&r.components, &packages).map_err(BuildError::Other)?,
+        debian_packages: packages,
+        disk_guid: table.disk_guid,
+        partitions: table.partitions.clone(),
+    };
+    let inner = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+    let esp_part = table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
+    let volume_id = u32::from_le_bytes(seed.bytes("fat-volume-id")[..4].try_into().unwrap_or([0; 4]));
+    esp::make(&esp_img, esp_part.size, volume_id, &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)])?;
+    let sha = assemble(&scratch.image_tmp, &table, &[("esp", &esp_img), ("usr", &usr_img), ("usr-verity", &verity_img), ("root", &root_img)])?;
+    manifest.image_sha256 = Some(sha);
+
+    let outer = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+    // The manifest describes the image: replace it first so that a crash
+    // between the two renames never leaves an old manifest beside a new image.
+    let _ = fs::remove_file(&manifest_path);
+    fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
+    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer).map_err(|e| BuildError::io(&manifest_path, e))?;
+    stage.finish();
+    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+}
+
+/// The hash of everything that goes into the image: the resolved manifest,
+/// artifact digests, base and tools recipes, role files and units, the
+/// bootstrap binary and keel's own version.
+fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String, BuildError> {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, s: &[u8]| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    field(&mut h, &serde_json::to_vec(req.resolved).map_err(|e| BuildError::Other(e.to_string()))?);
+    field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
+    field(&mut h, base::DRACUT_CONF.as_bytes());
+    field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
+    for f in req.fetched {
+        field(&mut h, f.name.as_bytes());
+        field(&mut h, f.digest.hex().as_bytes());
+    }
+    field(&mut h, &fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?);
+    for d in role_dirs.iter().filter(|d| d.is_dir()) {
+        for p in rootfs::walk(d)? {
+            field(&mut h, p.strip_prefix(d).unwrap_or(&p).as_os_str().as_encoded_bytes());
+            let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
+            if meta.file_type().is_symlink() {
+                field(&mut h, fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?.as_os_str().as_encoded_bytes());
+            } else if meta.is_file() {
+                field(&mut h, &fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The manifest beside an existing image built from the same inputs.
+fn up_to_date(image: &Path, manifest_path: &Path, key: &str) -> Option<Manifest> {
+    let m: Manifest = serde_json::from_slice(&fs::read(manifest_path).ok()?).ok()?;
+    let size = fs::metadata(image).ok()?.len();
+    (m.build_key == key && m.image_size == size).then_some(m)
+}
+
+/// Identifiers and salts derived from the build key.
+struct Seed(String);
+
+impl Seed {
+    fn bytes(&self, label: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.0.as_bytes());
+        h.update(b"\0");
+        h.update(label.as_bytes());
+        h.finalize().into()
+    }
+
+    /// A random-looking (version 4 layout) UUID that only the inputs choose.
+    fn uuid(&self, label: &str) -> Uuid {
+        let b = self.bytes(label);
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&b[..16]);
+        uuid::Builder::from_random_bytes(u).into_uuid()
+    }
+}
+
+/// Makes an ext4 file system of `size` bytes at `work/<name>` from
+/// `work/<skel>`, with fixed UUID, hash seed and time.
+fn make_ext4(tools: &tools::Tools, work: &Path, name: &str, skel: &str, size: u64, fs_uuid: Uuid, epoch: u64) -> Result<(), BuildError> {
+    let img = work.join(name);
+    let f = File::create(&img).map_err(|e| BuildError::io(&img, e))?;
+    f.set_len(size).map_err(|e| BuildError::io(&img, e))?;
+    drop(f);
+    tools.run(
+        work,
+        "/usr/sbin/mkfs.ext4",
+        &[
+            "-q".into(),
+            "-F".into(),
+            "-L".into(),
+            "root".into(),
+            "-U".into(),
+            fs_uuid.to_string(),
+            "-E".into(),
+            format!("hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0"),
+            "-d".into(),
+            format!("{}/{skel}", tools::WORK),
+            format!("{}/{name}", tools::WORK),
+        ],
+        &[("E2FSPROGS_FAKE_TIME", epoch.to_string()), ("SOURCE_DATE_EPOCH", epoch.to_string())],
+    )?;
+    Ok(())
+}
+
+/// Writes the disk image at `path`: the partition table, then each
+/// partition's contents; fsyncs it and returns its sha256.
+fn assemble(path: &Path, table: &gpt::Table, parts: &[(&str, &Path)]) -> Result<String, BuildError> {
+    let ctx = |e: std::io::Error| BuildError::io(path, e);
+    let mut disk = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(ctx)?;
+    disk.set_len(table.disk_size).map_err(ctx)?;
+    table.write(&mut disk).map_err(|e| BuildError::Other(format!("{}: writing the partition table: {e}", path.display())))?;
+    for (name, src) in parts {
+        let p = table.get(name).ok_or_else(|| BuildError::Other(format!("no partition {name} in the plan")))?;
+        let mut input = File::open(src).map_err(|e| BuildError::io(src, e))?;
+        disk.seek(SeekFrom::Start(p.offset)).map_err(ctx)?;
+        let n = std::io::copy(&mut input, &mut disk).map_err(ctx)?;
+        if n > p.size {
+            return Err(BuildError::Other(format!("{}: {n} bytes do not fit partition {name} ({} bytes)", src.display(), p.size)));
+        }
+    }
+    disk.sync_all().map_err(ctx)?;
+    disk.seek(SeekFrom::Start(0)).map_err(ctx)?;
+    let digest = crate::fetch::hash_reader(&mut disk, crate::profile::Algorithm::Sha256).map_err(ctx)?;
+    Ok(digest.hex().to_string())
+}
+
+/// One line (or spinner) per pipeline stage, on stderr.
+struct Stage {
+    bar: Option<ProgressBar>,
+    started: std::time::Instant,
+}
+
+impl Stage {
+    fn new(progress: bool) -> Stage {
+        let bar = progress.then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Stage { bar, started: std::time::Instant::now() }
+    }
+
+    fn start(&self, what: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.println(format!("  {what}"));
+                b.set_message(what.to_string());
+            }
+            None => eprintln!("keel build: [{:>5.1}s] {what}", self.started.elapsed().as_secs_f64()),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! One test run's cluster: the VM network, the emulated AWS account on its
+//! host address, and the nodes registered in both: each node gets a fixed
+//! DHCP lease (MAC -> address, hostname) and an EC2 instance with that
+//! private address and the cluster and role tags, and keeps the identity
+//! the metadata emulator serves it (instance id, AZ, private IP, hostname,
+//! user data rendered with `keel_bootstrap::userdata`, role credentials):
+//! one emulator bound in the namespace on 169.254.169.254:80 answers every
+//! guest, choosing the identity by the request's source address. The
+//! run's work directory is
+//! `$CARGO_TARGET_DIR/qemu-runs/<test>-<pid>/` and stays after the run.
+//!
+//! Teardown: fields drop in declaration order (network last, after moto
+//! that listens on it), on a normal end and on a panic; Ctrl-C and SIGTERM
+//! are covered by `keel_testkit::teardown`, which every process guard and
+//! the network register with.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use keel_bootstrap::userdata::{self, Assets, Aws, Etcd, UserData};
+use keel_bootstrap::Role;
+use keel_testkit::imds::{Credentials, ImdsEmulator, Instance};
+
+use crate::aws::{Account, AZ, REGION};
+use crate::keel;
+use crate::net::{Host, Network, METADATA_ADDR};
+use crate::rundir;
+
+/// What the metadata emulator serves one guest, and what the test knows
+/// about it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub role: Role,
+    pub index: u8,
+    pub mac: String,
+    pub private_ip: Ipv4Addr,
+    pub hostname: String,
+    pub instance_id: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub ami: String,
+    /// What the metadata service answers for `user-data` (None: 404).
+    pub user_data: Option<Vec<u8>>,
+}
+
+impl Node {
+    /// The identity the metadata emulator serves this node.
+    fn metadata(&self) -> Instance {
+        Instance {
+            instance_id: self.instance_id.clone(),
+            region: self.region.clone(),
+            availability_zone: self.availability_zone.clone(),
+            private_ipv4: self.private_ip.to_string(),
+            local_hostname: self.hostname.clone(),
+            user_data: self.user_data.clone(),
+            credentials: Some(Credentials::testing()),
+        }
+    }
+}
+
+pub struct Cluster {
+    imds: Option<ImdsEmulator>,
+    pub account: Account,
+    pub net: Network,
+    pub dir: PathBuf,
+    pub name: String,
+    nodes: Vec<Node>,
+    next_index: u8,
+}
+
+/// The EC2-style private DNS name for an address.
+pub fn private_dns_name(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("ip-{a}-{b}-{c}-{d}.{REGION}.compute.internal")
+}
+
+impl Cluster {
+    /// Creates the work directory for `test`, the network and the account
+    /// (moto, VPC and subnet, asset bucket, KMS key) for cluster `name`.
+    pub async fn start(test: &str, name: &str) -> Result<Cluster> {
+        let dir = rundir::create(test)?;
+        let net = Network::create(&dir).context("creating the VM network (needs root)")?;
+        let account = Account::create(net.host_ip(), &net.cidr(), name)
+            .await
+            .with_context(|| format!("creating the emulated AWS account on {}", net.host_ip()))?;
+        Ok(Cluster { imds: None, account, net, dir, name: name.into(), nodes: Vec::new(), next_index: 0 })
+    }
+
+    /// Starts the metadata emulator on 169.254.169.254:80 inside the
+    /// network, serving every node added so far and every node added
+    /// later.
+    pub fn serve_metadata(&mut self) -> Result<()> {
+        let addr = SocketAddr::new(METADATA_ADDR.into(), 80);
+        let listener = self.net.bind_tcp(addr)?;
+        let nodes = self.nodes.iter().map(|n| (IpAddr::V4(n.private_ip), n.metadata())).collect::<HashMap<_, _>>();
+        let imds = ImdsEmulator::start_by_source(listener, nodes)
+            .with_context(|| format!("starting the metadata emulator on {addr} in {}", self.net.netns()))?;
+        self.imds = Some(imds);
+        Ok(())
+    }
+
+    /// The API server's name in this cluster's assets and user data.
+    pub fn api_host(&self) -> String {
+        format!("api.{}.internal", self.name)
+    }
+
+    /// User data for a node of `role` in a cluster of `etcd_members`
+    /// etcd nodes, with AWS calls sent to this run's moto.
+    pub fn user_data(&self, role: Role, etcd_members: u32) -> UserData {
+        UserData {
+            version: userdata::VERSION,
+            cluster: self.name.clone(),
+            role,
+            api_endpoint: format!("https://{}:6443", self.api_host()),
+            assets: Assets { bucket: self.account.bucket.clone(), prefix: self.assets_prefix().to_string() },
+            etcd: Etcd {
+                expected_members: etcd_members,
+                discovery_timeout_seconds: None,
+                heartbeat_interval_ms: None,
+                election_timeout_ms: None,
+                quota_backend_bytes: None,
+            },
+            aws: Some(Aws { endpoint_url: Some(self.account.endpoint().to_string()) }),
+            kubernetes: None,
+            kubelet: None,
+        }
+    }
+
+    /// Registers a node without user data (see [`Cluster::add_node_with`]).
+    pub async fn add_node(&mut self, name: &str, role: Role, ami: &str) -> Result<Node> {
+        self.add_node_with(name, role, ami, None).await
+    }
+
+    /// Registers a node: the next guest address, an instance of `ami`
+    /// with this cluster's tags, and `user_data` rendered as TOML for the
+    /// metadata service. Call [`Cluster::serve_dhcp`] once all nodes that
+    /// boot together are added.
+    pub async fn add_node_with(&mut self, name: &str, role: Role, ami: &str, user_data: Option<&UserData>) -> Result<Node> {
+        let user_data = match user_data {
+            Some(ud) => Some(ud.to_toml().with_context(|| format!("rendering the user data of {name}"))?.into_bytes()),
+            None => None,
+        };
+        if self.nodes.iter().any(|n| n.name == name) {
+            bail!("node {name} is already in cluster {}", self.name);
+        }
+        let index = self.next_index;
+        if index >= 200 {
+            bail!("too many nodes on one network");
+        }
+        self.next_index += 1;
+        let private_ip = self.net.guest_ip(index);
+        let instance = self.account.run_instance(ami, role, private_ip, name).await?;
+        let node = Node {
+            name: name.into(),
+            role,
+            index,
+            mac: self.net.guest_mac(index),
+            private_ip,
+            hostname: private_dns_name(private_ip),
+            instance_id: instance.id,
+            region: REGION.into(),
+            availability_zone: AZ.into(),
+            ami: ami.into(),
+            user_data,
+        };
+        if let Some(user_data) = &node.user_data {
+            let path = self.dir.join(format!("{name}.user-data.toml"));
+            std::fs::write(&path, user_data).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(imds) = &self.imds {
+            imds.set_instance_for(IpAddr::V4(node.private_ip), Some(node.metadata()));
+        }
+        self.nodes.push(node.clone());
+        Ok(node)
+    }
+
+    /// (Re)starts dnsmasq with a fixed lease for every node added so far.
+    pub fn serve_dhcp(&mut self) -> Result<()> {
+        let hosts: Vec<Host> = self
+            .nodes
+            .iter()
+            .map(|n| Host { mac: n.mac.clone(), ip: n.private_ip, hostname: short_hostname(&n.hostname) })
+            .collect();
+        self.net.serve_dhcp(&hosts)
+    }
+
+    /// Terminates a node's instance in EC2 (its VM is stopped by the
+    /// caller first): discovery no longer lists it.
+    pub async fn terminate(&mut self, name: &str) -> Result<Node> {
+        let pos = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("no node {name} in cluster {}", self.name))?;
+        let node = self.nodes.remove(pos);
+        if let Some(imds) = &self.imds {
+            imds.set_instance_for(IpAddr::V4(node.private_ip), None);
+        }
+        self.account.terminate(&node.instance_id).await?;
+        Ok(node)
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).with_context(|| format!("no node {name} in cluster {}", self.name))
+    }
+
+    /// `keel assets init` for this cluster into `<work dir>/assets`.
+    pub fn init_assets(&self) -> Result<PathBuf> {
+        let dir = self.dir.join("assets");
+        keel::run(
+            ["assets", "init", "--cluster", &self.name, "--api-endpoint", &self.api_host(), "--out"]
+                .map(OsStr::new)
+                .into_iter()
+                .chain([dir.as_os_str()]),
+            &[],
+        )?;
+        Ok(dir)
+    }
+
+    /// `keel assets publish` of `assets` into the account's bucket, under
+    /// the prefix [`Cluster::assets_prefix`], sealed with its KMS key.
+    pub fn publish_assets(&self, assets: &Path) -> Result<()> {
+        let a = &self.account;
+        keel::run(
+            [OsStr::new("assets"), OsStr::new("publish"), OsStr::new("--dir"), assets.as_os_str()]
+                .into_iter()
+                .chain(
+                    ["--bucket", &a.bucket, "--prefix", self.assets_prefix(), "--kms-key", &a.kms_key_id]
+                        .map(OsStr::new),
+                ),
+            &a.env(),
+        )?;
+        Ok(())
+    }
+
+    /// The S3 prefix of this cluster's bundles.
+    pub fn assets_prefix(&self) -> &str {
+        &self.name
+    }
+
+    /// Where a node's console log is written.
+    pub fn console_log(&self, node: &Node) -> PathBuf {
+        self.dir.join(format!("{}.console.log", node.name))
+    }
+
+    /// The run's work directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The first label of a DNS name (what DHCP hands out as the host name).
+fn short_hostname(dns: &str) -> String {
+    dns.split('.').next().unwrap_or(dns).to_string()
+}

@@ -1,0 +1,177 @@
+//! One QEMU virtual machine booting a Keel disk image with OVMF (UEFI),
+//! its serial console written to a log file, and waits for console
+//! milestones with deadlines. KVM is used when it actually works (a short
+//! probe: nested KVM can hang), TCG otherwise, with one CPU (QEMU 7.2's TCG
+//! with two CPUs oopses now and then in early boot) and a virtio RNG (the
+//! initrd otherwise waits for entropy before dm-verity set-up).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use keel_testkit::process::Guard;
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const QEMU: &str = "qemu-system-x86_64";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM when a probe VM under it prints firmware output within a few
+/// seconds; TCG otherwise. `KEEL_QEMU_ACCEL=kvm|tcg` skips the probe.
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| match std::env::var("KEEL_QEMU_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        Ok("tcg") => Accel::Tcg,
+        _ => probe_kvm(),
+    })
+}
+
+fn probe_kvm() -> Accel {
+    if fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return Accel::Tcg;
+    }
+    let Ok(dir) = tempfile::tempdir() else { return Accel::Tcg };
+    let log = dir.path().join("probe.log");
+    let vars = dir.path().join("vars.fd");
+    if fs::copy(OVMF_VARS, &vars).is_err() {
+        return Accel::Tcg;
+    }
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args(pflash(&vars))
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let Ok(_vm) = Guard::spawn("qemu (kvm probe)", cmd) else { return Accel::Tcg };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
+            return Accel::Kvm;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Accel::Tcg
+}
+
+fn pflash(vars: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
+}
+
+/// How to start a VM.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub disk: PathBuf,
+    /// Directory for the console log and the firmware variables.
+    pub state_dir: PathBuf,
+    pub memory_mib: u32,
+    /// Boot from a throw-away overlay: the disk file is not changed.
+    pub snapshot: bool,
+    /// Extra arguments (network devices, ...). Default: QEMU's user-mode
+    /// network with a virtio NIC.
+    pub network: Vec<String>,
+}
+
+impl Config {
+    pub fn new(disk: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            disk: disk.into(),
+            state_dir: state_dir.into(),
+            memory_mib: 1024,
+            snapshot: true,
+            network: vec!["-nic".into(), "user,model=virtio-net-pci".into()],
+        }
+    }
+}
+
+/// A running VM; killed on drop.
+pub struct Vm {
+    guard: Guard,
+    console: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    pub fn start(cfg: &Config) -> anyhow::Result<Vm> {
+        fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let vars = cfg.state_dir.join("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
+        let console = cfg.state_dir.join("console.log");
+        let _ = fs::remove_file(&console);
+        let mut cmd = Command::new(QEMU);
+        match accel() {
+            Accel::Kvm => cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host"]),
+            Accel::Tcg => cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max"]),
+        };
+        let snapshot = if cfg.snapshot { ",snapshot=on" } else { "" };
+        cmd.args(["-smp", "1", "-m", &cfg.memory_mib.to_string(), "-nodefaults", "-display", "none", "-no-reboot"])
+            .args(pflash(&vars))
+            .arg("-drive")
+            .arg(format!("if=virtio,format=raw,file={}{snapshot}", cfg.disk.display()))
+            .args(["-device", "virtio-rng-pci"])
+            .args(&cfg.network)
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(cfg.state_dir.join("qemu.stderr"))?));
+        let guard = Guard::spawn("qemu", cmd).context("starting qemu-system-x86_64 (install the Debian package qemu-system-x86)")?;
+        Ok(Vm { guard, console, started: Instant::now() })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the console shows one of `patterns` and returns its
+    /// index; fails when `deadline` passes or QEMU exits first, quoting the
+    /// end of the console.
+    pub fn wait_for_any(&mut self, patterns: &[&str], deadline: Duration) -> anyhow::Result<usize> {
+        let until = Instant::now() + deadline;
+        loop {
+            let text = self.console();
+            if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+                return Ok(i);
+            }
+            if let Err(e) = self.guard.check_running() {
+                bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+            }
+            if Instant::now() >= until {
+                bail!("no {patterns:?} on the console within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn wait_for(&mut self, pattern: &str, deadline: Duration) -> anyhow::Result<()> {
+        self.wait_for_any(&[pattern], deadline).map(|_| ())
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
