@@ -606,7 +606,7 @@ fn golden_files() {
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
 }
 
-/// Figures for BENCHMARKS.bootstrap.md: time from start to "configured"
+/// Figures for BENCHMARKS.md (keel-bootstrap): time from start to "configured"
 /// per role (peers present), and AWS requests per boot. Runs the binary
 /// named by KEEL_BOOTSTRAP_BIN (e.g. the static release build) when set,
 /// else the library in-process.

@@ -494,7 +494,7 @@ async fn failed_registration_reuses_the_snapshot_on_rerun() {
     assert_snapshot_is_image(&moto, snapshot, &img.data).await;
 }
 
-/// The publish benchmark (BENCHMARKS.publish.md), not part of CI: keel and
+/// The publish benchmark (BENCHMARKS.md, "Publishing"), not part of CI: keel and
 /// coldsnap upload the same ~512 MiB synthetic image with an etcd image's
 /// mix of data and zero runs, each into a fresh moto server behind the
 /// proxy (answering BlockSize 524288, as AWS does). Upload time is measured
@@ -508,7 +508,7 @@ async fn failed_registration_reuses_the_snapshot_on_rerun() {
 ///
 /// `KEEL_BENCH_KEEL` may name another keel binary (e.g. a release build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark, not CI: coldsnap (KEEL_COLDSNAP) and ~1.5 GiB of RAM; see BENCHMARKS.publish.md"]
+#[ignore = "benchmark, not CI: coldsnap (KEEL_COLDSNAP) and ~1.5 GiB of RAM; see BENCHMARKS.md"]
 async fn benchmark_upload_against_coldsnap() {
     // Without KEEL_COLDSNAP only keel runs.
     let coldsnap = std::env::var("KEEL_COLDSNAP").ok();
