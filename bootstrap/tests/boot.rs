@@ -71,12 +71,8 @@ struct Aws {
 async fn aws_env() -> Aws {
     aws::install_crypto_provider();
     let moto = Moto::start().expect("moto");
-    let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
-    let sdk = aws::sdk_config(&aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) })
-        .await
-        .to_builder()
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(creds))
-        .build();
+    let target = aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) };
+    let sdk = aws::sdk_config_with_keys(&target, "testing", "testing").await;
     aws::s3_client(&sdk).create_bucket().bucket(BUCKET).send().await.expect("create bucket");
     let key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.expect("create key");
     let key_id = key.key_metadata().unwrap().key_id().to_string();

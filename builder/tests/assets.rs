@@ -17,9 +17,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aws_sdk_kms::config::{Credentials, SharedCredentialsProvider};
 use base64::Engine as _;
-use keel_bootstrap::aws::{s3_client, sdk_config, Target};
+use keel_bootstrap::aws::{s3_client, sdk_config_with_keys, Target};
 use keel_bootstrap::bundle::{BundleError, Header};
 use keel_bootstrap::envelope::{self, EnvelopeError};
 use keel_bootstrap::Role;
@@ -33,13 +32,7 @@ const BUCKET: &str = "keel-assets";
 /// S3 and KMS clients for `endpoint`, with moto's dummy credentials.
 async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
     let target = Target { region: Some(REGION.into()), endpoint_url: Some(endpoint.to_string()) };
-    let config = sdk_config(&target)
-        .await
-        .to_builder()
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "testing", "testing", None, None, "test",
-        )))
-        .build();
+    let config = sdk_config_with_keys(&target, "testing", "testing").await;
     (s3_client(&config), aws_sdk_kms::Client::new(&config))
 }
 

@@ -111,12 +111,8 @@ fn stderr(out: &Output) -> String {
 }
 
 async fn config(endpoint: &str, region: &str) -> aws_types::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region.to_string()))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await
+    let target = keel_bootstrap::aws::Target { region: Some(region.into()), endpoint_url: Some(endpoint.into()) };
+    keel_bootstrap::aws::sdk_config_with_keys(&target, "testing", "testing").await
 }
 
 async fn ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {

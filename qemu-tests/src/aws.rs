@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BootModeValues, InstanceType, Placement, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use keel_bootstrap::aws::{display_error, sdk_config, s3_client, Target};
+use keel_bootstrap::aws::{display_error, s3_client, sdk_config_with_keys, Target};
 use keel_bootstrap::{discovery, tags, Role};
 use keel_testkit::moto::Moto;
 
@@ -48,18 +48,7 @@ pub struct Account {
 /// The SDK configuration for an endpoint, with the test credentials.
 pub async fn test_config(endpoint: &str) -> aws_config::SdkConfig {
     let target = Target { region: Some(REGION.into()), endpoint_url: Some(endpoint.into()) };
-    let creds = aws_sdk_ec2::config::Credentials::new(
-        ACCESS_KEY_ID,
-        SECRET_ACCESS_KEY,
-        None,
-        None,
-        "keel-qemu-tests",
-    );
-    sdk_config(&target)
-        .await
-        .to_builder()
-        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(creds))
-        .build()
+    sdk_config_with_keys(&target, ACCESS_KEY_ID, SECRET_ACCESS_KEY).await
 }
 
 impl Account {

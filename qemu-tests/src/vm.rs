@@ -82,7 +82,9 @@ pub struct Config {
     /// Boot from a throw-away overlay: the disk file is not changed.
     pub snapshot: bool,
     /// Extra arguments (network devices, ...). Default: QEMU's user-mode
-    /// network with a virtio NIC.
+    /// network with a virtio NIC, restricted: the guest gets DHCP but no
+    /// packet leaves for the host's network, so its requests to
+    /// 169.254.169.254 reach no metadata service outside this test.
     pub network: Vec<String>,
 }
 
@@ -93,7 +95,7 @@ impl Config {
             state_dir: state_dir.into(),
             memory_mib: 1024,
             snapshot: true,
-            network: vec!["-nic".into(), "user,model=virtio-net-pci".into()],
+            network: vec!["-nic".into(), "user,model=virtio-net-pci,restrict=on".into()],
         }
     }
 }

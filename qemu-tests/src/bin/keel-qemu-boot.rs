@@ -5,7 +5,8 @@
 //!
 //! Usage: keel-qemu-boot IMAGE [--state DIR] [--deadline SECONDS]
 //!
-//! The VM gets QEMU's user-mode network, which has no instance metadata
+//! The VM gets QEMU's restricted user-mode network (no packet leaves this
+//! machine), which has no instance metadata
 //! service: keel-bootstrap runs and then reports that it cannot reach
 //! 169.254.169.254. Booting nodes that configure themselves against an
 //! emulated AWS is the cluster harness's job (qemu-tests/src/cluster.rs).
