@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keel_bootstrap::userdata::{self, Assets, Aws, Etcd, UserData};
@@ -28,6 +29,11 @@ use crate::aws::{Account, AZ, REGION};
 use crate::keel;
 use crate::net::{Host, Network, METADATA_ADDR};
 use crate::rundir;
+use crate::vm::{self, Vm};
+
+/// Memory of each node's VM: etcd, containerd and the bootstrap fit with
+/// room for the page cache.
+const NODE_MEMORY_MIB: u32 = 1024;
 
 /// What the metadata emulator serves one guest, and what the test knows
 /// about it.
@@ -63,6 +69,9 @@ impl Node {
 }
 
 pub struct Cluster {
+    /// Running VMs by node name: stopped first, before the network their
+    /// taps are in and the services they talk to.
+    vms: HashMap<String, Vm>,
     imds: Option<ImdsEmulator>,
     pub account: Account,
     pub net: Network,
@@ -87,7 +96,7 @@ impl Cluster {
         let account = Account::create(net.host_ip(), &net.cidr(), name)
             .await
             .with_context(|| format!("creating the emulated AWS account on {}", net.host_ip()))?;
-        Ok(Cluster { imds: None, account, net, dir, name: name.into(), nodes: Vec::new(), next_index: 0 })
+        Ok(Cluster { vms: HashMap::new(), imds: None, account, net, dir, name: name.into(), nodes: Vec::new(), next_index: 0 })
     }
 
     /// Starts the metadata emulator on 169.254.169.254:80 inside the
@@ -246,9 +255,73 @@ impl Cluster {
         &self.name
     }
 
-    /// Where a node's console log is written.
-    pub fn console_log(&self, node: &Node) -> PathBuf {
-        self.dir.join(format!("{}.console.log", node.name))
+    /// Boots node `name` from `image` (a built raw disk image) under
+    /// QEMU: a copy-on-write overlay `<work dir>/<name>/disk.qcow2` over
+    /// the image (kept across a stop and the next boot, so a second boot
+    /// is a reboot with the node's disk), a new tap on the network's
+    /// bridge, the node's MAC (its DHCP lease), the console in
+    /// `<work dir>/<name>/console.log`.
+    pub fn boot(&mut self, name: &str, image: &Path) -> Result<()> {
+        let node = self.node(name)?.clone();
+        if self.vms.contains_key(name) {
+            bail!("node {name} is already running");
+        }
+        let state = self.dir.join(name);
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        let overlay = state.join("disk.qcow2");
+        if !overlay.exists() {
+            vm::create_overlay(image, &overlay)?;
+        }
+        let tap = self.net.add_tap()?;
+        let mut cfg = vm::Config::new(&overlay, &state);
+        cfg.name = format!("qemu ({name})");
+        cfg.format = "qcow2";
+        cfg.snapshot = false;
+        cfg.memory_mib = NODE_MEMORY_MIB;
+        cfg.netns = Some(self.net.netns().to_string());
+        cfg.network = vec![
+            "-netdev".into(),
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net0,mac={}", node.mac),
+        ];
+        let vm = Vm::start(&cfg).with_context(|| format!("booting node {name} from {}", image.display()))?;
+        self.vms.insert(name.to_string(), vm);
+        Ok(())
+    }
+
+    /// Waits until node `name`'s console shows one of `patterns`; returns
+    /// its index (see [`Vm::wait_for_any`]).
+    pub fn wait_for_any(&mut self, name: &str, patterns: &[&str], deadline: Duration) -> Result<usize> {
+        let vm = self.vms.get_mut(name).with_context(|| format!("node {name} is not running"))?;
+        vm.wait_for_any(patterns, deadline).with_context(|| format!("node {name}"))
+    }
+
+    /// Waits until node `name`'s console shows `pattern`.
+    pub fn wait_for(&mut self, name: &str, pattern: &str, deadline: Duration) -> Result<()> {
+        self.wait_for_any(name, &[pattern], deadline).map(|_| ())
+    }
+
+    /// How long node `name`'s VM has been running.
+    pub fn uptime(&self, name: &str) -> Result<Duration> {
+        Ok(self.vms.get(name).with_context(|| format!("node {name} is not running"))?.uptime())
+    }
+
+    /// Stops node `name`'s VM at once (power off: no shutdown), keeping
+    /// its disk overlay and console log.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        self.vms.remove(name).with_context(|| format!("node {name} is not running"))?;
+        Ok(())
+    }
+
+    /// Everything node `name`'s console printed (also after a stop).
+    pub fn console(&self, name: &str) -> String {
+        std::fs::read(self.console_log(name)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Where node `name`'s console log is written.
+    pub fn console_log(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join(vm::CONSOLE_LOG)
     }
 
     /// The run's work directory.

@@ -17,6 +17,8 @@ use keel_testkit::process::Guard;
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const QEMU: &str = "qemu-system-x86_64";
+/// The console log's name in a VM's state directory.
+pub const CONSOLE_LOG: &str = "console.log";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -75,7 +77,12 @@ fn pflash(vars: &Path) -> Vec<String> {
 /// How to start a VM.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What process guards and errors call this VM.
+    pub name: String,
     pub disk: PathBuf,
+    /// The disk file's format: `raw` (a built image) or `qcow2` (an
+    /// overlay over one).
+    pub format: &'static str,
     /// Directory for the console log and the firmware variables.
     pub state_dir: PathBuf,
     pub memory_mib: u32,
@@ -86,16 +93,22 @@ pub struct Config {
     /// packet leaves for the host's network, so its requests to
     /// 169.254.169.254 reach no metadata service outside this test.
     pub network: Vec<String>,
+    /// Run QEMU inside this network namespace (`ip netns exec`), where
+    /// its tap device is.
+    pub netns: Option<String>,
 }
 
 impl Config {
     pub fn new(disk: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Config {
         Config {
+            name: "qemu".into(),
             disk: disk.into(),
+            format: "raw",
             state_dir: state_dir.into(),
             memory_mib: 1024,
             snapshot: true,
             network: vec!["-nic".into(), "user,model=virtio-net-pci,restrict=on".into()],
+            netns: None,
         }
     }
 }
@@ -112,9 +125,16 @@ impl Vm {
         fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
         let vars = cfg.state_dir.join("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
-        let console = cfg.state_dir.join("console.log");
+        let console = cfg.state_dir.join(CONSOLE_LOG);
         let _ = fs::remove_file(&console);
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, QEMU]);
+                c
+            }
+            None => Command::new(QEMU),
+        };
         match accel() {
             Accel::Kvm => cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host"]),
             Accel::Tcg => cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max"]),
@@ -123,14 +143,15 @@ impl Vm {
         cmd.args(["-smp", "1", "-m", &cfg.memory_mib.to_string(), "-nodefaults", "-display", "none", "-no-reboot"])
             .args(pflash(&vars))
             .arg("-drive")
-            .arg(format!("if=virtio,format=raw,file={}{snapshot}", cfg.disk.display()))
+            .arg(format!("if=virtio,format={},file={}{snapshot}", cfg.format, cfg.disk.display()))
             .args(["-device", "virtio-rng-pci"])
             .args(&cfg.network)
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(fs::File::create(cfg.state_dir.join("qemu.stderr"))?));
-        let guard = Guard::spawn("qemu", cmd).context("starting qemu-system-x86_64 (install the Debian package qemu-system-x86)")?;
+        let guard = Guard::spawn(&cfg.name, cmd)
+            .with_context(|| format!("starting {QEMU} for {} (install the Debian package qemu-system-x86)", cfg.name))?;
         Ok(Vm { guard, console, started: Instant::now() })
     }
 
@@ -176,4 +197,39 @@ impl Vm {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Creates a qcow2 overlay at `overlay` backed by the raw image `base`:
+/// the VM writes to the overlay, the image stays unchanged.
+pub fn create_overlay(base: &Path, overlay: &Path) -> anyhow::Result<()> {
+    let base = base.canonicalize().with_context(|| format!("{}: no such image", base.display()))?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(overlay)
+        .stdin(Stdio::null())
+        .output()
+        .context("running qemu-img (install the Debian package qemu-utils)")?;
+    if !out.status.success() {
+        bail!("qemu-img create {} over {}: {}", overlay.display(), base.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Copies `image` to `copy` with one bit of the `/usr` partition flipped
+/// (inside the erofs superblock, which is read at mount), at the offset
+/// the image's manifest gives (`partitions[name=usr].offset`).
+pub fn tamper_usr(image: &Path, usr_offset: u64, copy: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    fs::copy(image, copy).with_context(|| format!("copying {} to {}", image.display(), copy.display()))?;
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(copy).with_context(|| format!("opening {}", copy.display()))?;
+    let at = usr_offset + 1024 + 8;
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(&mut byte).with_context(|| format!("reading byte {at} of {}", copy.display()))?;
+    byte[0] ^= 0x01;
+    f.seek(SeekFrom::Start(at))?;
+    f.write_all(&byte)?;
+    f.sync_all()?;
+    Ok(())
 }
