@@ -235,17 +235,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         field(&mut h, f.digest.hex().as_bytes());
     }
     field(&mut h, &fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?);
-    for d in role_dirs.iter().filter(|d| d.is_dir()) {
-        for p in rootfs::walk(d)? {
-            field(&mut h, p.strip_prefix(d).unwrap_or(&p).as_os_str().as_encoded_bytes());
-            let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
-            if meta.file_type().is_symlink() {
-                field(&mut h, fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?.as_os_str().as_encoded_bytes());
-            } else if meta.is_file() {
-                field(&mut h, &fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
-            }
-        }
-    }
+    rootfs::hash_role_dirs(role_dirs, &mut |b| field(&mut h, b))?;
     Ok(hex::encode(h.finalize()))
 }
 

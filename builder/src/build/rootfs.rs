@@ -201,6 +201,32 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(out)
 }
 
+/// Feeds what the role directories put into an image to `field`, for the
+/// build key: each path's name relative to its directory, a link's target
+/// and a file's bytes. A relative link to a file (a unit the controller
+/// shares with the worker: `units/kubelet.service ->
+/// ../../worker/units/kubelet.service`) also feeds the bytes behind it,
+/// since the build copies those: changing the shared unit rebuilds both
+/// images.
+pub fn hash_role_dirs(dirs: &[PathBuf], field: &mut dyn FnMut(&[u8])) -> Result<(), BuildError> {
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        for p in walk(d)? {
+            field(p.strip_prefix(d).unwrap_or(&p).as_os_str().as_encoded_bytes());
+            let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?;
+                field(target.as_os_str().as_encoded_bytes());
+                if target.is_relative() && p.is_file() {
+                    field(&fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
+                }
+            } else if meta.is_file() {
+                field(&fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Installs the units of `dirs` (in order; a later one replaces an earlier
 /// one of the same name) into /usr/lib/systemd/system and enables each by
 /// its `[Install] WantedBy=`/`RequiredBy=`, with symlinks in /usr (the
@@ -416,6 +442,34 @@ mod tests {
         assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
     }
 
+
+    #[test]
+    fn a_unit_shared_by_a_relative_link_counts_with_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, controller) = (dir.path().join("worker/units"), dir.path().join("controller/units"));
+        fs::create_dir_all(&worker).unwrap();
+        fs::create_dir_all(&controller).unwrap();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet\n").unwrap();
+        symlink("../../worker/units/kubelet.service", controller.join("kubelet.service")).unwrap();
+        let key = || {
+            let mut all = Vec::new();
+            hash_role_dirs(&[controller.clone()], &mut |b| {
+                all.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                all.extend_from_slice(b);
+            })
+            .unwrap();
+            all
+        };
+        let before = key();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet --v=2\n").unwrap();
+        assert_ne!(key(), before, "a change behind the link must change the controller's build key");
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        add_units(&[controller.clone()], &root).unwrap();
+        let installed = root.join("usr/lib/systemd/system/kubelet.service");
+        assert!(!fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(), "the image gets the unit, not the link");
+        assert!(fs::read_to_string(installed).unwrap().contains("--v=2"));
+    }
     #[test]
     fn component_paths_outside_usr_are_refused() {
         let root = Path::new("/r");
