@@ -97,7 +97,7 @@ fn the_test_profile_installs_this_double_under_each_name() {
         assert!(table.contains(&format!("url = \"https://keel.test/doubles/{}\"", doubles::DOUBLE)), "{name}: {table}");
         assert!(
             table.contains(&format!("sha256 = \"{digest}\"")),
-            "{name}: the profile pins another digest than {}'s ({digest}): update it (`keel pin` or by hand)\n{table}",
+            "{name}: the profile pins another digest than {}'s ({digest}): update the four sha256 lines\n{table}",
             doubles::DOUBLE
         );
         assert!(table.contains(&format!("path = \"/usr/bin/{name}\"")), "{name}: {table}");
@@ -135,8 +135,8 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
     let boot = worker::BOOTSTRAP_KUBECONFIG;
     let faults = vec![
         fault("an unknown flag", "unknown flag: --kubelet-config", |_| flags(&["--kubelet-config=/etc/kubelet.json"])),
-        fault("a flag kubelet 1.27 removed", "unknown flag: --container-runtime (removed", |_| flags(&["--container-runtime=remote"])),
-        fault("a flag kubelet 1.35 removed", "unknown flag: --pod-infra-container-image (removed", |_| flags(&["--pod-infra-container-image=pause:3.10"])),
+        fault("a flag removed in 1.27", "unknown flag: --container-runtime (removed", |_| flags(&["--container-runtime=remote"])),
+        fault("a flag removed before 1.36 (the runtime picks the pause image)", "unknown flag: --pod-infra-container-image (removed", |_| flags(&["--pod-infra-container-image=pause:3.10"])),
         fault("a flag without its value", "flag needs an argument: --node-ip", |_| flags(&["--node-ip"])),
         fault("a number flag with a word", "invalid argument \"lots\" for \"--max-pods\" flag", |_| flags(&["--max-pods=lots"])),
         fault("a positional argument", "unknown command \"start\"", |_| flags(&["start"])),

@@ -3,8 +3,9 @@
 //! issued here from the cluster CA (API server serving certificate, its
 //! kubelet client, the controller manager's, scheduler's and kubelet's
 //! client certificates) and from the front-proxy CA; flags for
-//! kube-apiserver, kube-controller-manager and kube-scheduler; the
-//! kubelet's configuration.
+//! kube-apiserver, kube-controller-manager and kube-scheduler;
+//! containerd's configuration (the worker's: the controller runs a
+//! kubelet too) and the kubelet's.
 
 use std::net::IpAddr;
 
