@@ -17,8 +17,13 @@ use crate::fetch::Fetched;
 use crate::profile::{Component, Install, Source};
 
 /// Units of the base that every image enables: DHCP on every Ethernet
-/// interface, its wait-online (so network-online.target means it), DNS.
+/// interface, its wait-online (so network-online.target means it), DNS;
+/// and growing the root file system after systemd-repart grew its
+/// partition (the generated growfs unit of `rootflags=x-systemd.growfs`
+/// runs in the initrd, before repart, which runs after the switch to
+/// the root: it would find nothing to grow).
 const ENABLE: &[(&str, &str)] = &[
+    ("sysinit.target", "systemd-growfs-root.service"),
     ("multi-user.target", "systemd-networkd.service"),
     ("multi-user.target", "systemd-resolved.service"),
     ("network-online.target", "systemd-networkd-wait-online.service"),
