@@ -270,7 +270,7 @@ impl Cluster {
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let overlay = state.join("disk.qcow2");
         if !overlay.exists() {
-            vm::create_overlay(image, &overlay)?;
+            vm::create_overlay(image, &overlay, None)?;
         }
         let tap = self.net.add_tap()?;
         let mut cfg = vm::Config::new(&overlay, &state);

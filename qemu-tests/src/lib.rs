@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod disk;
 pub mod doubles;
 pub mod images;
 pub mod keel;

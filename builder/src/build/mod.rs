@@ -216,6 +216,11 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
 }
 
+/// Bump when what the build puts into an image changes in a way that its
+/// inputs do not show (units enabled by the code, layout), so that images
+/// built before are rebuilt rather than found up to date.
+const RECIPE: &str = "keel-image-3";
+
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
 /// bootstrap binary and keel's own version.
@@ -226,6 +231,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         h.update(s);
     };
     field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    field(&mut h, RECIPE.as_bytes());
     field(&mut h, &serde_json::to_vec(req.resolved).map_err(|e| BuildError::Other(e.to_string()))?);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());

@@ -17,11 +17,30 @@ use crate::fetch::Fetched;
 use crate::profile::{Component, Install, Source};
 
 /// Units of the base that every image enables: DHCP on every Ethernet
-/// interface, its wait-online (so network-online.target means it), DNS.
+/// interface, its wait-online (so network-online.target means it), DNS;
+/// and growing the root file system after systemd-repart grew its
+/// partition (the generated growfs unit of `rootflags=x-systemd.growfs`
+/// runs in the initrd, before repart, which runs after the switch to
+/// the root: it would find nothing to grow).
 const ENABLE: &[(&str, &str)] = &[
+    ("sysinit.target", "systemd-growfs-root.service"),
     ("multi-user.target", "systemd-networkd.service"),
     ("multi-user.target", "systemd-resolved.service"),
     ("network-online.target", "systemd-networkd-wait-online.service"),
+];
+
+/// Units Debian's packages enable that a Keel node does not run: package
+/// maintenance on an immutable /usr (apt and dpkg timers), ext4 metadata
+/// scrubbing of LVM snapshots (no LVM), and a login prompt on the VGA
+/// console (the serial console keeps its getty). Each is one more process
+/// at boot on a small instance.
+const NOT_ENABLED: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "getty@tty1.service",
 ];
 
 /// The tmpfiles.d file that recreates /etc from the factory copy.
@@ -294,6 +313,7 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
 /// Units the base enabled in /etc/systemd/system are enabled in /usr too.
 pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     let etc = root.join("etc");
+    disable(&etc.join("systemd/system"), NOT_ENABLED)?;
     hoist_enablement(&etc.join("systemd/system"), &root.join("usr/lib/systemd/system"))?;
     // systemd makes the machine id on first boot.
     let _ = fs::remove_file(etc.join("machine-id"));
@@ -321,6 +341,20 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
         }
     }
     write_file(root, ETC_TMPFILES, conf.as_bytes(), 0o644)
+}
+
+/// Removes the enablement symlinks of `units` from `etc_units`.
+fn disable(etc_units: &Path, units: &[&str]) -> Result<(), BuildError> {
+    if !etc_units.is_dir() {
+        return Ok(());
+    }
+    for p in walk(etc_units)? {
+        let named = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| units.contains(&n));
+        if named && fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&p).map_err(|e| BuildError::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the enablement symlinks of `etc_units` (`*.wants/`, `*.requires/`,
@@ -431,7 +465,12 @@ mod tests {
         fs::write(root.join("etc/machine-id"), "").unwrap();
         symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
         symlink("/usr/lib/systemd/system/a.service", root.join("etc/systemd/system/multi-user.target.wants/a.service")).unwrap();
+        fs::create_dir_all(root.join("etc/systemd/system/timers.target.wants")).unwrap();
+        symlink("/usr/lib/systemd/system/apt-daily.timer", root.join("etc/systemd/system/timers.target.wants/apt-daily.timer")).unwrap();
         make_factory_etc(root).unwrap();
+        for gone in ["usr/lib/systemd/system/timers.target.wants/apt-daily.timer", "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer"] {
+            assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
+        }
         let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
         assert!(conf.contains("C /etc/hostname - - - -\n"), "{conf}");
         assert!(conf.contains("L /etc/mtab - - - - ../proc/self/mounts\n"), "{conf}");
