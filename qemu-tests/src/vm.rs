@@ -19,6 +19,8 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const QEMU: &str = "qemu-system-x86_64";
 /// The console log's name in a VM's state directory.
 pub const CONSOLE_LOG: &str = "console.log";
+/// How often a wait looks at a console log.
+pub const POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -168,23 +170,42 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// One look at the console: the index of the first of `patterns` it
+    /// shows, None when it shows none yet; fails when QEMU has exited,
+    /// quoting the end of the console.
+    pub fn poll(&mut self, patterns: &[&str]) -> anyhow::Result<Option<usize>> {
+        let text = self.console();
+        if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            return Ok(Some(i));
+        }
+        if let Err(e) = self.guard.check_running() {
+            bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+        }
+        Ok(None)
+    }
+
+    /// The error for a wait on `patterns` that ran out of time.
+    pub fn timed_out(&self, patterns: &[&str], deadline: Duration) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no {patterns:?} on the console within {deadline:?}; console ({}):\n{}",
+            self.console.display(),
+            tail(&self.console(), 40)
+        )
+    }
+
     /// Waits until the console shows one of `patterns` and returns its
     /// index; fails when `deadline` passes or QEMU exits first, quoting the
     /// end of the console.
     pub fn wait_for_any(&mut self, patterns: &[&str], deadline: Duration) -> anyhow::Result<usize> {
         let until = Instant::now() + deadline;
         loop {
-            let text = self.console();
-            if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            if let Some(i) = self.poll(patterns)? {
                 return Ok(i);
             }
-            if let Err(e) = self.guard.check_running() {
-                bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
-            }
             if Instant::now() >= until {
-                bail!("no {patterns:?} on the console within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+                return Err(self.timed_out(patterns, deadline));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(POLL);
         }
     }
 
@@ -202,14 +223,22 @@ pub fn tail(text: &str, n: usize) -> String {
 /// Creates a qcow2 overlay at `overlay` backed by the raw image `base`:
 /// the VM writes to the overlay, the image stays unchanged.
 pub fn create_overlay(base: &Path, overlay: &Path) -> anyhow::Result<()> {
+    create_overlay_sized(base, overlay, None)
+}
+
+/// [`create_overlay`] with a virtual disk of `size` bytes (None: the
+/// image's size), as an EBS volume can be larger than the snapshot it
+/// was made from: the image's first boot grows its root partition to the
+/// end of the disk. The overlay stays sparse.
+pub fn create_overlay_sized(base: &Path, overlay: &Path, size: Option<u64>) -> anyhow::Result<()> {
     let base = base.canonicalize().with_context(|| format!("{}: no such image", base.display()))?;
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&base)
-        .arg(overlay)
-        .stdin(Stdio::null())
-        .output()
-        .context("running qemu-img (install the Debian package qemu-utils)")?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&base).arg(overlay);
+    if let Some(size) = size {
+        let image = fs::metadata(&base).with_context(|| format!("reading the size of {}", base.display()))?.len();
+        cmd.arg(size.max(image).to_string());
+    }
+    let out = cmd.stdin(Stdio::null()).output().context("running qemu-img (install the Debian package qemu-utils)")?;
     if !out.status.success() {
         bail!("qemu-img create {} over {}: {}", overlay.display(), base.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
