@@ -92,7 +92,7 @@ async fn run(args: &Args) -> Result<()> {
     println!("== etcd member list (etcdctl from the host, TLS with a client certificate of the cluster's etcd CA)");
     print!("{}", etcdctl.run(&["member", "list", "-w", "table"]).await?);
     println!("== endpoint health");
-    print!("{}", etcdctl.run(&["endpoint", "health"]).await?);
+    print!("{}", etcdctl.run(&["endpoint", "health", "-w", "table"]).await?);
     println!("== endpoint status");
     print!("{}", etcdctl.run(&["endpoint", "status", "-w", "table"]).await?);
     println!("== timings (from each VM's QEMU start)");
