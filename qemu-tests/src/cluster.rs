@@ -308,7 +308,7 @@ impl Cluster {
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let overlay = state.join(OVERLAY);
         if !overlay.exists() {
-            vm::create_overlay_sized(image, &overlay, Some(NODE_DISK_BYTES))?;
+            vm::create_overlay(image, &overlay, Some(NODE_DISK_BYTES))?;
         }
         let tap = self.net.add_tap()?;
         let mut cfg = vm::Config::new(&overlay, &state);
