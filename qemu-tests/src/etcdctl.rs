@@ -16,6 +16,9 @@ use keel_bootstrap::retry::{retry, Attempt, Policy};
 use keel_bootstrap::atomic_file;
 /// The URLs a node's etcd listens on, as its bootstrap configures them.
 pub use keel_bootstrap::node::etcd::{client_url, peer_url};
+/// A member as `etcdctl member list -w json` shows it (the type the
+/// bootstrap's etcd client uses; `id` in decimal).
+pub use keel_bootstrap::etcd_api::Member;
 
 const ETCDCTL: &str = "etcdctl";
 /// etcdctl's own limits: connecting to an endpoint, and one request.
@@ -80,17 +83,6 @@ impl Credentials {
         })?;
         Credentials::write(dir, ca_pem.as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
     }
-}
-
-/// One member as `etcdctl member list -w json` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// Hexadecimal, as etcdctl's other output formats print it.
-    pub id: String,
-    /// Empty until the member has started.
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
 }
 
 /// One endpoint as `etcdctl endpoint health -w json` shows it.
@@ -248,7 +240,7 @@ fn parse_members(json: &str) -> Result<Vec<Member>> {
         .iter()
         .map(|m| {
             Ok(Member {
-                id: format!("{:x}", m["ID"].as_u64().context("member without a numeric ID")?),
+                id: m["ID"].as_u64().context("member without a numeric ID")?.to_string(),
                 name: m["name"].as_str().unwrap_or_default().to_string(),
                 peer_urls: strings(m, "peerURLs"),
                 client_urls: strings(m, "clientURLs"),
@@ -297,7 +289,7 @@ mod tests {
             r#"{"header":{"cluster_id":1},"members":[{"ID":10276657743932975437,"name":"i-1","peerURLs":["https://10.0.0.1:2380"],"clientURLs":["https://10.0.0.1:2379"]},{"ID":17,"peerURLs":["https://10.0.0.2:2380"]}]}"#,
         )
         .unwrap();
-        assert_eq!(members[0].id, "8e9e05c52164694d");
+        assert_eq!(members[0].id, "10276657743932975437");
         assert_eq!(members[1].name, "");
         let want = vec![peer_url("10.0.0.1"), peer_url("10.0.0.2")];
         assert!(check_membership(&members, &want).unwrap_err().to_string().contains("has not started"));
