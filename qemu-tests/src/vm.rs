@@ -19,6 +19,8 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const QEMU: &str = "qemu-system-x86_64";
 /// The console log's name in a VM's state directory.
 pub const CONSOLE_LOG: &str = "console.log";
+/// How often a wait looks at a console log.
+pub const POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -173,23 +175,42 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// One look at the console: the index of the first of `patterns` it
+    /// shows, None when it shows none yet; fails when QEMU has exited,
+    /// quoting the end of the console.
+    pub fn poll(&mut self, patterns: &[&str]) -> anyhow::Result<Option<usize>> {
+        let text = self.console();
+        if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            return Ok(Some(i));
+        }
+        if let Err(e) = self.guard.check_running() {
+            bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+        }
+        Ok(None)
+    }
+
+    /// The error for a wait on `patterns` that ran out of time.
+    pub fn timed_out(&self, patterns: &[&str], deadline: Duration) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no {patterns:?} on the console within {deadline:?}; console ({}):\n{}",
+            self.console.display(),
+            tail(&self.console(), 40)
+        )
+    }
+
     /// Waits until the console shows one of `patterns` and returns its
     /// index; fails when `deadline` passes or QEMU exits first, quoting the
     /// end of the console.
     pub fn wait_for_any(&mut self, patterns: &[&str], deadline: Duration) -> anyhow::Result<usize> {
         let until = Instant::now() + deadline;
         loop {
-            let text = self.console();
-            if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            if let Some(i) = self.poll(patterns)? {
                 return Ok(i);
             }
-            if let Err(e) = self.guard.check_running() {
-                bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
-            }
             if Instant::now() >= until {
-                bail!("no {patterns:?} on the console within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+                return Err(self.timed_out(patterns, deadline));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(POLL);
         }
     }
 
