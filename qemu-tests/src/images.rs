@@ -39,6 +39,17 @@ pub fn fixtures() -> PathBuf {
 fn cargo(args: &[&str], rustflags: Option<&str>, target: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
+    // A test process carries the CARGO_* variables cargo set for it
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Build scripts that watch such
+    // a variable (rerun-if-env-changed) would make this build differ from
+    // the same command typed in a shell and rebuild ring and its
+    // dependents every time: pass none of them on.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.current_dir(workspace()).args(args).env("CARGO_TARGET_DIR", target);
     if let Some(f) = rustflags {
         cmd.env("RUSTFLAGS", f);
