@@ -10,4 +10,5 @@ pub mod images;
 pub mod keel;
 pub mod net;
 pub mod rundir;
+pub mod stock;
 pub mod vm;
