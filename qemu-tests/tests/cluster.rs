@@ -34,8 +34,9 @@ const MEMBERS: u32 = 3;
 /// The cluster the scenarios share: None until the first one forms it;
 /// Some(Err) when forming it failed (every scenario reports that).
 struct Shared {
-    runtime: tokio::runtime::Runtime,
+    // Dropped first: the VMs and services go before the runtime.
     cluster: Mutex<Option<Result<EtcdCluster, String>>>,
+    runtime: tokio::runtime::Runtime,
 }
 
 type Scenario = for<'a> fn(&'a mut EtcdCluster) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
     // One at a time, in order: they share one cluster.
     args.test_threads = Some(1);
     let shared = Arc::new(Shared {
+        cluster: Mutex::new(None),
         runtime: match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -86,7 +88,6 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        cluster: Mutex::new(None),
     });
     let scenarios: [(&str, Scenario); 3] = [
         ("a_three_etcd_vms_form_one_tls_cluster", |c| Box::pin(three_etcd_vms_form_one_tls_cluster(c))),
