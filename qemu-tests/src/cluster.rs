@@ -34,6 +34,13 @@ use crate::vm::{self, Vm};
 /// Memory of each node's VM: etcd, containerd and the bootstrap fit with
 /// room for the page cache.
 const NODE_MEMORY_MIB: u32 = 1024;
+/// Each node's disk, like an EC2 root volume larger than the image: the
+/// first boot grows the root partition (/etc, /var) to fill it. The
+/// image's own ~60 MiB root cannot hold etcd's write-ahead log (64 MiB
+/// segments, preallocated): etcd fails with no space left.
+const NODE_DISK_BYTES: u64 = 2 << 30;
+/// A node's disk overlay in its state directory.
+const OVERLAY: &str = "disk.qcow2";
 
 /// What the metadata emulator serves one guest, and what the test knows
 /// about it.
@@ -79,6 +86,8 @@ pub struct Cluster {
     pub name: String,
     nodes: Vec<Node>,
     next_index: u8,
+    /// The `keel` binary for `assets init/publish` (None: [`keel::bin`]).
+    keel: Option<PathBuf>,
 }
 
 /// The EC2-style private DNS name for an address.
@@ -91,12 +100,39 @@ impl Cluster {
     /// Creates the work directory for `test`, the network and the account
     /// (moto, VPC and subnet, asset bucket, KMS key) for cluster `name`.
     pub async fn start(test: &str, name: &str) -> Result<Cluster> {
-        let dir = rundir::create(test)?;
+        Cluster::start_in(rundir::create(test)?, name).await
+    }
+
+    /// [`Cluster::start`] with `dir` (made by [`rundir::create_at`]) as
+    /// the work directory, e.g. the demo's `--logs`.
+    pub async fn start_in(dir: PathBuf, name: &str) -> Result<Cluster> {
         let net = Network::create(&dir).context("creating the VM network (needs root)")?;
         let account = Account::create(net.host_ip(), &net.cidr(), name)
             .await
             .with_context(|| format!("creating the emulated AWS account on {}", net.host_ip()))?;
-        Ok(Cluster { vms: HashMap::new(), imds: None, account, net, dir, name: name.into(), nodes: Vec::new(), next_index: 0 })
+        Ok(Cluster {
+            vms: HashMap::new(),
+            imds: None,
+            account,
+            net,
+            dir,
+            name: name.into(),
+            nodes: Vec::new(),
+            next_index: 0,
+            keel: None,
+        })
+    }
+
+    /// Runs `bin` as `keel` for the assets commands.
+    pub fn use_keel(&mut self, bin: PathBuf) {
+        self.keel = Some(bin);
+    }
+
+    fn keel(&self) -> Result<PathBuf> {
+        match &self.keel {
+            Some(b) => Ok(b.clone()),
+            None => keel::bin(),
+        }
     }
 
     /// Starts the metadata emulator on 169.254.169.254:80 inside the
@@ -224,7 +260,8 @@ impl Cluster {
     /// `keel assets init` for this cluster into `<work dir>/assets`.
     pub fn init_assets(&self) -> Result<PathBuf> {
         let dir = self.dir.join("assets");
-        keel::run(
+        keel::run_bin(
+            &self.keel()?,
             ["assets", "init", "--cluster", &self.name, "--api-endpoint", &self.api_host(), "--out"]
                 .map(OsStr::new)
                 .into_iter()
@@ -238,7 +275,8 @@ impl Cluster {
     /// the prefix [`Cluster::assets_prefix`], sealed with its KMS key.
     pub fn publish_assets(&self, assets: &Path) -> Result<()> {
         let a = &self.account;
-        keel::run(
+        keel::run_bin(
+            &self.keel()?,
             [OsStr::new("assets"), OsStr::new("publish"), OsStr::new("--dir"), assets.as_os_str()]
                 .into_iter()
                 .chain(
@@ -257,10 +295,10 @@ impl Cluster {
 
     /// Boots node `name` from `image` (a built raw disk image) under
     /// QEMU: a copy-on-write overlay `<work dir>/<name>/disk.qcow2` over
-    /// the image (kept across a stop and the next boot, so a second boot
-    /// is a reboot with the node's disk), a new tap on the network's
-    /// bridge, the node's MAC (its DHCP lease), the console in
-    /// `<work dir>/<name>/console.log`.
+    /// the image, [`NODE_DISK_BYTES`] large (kept across a stop and the
+    /// next boot, so a second boot is a reboot with the node's disk), a
+    /// new tap on the network's bridge, the node's MAC (its DHCP lease),
+    /// the console in `<work dir>/<name>/console.log`.
     pub fn boot(&mut self, name: &str, image: &Path) -> Result<()> {
         let node = self.node(name)?.clone();
         if self.vms.contains_key(name) {
@@ -268,9 +306,9 @@ impl Cluster {
         }
         let state = self.dir.join(name);
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-        let overlay = state.join("disk.qcow2");
+        let overlay = state.join(OVERLAY);
         if !overlay.exists() {
-            vm::create_overlay(image, &overlay)?;
+            vm::create_overlay(image, &overlay, Some(NODE_DISK_BYTES))?;
         }
         let tap = self.net.add_tap()?;
         let mut cfg = vm::Config::new(&overlay, &state);
@@ -302,6 +340,57 @@ impl Cluster {
         self.wait_for_any(name, &[pattern], deadline).map(|_| ())
     }
 
+    /// Waits for all of `names` at once until each console shows `done`,
+    /// calling `seen(name, uptime)` as each does (uptime: from its QEMU's
+    /// start until the line was seen, within [`vm::POLL`]). Fails as soon
+    /// as a node shows one of `failed` (quoting its console), its QEMU
+    /// exits, or `deadline` passes. Returns the uptimes in `names` order.
+    pub fn wait_all(
+        &mut self,
+        names: &[&str],
+        done: &str,
+        failed: &[&str],
+        deadline: Duration,
+        mut seen: impl FnMut(&str, Duration),
+    ) -> Result<Vec<Duration>> {
+        let patterns: Vec<&str> = std::iter::once(done).chain(failed.iter().copied()).collect();
+        let until = std::time::Instant::now() + deadline;
+        let mut times: Vec<Option<Duration>> = vec![None; names.len()];
+        loop {
+            for (i, name) in names.iter().enumerate() {
+                if times[i].is_some() {
+                    continue;
+                }
+                let vm = self.vms.get_mut(*name).with_context(|| format!("node {name} is not running"))?;
+                match vm.poll(&patterns).with_context(|| format!("node {name}"))? {
+                    None => {}
+                    Some(0) => {
+                        let t = vm.uptime();
+                        times[i] = Some(t);
+                        seen(name, t);
+                    }
+                    Some(p) => bail!(
+                        "node {name} printed {:?} before {done:?}; console ({}):\n{}",
+                        patterns[p],
+                        vm.console_path().display(),
+                        vm::tail(&vm.console(), 40)
+                    ),
+                }
+            }
+            if times.iter().all(Option::is_some) {
+                return Ok(times.into_iter().flatten().collect());
+            }
+            if std::time::Instant::now() >= until {
+                let done_count = times.iter().flatten().count();
+                let (name, _) = names.iter().zip(&times).find(|(_, t)| t.is_none()).context("no node left")?;
+                let vm = self.vms.get(*name).with_context(|| format!("node {name} is not running"))?;
+                return Err(vm.timed_out(&patterns, deadline))
+                    .with_context(|| format!("node {name} ({done_count} of {} nodes done)", names.len()));
+            }
+            std::thread::sleep(vm::POLL);
+        }
+    }
+
     /// How long node `name`'s VM has been running.
     pub fn uptime(&self, name: &str) -> Result<Duration> {
         Ok(self.vms.get(name).with_context(|| format!("node {name} is not running"))?.uptime())
@@ -327,6 +416,21 @@ impl Cluster {
     /// The run's work directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops the VMs first (before the network and services they use
+    /// go) and removes their disk overlays; console logs, user data and
+    /// dnsmasq's log stay in the work directory.
+    fn drop(&mut self) {
+        self.vms.clear();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                // Best effort: an overlay that cannot be removed is left.
+                let _ = std::fs::remove_file(e.path().join(OVERLAY));
+            }
+        }
     }
 }
 

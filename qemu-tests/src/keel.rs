@@ -3,7 +3,7 @@
 //! target directory; `KEEL_BIN` points elsewhere.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -22,20 +22,28 @@ pub fn bin() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `keel <args>` with `env` added; returns stdout, or fails with the
-/// command line and its stderr.
+/// Runs `keel <args>` ([`bin`]) with `env` added; returns stdout, or
+/// fails with the command line and its stderr.
 pub fn run<I, S>(args: I, env: &[(String, String)]) -> Result<String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let bin = bin()?;
+    run_bin(&bin()?, args, env)
+}
+
+/// [`run`] with the `keel` binary at `bin`.
+pub fn run_bin<I, S>(bin: &Path, args: I, env: &[(String, String)]) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
     let shown = format!(
         "keel {}",
         args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
     );
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .args(&args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -2,6 +2,10 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod disk;
+pub mod doubles;
+pub mod etcd_cluster;
+pub mod etcdctl;
 pub mod images;
 pub mod keel;
 pub mod net;

@@ -194,7 +194,7 @@ impl Network {
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
         let log = File::create(self.workdir.join(format!("{}-dnsmasq.log", self.netns)))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "dnsmasq", "--keep-in-foreground", "--log-dhcp"])
+        cmd.args(["netns", "exec", &self.netns, "dnsmasq", "--keep-in-foreground", "--log-dhcp", "--log-facility=-"])
             .arg(format!("--conf-file={}", conf.display()))
             .arg("--pid-file")
             .stdin(Stdio::null())

@@ -35,11 +35,29 @@ pub fn create(test: &str) -> Result<PathBuf> {
     let runs = target_dir()?.join("qemu-runs");
     remove_old_runs(&runs, &safe);
     let dir = runs.join(format!("{safe}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_at(&dir)?;
     Ok(dir)
+}
+
+/// Marks a directory as a run's work directory, so that a later run may
+/// clear it.
+const MARKER: &str = ".keel-qemu-run";
+
+/// Creates `dir` as a run's work directory, fresh: a directory left by an
+/// earlier run is cleared; any other non-empty directory is refused, so a
+/// mistyped path never loses files.
+pub fn create_at(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            anyhow::bail!("{} is not empty and is not a keel-qemu-tests run directory: refusing to clear it", dir.display());
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let marker = dir.join(MARKER);
+    std::fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
 }
 
 /// Removes `<runs>/<test>-<pid>` directories of processes that have ended.
@@ -73,5 +91,22 @@ mod tests {
             std::fs::read_dir(runs.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, ["cl-1", "cl-x", "cluster-4194304", "other-4194304"]);
+    }
+
+    #[test]
+    fn only_run_directories_are_cleared() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("run");
+        create_at(&run).unwrap();
+        std::fs::write(run.join("console.log"), "old").unwrap();
+        create_at(&run).unwrap();
+        assert!(!run.join("console.log").exists(), "an earlier run's files were kept");
+
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("precious"), "x").unwrap();
+        let e = create_at(&other).unwrap_err().to_string();
+        assert!(e.contains("refusing to clear"), "{e}");
+        assert!(other.join("precious").exists());
     }
 }

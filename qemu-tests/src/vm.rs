@@ -19,6 +19,8 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const QEMU: &str = "qemu-system-x86_64";
 /// The console log's name in a VM's state directory.
 pub const CONSOLE_LOG: &str = "console.log";
+/// How often a wait looks at a console log.
+pub const POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -117,6 +119,7 @@ impl Config {
 pub struct Vm {
     guard: Guard,
     console: PathBuf,
+    qmp: PathBuf,
     started: Instant,
 }
 
@@ -127,6 +130,8 @@ impl Vm {
         fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
         let console = cfg.state_dir.join(CONSOLE_LOG);
         let _ = fs::remove_file(&console);
+        let qmp = cfg.state_dir.join("qmp.sock");
+        let _ = fs::remove_file(&qmp);
         let mut cmd = match &cfg.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -148,11 +153,13 @@ impl Vm {
             .args(&cfg.network)
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(fs::File::create(cfg.state_dir.join("qemu.stderr"))?));
         let guard = Guard::spawn(&cfg.name, cmd)
             .with_context(|| format!("starting {QEMU} for {} (install the Debian package qemu-system-x86)", cfg.name))?;
-        Ok(Vm { guard, console, started: Instant::now() })
+        Ok(Vm { guard, console, qmp, started: Instant::now() })
     }
 
     /// Everything the console printed so far.
@@ -168,28 +175,85 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// One look at the console: the index of the first of `patterns` it
+    /// shows, None when it shows none yet; fails when QEMU has exited,
+    /// quoting the end of the console.
+    pub fn poll(&mut self, patterns: &[&str]) -> anyhow::Result<Option<usize>> {
+        let text = self.console();
+        if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            return Ok(Some(i));
+        }
+        if let Err(e) = self.guard.check_running() {
+            bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+        }
+        Ok(None)
+    }
+
+    /// The error for a wait on `patterns` that ran out of time.
+    pub fn timed_out(&self, patterns: &[&str], deadline: Duration) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no {patterns:?} on the console within {deadline:?}; console ({}):\n{}",
+            self.console.display(),
+            tail(&self.console(), 40)
+        )
+    }
+
     /// Waits until the console shows one of `patterns` and returns its
     /// index; fails when `deadline` passes or QEMU exits first, quoting the
     /// end of the console.
     pub fn wait_for_any(&mut self, patterns: &[&str], deadline: Duration) -> anyhow::Result<usize> {
         let until = Instant::now() + deadline;
         loop {
-            let text = self.console();
-            if let Some(i) = patterns.iter().position(|p| text.contains(p)) {
+            if let Some(i) = self.poll(patterns)? {
                 return Ok(i);
             }
-            if let Err(e) = self.guard.check_running() {
-                bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
-            }
             if Instant::now() >= until {
-                bail!("no {patterns:?} on the console within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+                return Err(self.timed_out(patterns, deadline));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(POLL);
         }
     }
 
     pub fn wait_for(&mut self, pattern: &str, deadline: Duration) -> anyhow::Result<()> {
         self.wait_for_any(&[pattern], deadline).map(|_| ())
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`) and waits
+    /// until the guest has shut down and QEMU exited (`-no-reboot`), so
+    /// that everything the guest wrote is on its disk. Fails when
+    /// `deadline` passes first (the VM is then killed on drop).
+    pub fn power_off(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::os::unix::net::UnixStream;
+        let sock = UnixStream::connect(&self.qmp).with_context(|| format!("connecting to QMP at {}", self.qmp.display()))?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(sock.try_clone()?);
+        let mut writer = sock;
+        let mut line = String::new();
+        reader.read_line(&mut line).context("reading the QMP greeting")?;
+        for cmd in ["qmp_capabilities", "system_powerdown"] {
+            writeln!(writer, "{{\"execute\": \"{cmd}\"}}")?;
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).with_context(|| format!("QMP {cmd}"))? == 0 {
+                    bail!("QMP closed during {cmd}");
+                }
+                if line.contains("\"return\"") {
+                    break;
+                }
+                if line.contains("\"error\"") {
+                    bail!("QMP {cmd}: {}", line.trim());
+                }
+            }
+        }
+        let until = Instant::now() + deadline;
+        while self.guard.check_running().is_ok() {
+            if Instant::now() >= until {
+                bail!("the guest did not power off within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&self.console(), 20));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
     }
 }
 
@@ -200,13 +264,16 @@ pub fn tail(text: &str, n: usize) -> String {
 }
 
 /// Creates a qcow2 overlay at `overlay` backed by the raw image `base`:
-/// the VM writes to the overlay, the image stays unchanged.
-pub fn create_overlay(base: &Path, overlay: &Path) -> anyhow::Result<()> {
+/// the VM writes to the overlay, the image stays unchanged. `size`
+/// (bytes) makes the virtual disk bigger than the image, as an EBS volume
+/// larger than the AMI's snapshot is.
+pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> anyhow::Result<()> {
     let base = base.canonicalize().with_context(|| format!("{}: no such image", base.display()))?;
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&base)
         .arg(overlay)
+        .args(size.map(|s| s.to_string()))
         .stdin(Stdio::null())
         .output()
         .context("running qemu-img (install the Debian package qemu-utils)")?;

@@ -1,11 +1,13 @@
 //! Image smoke tests (need root, mmdebstrap's Debian mirror or a warm
 //! ~/.cache/keel, QEMU and OVMF): `keel build` makes the etcd image of the
-//! `local` profile; it boots under QEMU to keel-bootstrap.service; a copy
-//! with one byte of /usr changed fails dm-verity; a second build gives the
-//! same bytes; `keel inspect` reads the manifest back from the image.
+//! `local` profile; it boots under QEMU to keel-bootstrap.service and its
+//! root partition grows to fill a bigger disk; worker and controller
+//! images (test profile) boot too; a copy with one byte of /usr changed
+//! fails dm-verity; a second build gives the same bytes; `keel inspect`
+//! reads the manifest back from the image.
 //!
-//! The static keel-bootstrap and keel itself are built once per run by the
-//! shared set-up, into this run's target directory.
+//! keel, the static keel-bootstrap and the images are built once per run
+//! by `keel_qemu_tests::images`, into this run's target directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +15,8 @@ use std::time::Duration;
 
 use keel_bootstrap::Role;
 use keel_qemu_tests::images::{self, Image};
-use keel_qemu_tests::vm::{Config, Vm};
+use keel_qemu_tests::disk;
+use keel_qemu_tests::vm::{self, Config, Vm};
 
 /// Generous: a first boot under TCG on a loaded 2-core machine.
 const BOOT_DEADLINE: Duration = Duration::from_secs(600);
@@ -40,9 +43,39 @@ fn boots_to_keel_bootstrap(image: &Path, name: &str) {
     eprintln!("{name} image reached {MILESTONE:?} after {:?}", vm.uptime());
 }
 
+/// The etcd image boots from a disk of 2 GiB, eight times the image (as an
+/// EBS volume bigger than the AMI's snapshot): it reaches keel-bootstrap,
+/// and after a clean power-off the root partition and its ext4 file system
+/// fill the disk (systemd-repart in the initrd, then systemd-growfs).
 #[test]
-fn etcd_image_boots_to_keel_bootstrap() {
-    boots_to_keel_bootstrap(&etcd().path, "etcd");
+fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
+    const DISK: u64 = 2 << 30;
+    let image = etcd();
+    let state = out_dir("boot-etcd");
+    let overlay = state.join("disk.qcow2");
+    vm::create_overlay(&image.path, &overlay, Some(DISK)).unwrap();
+    let mut cfg = Config::new(&overlay, &state);
+    cfg.format = "qcow2";
+    cfg.snapshot = false;
+    let mut vm = Vm::start(&cfg).expect("starting the VM");
+    vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("boot to keel-bootstrap.service");
+    let console = vm.console();
+    assert!(!console.contains("is corrupted"), "verity complained on an untouched image:\n{console}");
+    eprintln!("etcd image reached {MILESTONE:?} after {:?}", vm.uptime());
+    vm.power_off(BOOT_DEADLINE).expect("a clean power-off");
+
+    let raw = state.join("disk.raw");
+    disk::overlay_to_raw(&overlay, &raw).unwrap();
+    let parts = disk::partitions(&raw).unwrap();
+    let before = disk::partitions(&image.path).unwrap();
+    let root = parts.iter().find(|p| p.name == "root").unwrap_or_else(|| panic!("no root partition: {parts:?}"));
+    let root_before = before.iter().find(|p| p.name == "root").unwrap();
+    // GPT keeps its backup header and entries (33 sectors) at the end.
+    assert_eq!(root.offset, root_before.offset, "the root partition moved");
+    assert!(root.offset + root.size > DISK - (1 << 20), "root did not grow to the end of the disk: {root:?} of {DISK}");
+    let fs = disk::ext4_size(&raw, root.offset).unwrap();
+    assert!(fs > root_before.size * 4 && fs <= root.size, "ext4 on root is {fs} bytes in a partition of {}", root.size);
+    let _ = std::fs::remove_file(&raw);
 }
 
 /// Worker and controller come from the test-only profile
@@ -71,7 +104,7 @@ fn changed_byte_in_usr_fails_verity() {
     let b = etcd();
     let state = out_dir("tamper");
     let copy = state.join("tampered.raw");
-    keel_qemu_tests::vm::tamper_usr(&b.path, b.usr_offset().unwrap(), &copy).expect("tampering with a copy");
+    vm::tamper_usr(&b.path, b.usr_offset().unwrap(), &copy).expect("tampering with a copy");
     let mut vm = Vm::start(&Config::new(&copy, &state)).expect("starting the VM");
     // dm-verity reports "device-mapper: verity: 254:0: data block 0 is
     // corrupted" (or "metadata block") on the kernel console.

@@ -35,6 +35,11 @@ impl Guard {
         self.child.id()
     }
 
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Fails if the process has already exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {

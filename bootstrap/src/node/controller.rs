@@ -3,8 +3,9 @@
 //! issued here from the cluster CA (API server serving certificate, its
 //! kubelet client, the controller manager's, scheduler's and kubelet's
 //! client certificates) and from the front-proxy CA; flags for
-//! kube-apiserver, kube-controller-manager and kube-scheduler; the
-//! kubelet's configuration.
+//! kube-apiserver, kube-controller-manager and kube-scheduler;
+//! containerd's configuration (the worker's: the controller runs a
+//! kubelet too) and the kubelet's.
 
 use std::net::IpAddr;
 
@@ -164,4 +165,44 @@ pub fn scheduler_env(layout: &Layout) -> String {
 /// The local API server, for the components on this node.
 pub fn local_server() -> String {
     format!("https://127.0.0.1:{API_PORT}")
+}
+
+/// The "control plane config" step: the certificates issued here, the
+/// components' kubeconfigs and the flags of kube-apiserver,
+/// kube-controller-manager and kube-scheduler.
+pub fn write_config(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer], certs: &[Cert]) -> Result<(), String> {
+    for c in certs {
+        super::write(layout, &pki_path(c.name, "key"), 0o600, c.issued.key_pem.as_bytes())?;
+        super::write(layout, &pki_path(c.name, "crt"), 0o644, c.issued.cert_pem.as_bytes())?;
+    }
+    let cert = |n: &str| kube::Credential::Certificate { cert: layout.shown(&pki_path(n, "crt")), key: layout.shown(&pki_path(n, "key")) };
+    let server = local_server();
+    for (path, user, cred) in [
+        (CONTROLLER_MANAGER_KUBECONFIG, "system:kube-controller-manager", cert("controller-manager")),
+        (SCHEDULER_KUBECONFIG, "system:kube-scheduler", cert("scheduler")),
+        (KUBELET_KUBECONFIG, "kubelet", cert("kubelet-client")),
+    ] {
+        super::write(layout, path, 0o600, kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes())?;
+    }
+    super::write(layout, APISERVER_ENV, 0o644, apiserver_env(layout, ud, id, etcd).as_bytes())?;
+    super::write(layout, CONTROLLER_MANAGER_ENV, 0o644, controller_manager_env(layout, ud).as_bytes())?;
+    super::write(layout, SCHEDULER_ENV, 0o644, scheduler_env(layout).as_bytes())
+}
+
+/// The "kubelet config" step: the KubeletConfiguration and the kubelet's
+/// flags, with the client certificate's kubeconfig.
+pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result<(), String> {
+    super::write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
+    let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG));
+    super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
+}
+
+/// The "certificates" step: [`issue`] with the cluster and front-proxy CAs
+/// of the controller's bundle.
+pub fn issue_from_assets(ud: &UserData, id: &Identity, assets: &super::assets::Assets) -> Result<Vec<Cert>, String> {
+    let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
+    let ca = Ca::load("kubernetes/pki/ca.crt and ca.key", text("kubernetes/pki/ca.crt")?, text("kubernetes/pki/ca.key")?).map_err(|e| e.to_string())?;
+    let fp = Ca::load("kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key", text("kubernetes/pki/front-proxy-ca.crt")?, text("kubernetes/pki/front-proxy-ca.key")?)
+        .map_err(|e| e.to_string())?;
+    issue(ud, id, &ca, &fp).map_err(|e| e.to_string())
 }

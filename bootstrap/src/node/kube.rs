@@ -13,7 +13,9 @@ pub const KUBELET_CONFIG: &str = "etc/kubernetes/kubelet/config.json";
 pub const KUBELET_ENV: &str = "etc/default/kubelet";
 /// Where the kubelet writes the kubeconfig it gets after bootstrapping.
 pub const KUBELET_KUBECONFIG: &str = "var/lib/kubelet/kubeconfig";
-pub const CONTAINERD_SOCKET: &str = "unix:///run/containerd/containerd.sock";
+/// containerd's socket: where containerd listens (its config) and where
+/// the kubelet reaches it (containerRuntimeEndpoint).
+pub const CONTAINERD_SOCKET: &str = "run/containerd/containerd.sock";
 
 /// How a kubeconfig's user authenticates.
 pub enum Credential<'a> {
@@ -60,7 +62,7 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
         "cgroupDriver": "systemd",
         "clusterDNS": [ud.cluster_dns()],
         "clusterDomain": ud.cluster_domain(),
-        "containerRuntimeEndpoint": CONTAINERD_SOCKET,
+        "containerRuntimeEndpoint": format!("unix://{}", layout.shown(CONTAINERD_SOCKET)),
         "maxPods": ud.max_pods(),
         "providerID": format!("aws:///{}/{}", id.availability_zone, id.instance_id),
         "rotateCertificates": true,

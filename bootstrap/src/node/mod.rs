@@ -167,72 +167,21 @@ impl Boot<'_> {
         let layout = self.layout;
         let peers = self.discover(rep, ud, ec2, "etcd discovery").await?;
         step(rep, "etcd check", check_etcd(assets, &peers)).await?;
-        let certs = step(rep, "certificates", async {
-            let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
-            let ca = Ca::load("kubernetes/pki/ca.crt and ca.key", text("kubernetes/pki/ca.crt")?, text("kubernetes/pki/ca.key")?).map_err(|e| e.to_string())?;
-            let fp = Ca::load("kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key", text("kubernetes/pki/front-proxy-ca.crt")?, text("kubernetes/pki/front-proxy-ca.key")?)
-                .map_err(|e| e.to_string())?;
-            controller::issue(ud, id, &ca, &fp).map_err(|e| e.to_string())
-        })
-        .await?;
-        step(rep, "control plane config", async {
-            for c in &certs {
-                write(layout, &controller::pki_path(c.name, "key"), 0o600, c.issued.key_pem.as_bytes())?;
-                write(layout, &controller::pki_path(c.name, "crt"), 0o644, c.issued.cert_pem.as_bytes())?;
-            }
-            let cert = |n: &str| kube::Credential::Certificate { cert: layout.shown(&controller::pki_path(n, "crt")), key: layout.shown(&controller::pki_path(n, "key")) };
-            let server = controller::local_server();
-            for (path, user, cred) in [
-                (controller::CONTROLLER_MANAGER_KUBECONFIG, "system:kube-controller-manager", cert("controller-manager")),
-                (controller::SCHEDULER_KUBECONFIG, "system:kube-scheduler", cert("scheduler")),
-                (controller::KUBELET_KUBECONFIG, "kubelet", cert("kubelet-client")),
-            ] {
-                write(layout, path, 0o600, kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes())?;
-            }
-            write(layout, controller::APISERVER_ENV, 0o644, controller::apiserver_env(layout, ud, id, &peers).as_bytes())?;
-            write(layout, controller::CONTROLLER_MANAGER_ENV, 0o644, controller::controller_manager_env(layout, ud).as_bytes())?;
-            write(layout, controller::SCHEDULER_ENV, 0o644, controller::scheduler_env(layout).as_bytes())
-        })
-        .await?;
-        step(rep, "kubelet config", async {
-            write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
-            let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(controller::KUBELET_KUBECONFIG));
-            write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
-        })
-        .await
+        let certs = step(rep, "certificates", async { controller::issue_from_assets(ud, id, assets) }).await?;
+        step(rep, "containerd config", async { worker::write_containerd_config(layout) }).await?;
+        step(rep, "control plane config", async { controller::write_config(layout, ud, id, &peers, &certs) }).await?;
+        step(rep, "kubelet config", async { controller::write_kubelet_config(layout, ud, id) }).await
     }
 
     async fn worker(&self, rep: &mut Reporter, ud: &UserData, id: &Identity, assets: &Assets) -> Result<(), BootError> {
         let layout = self.layout;
-        step(rep, "containerd config", async { write(layout, worker::CONTAINERD_CONFIG, 0o644, worker::containerd_config(layout).as_bytes()) }).await?;
-        step(rep, "cni config", async {
-            let conf = worker::cni_conflist(ud, id).map_err(|e| e.to_string())?;
-            write(layout, worker::CNI_CONFLIST, 0o644, conf.as_bytes())
-        })
-        .await?;
+        step(rep, "containerd config", async { worker::write_containerd_config(layout) }).await?;
+        step(rep, "cni config", async { worker::write_cni_config(layout, ud, id) }).await?;
         step(rep, "kubelet config", async {
             let token = assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string())?.trim();
-            check_token(token)?;
-            let kubeconfig = zeroize::Zeroizing::new(kube::kubeconfig(layout, &ud.cluster, &ud.api_endpoint, "kubelet-bootstrap", &kube::Credential::Token(token)));
-            write(layout, worker::BOOTSTRAP_KUBECONFIG, 0o600, kubeconfig.as_bytes())?;
-            write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
-            let env = kube::kubelet_env(layout, ud, id, Some(&layout.shown(worker::BOOTSTRAP_KUBECONFIG)), &layout.shown(kube::KUBELET_KUBECONFIG));
-            write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
+            worker::write_kubelet_config(layout, ud, id, token)
         })
         .await
-    }
-}
-
-/// A bootstrap token is `[a-z0-9]{6}.[a-z0-9]{16}`; the message never
-/// quotes it.
-fn check_token(token: &str) -> Result<(), String> {
-    let ok = token.split_once('.').is_some_and(|(id, secret)| {
-        id.len() == 6 && secret.len() == 16 && (id.chars().chain(secret.chars())).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err("kubernetes/bootstrap-token in the bundle is not a bootstrap token (<6 chars>.<16 chars>, lowercase letters and digits)".into())
     }
 }
 

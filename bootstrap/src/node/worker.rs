@@ -19,13 +19,20 @@ pub const BOOTSTRAP_KUBECONFIG: &str = "etc/kubernetes/bootstrap-kubelet.kubecon
 pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
 /// Where Debian's containernetworking-plugins installs the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Where containerd reads the CNI network configuration.
+pub const CNI_CONF_DIR: &str = "etc/cni/net.d";
 
 /// containerd's configuration (version 2: containerd 1.7 reads it, and
-/// 2.x migrates it on load).
+/// 2.x migrates it on load). containerd.service starts containerd with it
+/// (`--config /etc/containerd/config.toml`); it listens on the socket the
+/// kubelet's configuration names.
 pub fn containerd_config(layout: &Layout) -> String {
     format!(
         "# Written by keel-bootstrap at boot.\n\
          version = 2\n\
+         \n\
+         [grpc]\n\
+         address = \"{}\"\n\
          \n\
          [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
          default_runtime_name = \"runc\"\n\
@@ -39,7 +46,8 @@ pub fn containerd_config(layout: &Layout) -> String {
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
          bin_dir = \"{CNI_BIN_DIR}\"\n\
          conf_dir = \"{}\"\n",
-        layout.shown("etc/cni/net.d")
+        layout.shown(kube::CONTAINERD_SOCKET),
+        layout.shown(CNI_CONF_DIR)
     )
 }
 
@@ -80,4 +88,39 @@ pub fn cni_conflist(ud: &UserData, id: &Identity) -> Result<String, WorkerError>
         ],
     });
     Ok(kube::pretty(&doc))
+}
+
+/// The "containerd config" step: /etc/containerd/config.toml.
+pub fn write_containerd_config(layout: &Layout) -> Result<(), String> {
+    super::write(layout, CONTAINERD_CONFIG, 0o644, containerd_config(layout).as_bytes())
+}
+
+/// The "cni config" step: the CNI network list in containerd's conf_dir.
+pub fn write_cni_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result<(), String> {
+    let conf = cni_conflist(ud, id).map_err(|e| e.to_string())?;
+    super::write(layout, CNI_CONFLIST, 0o644, conf.as_bytes())
+}
+
+/// The "kubelet config" step: the bootstrap kubeconfig with `token` (a
+/// secret: 0600), the KubeletConfiguration and the kubelet's flags.
+pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity, token: &str) -> Result<(), String> {
+    check_token(token)?;
+    let kubeconfig = zeroize::Zeroizing::new(kube::kubeconfig(layout, &ud.cluster, &ud.api_endpoint, "kubelet-bootstrap", &kube::Credential::Token(token)));
+    super::write(layout, BOOTSTRAP_KUBECONFIG, 0o600, kubeconfig.as_bytes())?;
+    super::write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
+    let env = kube::kubelet_env(layout, ud, id, Some(&layout.shown(BOOTSTRAP_KUBECONFIG)), &layout.shown(kube::KUBELET_KUBECONFIG));
+    super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
+}
+
+/// A bootstrap token is `[a-z0-9]{6}.[a-z0-9]{16}`; the message never
+/// quotes it.
+fn check_token(token: &str) -> Result<(), String> {
+    let ok = token.split_once('.').is_some_and(|(id, secret)| {
+        id.len() == 6 && secret.len() == 16 && (id.chars().chain(secret.chars())).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("kubernetes/bootstrap-token in the bundle is not a bootstrap token (<6 chars>.<16 chars>, lowercase letters and digits)".into())
+    }
 }

@@ -216,6 +216,11 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
 }
 
+/// Bump when what the build puts into an image changes in a way that its
+/// inputs do not show (units enabled by the code, layout), so that images
+/// built before are rebuilt rather than found up to date.
+const RECIPE: &str = "keel-image-3";
+
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
 /// bootstrap binary and keel's own version.
@@ -226,6 +231,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         h.update(s);
     };
     field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    field(&mut h, RECIPE.as_bytes());
     field(&mut h, &serde_json::to_vec(req.resolved).map_err(|e| BuildError::Other(e.to_string()))?);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
@@ -235,17 +241,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         field(&mut h, f.digest.hex().as_bytes());
     }
     field(&mut h, &fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?);
-    for d in role_dirs.iter().filter(|d| d.is_dir()) {
-        for p in rootfs::walk(d)? {
-            field(&mut h, p.strip_prefix(d).unwrap_or(&p).as_os_str().as_encoded_bytes());
-            let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
-            if meta.file_type().is_symlink() {
-                field(&mut h, fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?.as_os_str().as_encoded_bytes());
-            } else if meta.is_file() {
-                field(&mut h, &fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
-            }
-        }
-    }
+    rootfs::hash_role_dirs(role_dirs, &mut |b| field(&mut h, b))?;
     Ok(hex::encode(h.finalize()))
 }
 

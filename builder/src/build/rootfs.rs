@@ -17,11 +17,30 @@ use crate::fetch::Fetched;
 use crate::profile::{Component, Install, Source};
 
 /// Units of the base that every image enables: DHCP on every Ethernet
-/// interface, its wait-online (so network-online.target means it), DNS.
+/// interface, its wait-online (so network-online.target means it), DNS;
+/// and growing the root file system after systemd-repart grew its
+/// partition (the generated growfs unit of `rootflags=x-systemd.growfs`
+/// runs in the initrd, before repart, which runs after the switch to
+/// the root: it would find nothing to grow).
 const ENABLE: &[(&str, &str)] = &[
+    ("sysinit.target", "systemd-growfs-root.service"),
     ("multi-user.target", "systemd-networkd.service"),
     ("multi-user.target", "systemd-resolved.service"),
     ("network-online.target", "systemd-networkd-wait-online.service"),
+];
+
+/// Units Debian's packages enable that a Keel node does not run: package
+/// maintenance on an immutable /usr (apt and dpkg timers), ext4 metadata
+/// scrubbing of LVM snapshots (no LVM), and a login prompt on the VGA
+/// console (the serial console keeps its getty). Each is one more process
+/// at boot on a small instance.
+const NOT_ENABLED: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "getty@tty1.service",
 ];
 
 /// The tmpfiles.d file that recreates /etc from the factory copy.
@@ -201,6 +220,32 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(out)
 }
 
+/// Feeds what the role directories put into an image to `field`, for the
+/// build key: each path's name relative to its directory, a link's target
+/// and a file's bytes. A relative link to a file (a unit the controller
+/// shares with the worker: `units/kubelet.service ->
+/// ../../worker/units/kubelet.service`) also feeds the bytes behind it,
+/// since the build copies those: changing the shared unit rebuilds both
+/// images.
+pub fn hash_role_dirs(dirs: &[PathBuf], field: &mut dyn FnMut(&[u8])) -> Result<(), BuildError> {
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        for p in walk(d)? {
+            field(p.strip_prefix(d).unwrap_or(&p).as_os_str().as_encoded_bytes());
+            let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?;
+                field(target.as_os_str().as_encoded_bytes());
+                if target.is_relative() && p.is_file() {
+                    field(&fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
+                }
+            } else if meta.is_file() {
+                field(&fs::read(&p).map_err(|e| BuildError::io(&p, e))?);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Installs the units of `dirs` (in order; a later one replaces an earlier
 /// one of the same name) into /usr/lib/systemd/system and enables each by
 /// its `[Install] WantedBy=`/`RequiredBy=`, with symlinks in /usr (the
@@ -268,6 +313,7 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
 /// Units the base enabled in /etc/systemd/system are enabled in /usr too.
 pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     let etc = root.join("etc");
+    disable(&etc.join("systemd/system"), NOT_ENABLED)?;
     hoist_enablement(&etc.join("systemd/system"), &root.join("usr/lib/systemd/system"))?;
     // systemd makes the machine id on first boot.
     let _ = fs::remove_file(etc.join("machine-id"));
@@ -295,6 +341,20 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
         }
     }
     write_file(root, ETC_TMPFILES, conf.as_bytes(), 0o644)
+}
+
+/// Removes the enablement symlinks of `units` from `etc_units`.
+fn disable(etc_units: &Path, units: &[&str]) -> Result<(), BuildError> {
+    if !etc_units.is_dir() {
+        return Ok(());
+    }
+    for p in walk(etc_units)? {
+        let named = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| units.contains(&n));
+        if named && fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&p).map_err(|e| BuildError::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the enablement symlinks of `etc_units` (`*.wants/`, `*.requires/`,
@@ -405,7 +465,12 @@ mod tests {
         fs::write(root.join("etc/machine-id"), "").unwrap();
         symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
         symlink("/usr/lib/systemd/system/a.service", root.join("etc/systemd/system/multi-user.target.wants/a.service")).unwrap();
+        fs::create_dir_all(root.join("etc/systemd/system/timers.target.wants")).unwrap();
+        symlink("/usr/lib/systemd/system/apt-daily.timer", root.join("etc/systemd/system/timers.target.wants/apt-daily.timer")).unwrap();
         make_factory_etc(root).unwrap();
+        for gone in ["usr/lib/systemd/system/timers.target.wants/apt-daily.timer", "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer"] {
+            assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
+        }
         let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
         assert!(conf.contains("C /etc/hostname - - - -\n"), "{conf}");
         assert!(conf.contains("L /etc/mtab - - - - ../proc/self/mounts\n"), "{conf}");
@@ -416,6 +481,34 @@ mod tests {
         assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
     }
 
+
+    #[test]
+    fn a_unit_shared_by_a_relative_link_counts_with_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, controller) = (dir.path().join("worker/units"), dir.path().join("controller/units"));
+        fs::create_dir_all(&worker).unwrap();
+        fs::create_dir_all(&controller).unwrap();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet\n").unwrap();
+        symlink("../../worker/units/kubelet.service", controller.join("kubelet.service")).unwrap();
+        let key = || {
+            let mut all = Vec::new();
+            hash_role_dirs(&[controller.clone()], &mut |b| {
+                all.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                all.extend_from_slice(b);
+            })
+            .unwrap();
+            all
+        };
+        let before = key();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet --v=2\n").unwrap();
+        assert_ne!(key(), before, "a change behind the link must change the controller's build key");
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        add_units(&[controller.clone()], &root).unwrap();
+        let installed = root.join("usr/lib/systemd/system/kubelet.service");
+        assert!(!fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(), "the image gets the unit, not the link");
+        assert!(fs::read_to_string(installed).unwrap().contains("--v=2"));
+    }
     #[test]
     fn component_paths_outside_usr_are_refused() {
         let root = Path::new("/r");

@@ -1,0 +1,89 @@
+//! Reads back what a booted VM did to its disk: the partitions of a GPT
+//! disk image and the size of an ext4 file system, from the raw bytes
+//! (`qemu-img convert` turns a VM's qcow2 overlay into a sparse raw file
+//! first). Used to check that the root partition and its file system grew
+//! to fill a disk larger than the image.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const SECTOR: u64 = 512;
+
+/// One GPT partition entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    /// Byte offset of the first sector.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> Result<()> {
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf).with_context(|| format!("reading {} bytes at {offset}", buf.len()))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
+}
+
+/// The partitions of the GPT disk image `path` (primary header, LBA 1).
+pub fn partitions(path: &Path) -> Result<Vec<Partition>> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut header = [0u8; 92];
+    read_at(&mut f, SECTOR, &mut header)?;
+    ensure!(&header[..8] == b"EFI PART", "{}: no GPT header at LBA 1", path.display());
+    let entries_lba = u64_at(&header, 72);
+    let count = u32_at(&header, 80) as usize;
+    let size = u32_at(&header, 84) as usize;
+    ensure!((128..=4096).contains(&size) && count <= 1024, "{}: implausible GPT entry array ({count} x {size})", path.display());
+    let mut table = vec![0u8; count * size];
+    read_at(&mut f, entries_lba * SECTOR, &mut table)?;
+    let mut parts = Vec::new();
+    for e in table.chunks(size) {
+        if e[..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+        let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+        parts.push(Partition { name: String::from_utf16_lossy(&name), offset: first * SECTOR, size: (last + 1 - first) * SECTOR });
+    }
+    Ok(parts)
+}
+
+/// The size in bytes of the ext4 file system starting at `offset` in
+/// `path` (its superblock's block count times its block size).
+pub fn ext4_size(path: &Path, offset: u64) -> Result<u64> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut sb = [0u8; 1024];
+    read_at(&mut f, offset + 1024, &mut sb)?;
+    ensure!(sb[56..58] == [0x53, 0xef], "{}: no ext4 superblock at {offset}", path.display());
+    let blocks = u64::from(u32_at(&sb, 4)) | (u64::from(u32_at(&sb, 0x150)) << 32);
+    let block_size = 1024u64 << u32_at(&sb, 24);
+    Ok(blocks * block_size)
+}
+
+/// Converts a VM's qcow2 overlay (with its backing image) to a sparse raw
+/// file at `raw`.
+pub fn overlay_to_raw(overlay: &Path, raw: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(overlay)
+        .arg(raw)
+        .stdin(Stdio::null())
+        .output()
+        .context("running qemu-img (install the Debian package qemu-utils)")?;
+    if !out.status.success() {
+        bail!("qemu-img convert {}: {}", overlay.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

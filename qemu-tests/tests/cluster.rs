@@ -1,0 +1,234 @@
+//! Scenarios a, b and d of issue 7: Keel images booted as a cluster under
+//! QEMU against moto and the metadata emulator, checked from the host with
+//! Debian's etcdctl over TLS. Needs root, QEMU, OVMF, moto, dnsmasq and
+//! etcdctl; builds the etcd image (profile `local`) and the controller
+//! image (TEST-ONLY profile `k8s-test`) when they are missing.
+//!
+//! The three scenarios share one 3-node etcd cluster (forming one costs
+//! minutes under TCG): `main` owns it, creates it on the first scenario
+//! that runs (so one scenario can be run alone by name) and drops it
+//! before the process exits, whether the scenarios pass, fail or panic;
+//! Ctrl-C and SIGTERM are covered by `keel_testkit::teardown`. The
+//! scenarios run one at a time, in the order below (the replacement,
+//! which changes the cluster, last), whatever `--test-threads` says.
+//! Console logs, user data and dnsmasq's log stay in
+//! `<target>/qemu-runs/cluster-<pid>/`.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use keel_bootstrap::{envelope, Role};
+use keel_qemu_tests::cluster::Cluster;
+use keel_qemu_tests::etcd_cluster::{EtcdCluster, FAILED};
+use keel_qemu_tests::etcdctl::{self, Credentials, Etcdctl};
+use keel_qemu_tests::images;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Each wait (boot to keel-bootstrap's last line, then to a healthy
+/// membership): several VMs under TCG share two cores with other builds.
+const DEADLINE: Duration = Duration::from_secs(900);
+const MEMBERS: u32 = 3;
+
+/// The cluster the scenarios share: None until the first one forms it;
+/// Some(Err) when forming it failed (every scenario reports that).
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    cluster: Mutex<Option<Result<EtcdCluster, String>>>,
+}
+
+type Scenario = for<'a> fn(&'a mut EtcdCluster) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+
+impl Shared {
+    fn run(&self, scenario: Scenario) -> Result<(), Failed> {
+        // A scenario that panicked poisons the lock; the cluster itself is
+        // still whole (or is what the next scenario reports on).
+        let mut slot = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.runtime.block_on(form()).map_err(|e| format!("{e:#}")));
+        }
+        match slot.as_mut() {
+            Some(Ok(c)) => {
+                let dir = c.cluster.dir().to_path_buf();
+                self.runtime.block_on(scenario(c)).map_err(|e| format!("{e:#}\n(logs in {})", dir.display()).into())
+            }
+            Some(Err(e)) => Err(format!("forming the shared 3-node etcd cluster failed: {e}").into()),
+            None => Err("no cluster".into()),
+        }
+    }
+}
+
+async fn form() -> Result<EtcdCluster> {
+    let image = images::image(Role::Etcd).context("building the etcd image")?;
+    let cluster = Cluster::start("cluster", "qt").await?;
+    let dir = cluster.dir().to_path_buf();
+    let (ec, t) = EtcdCluster::form(cluster, &image.path, None, MEMBERS, DEADLINE)
+        .await
+        .with_context(|| format!("logs in {}", dir.display()))?;
+    for (name, d) in &t.configured {
+        eprintln!("timing: {name} configured {:.1} s after QEMU started", d.as_secs_f64());
+    }
+    eprintln!("timing: {MEMBERS} members healthy {:.1} s after the first QEMU started", t.healthy.as_secs_f64());
+    Ok(ec)
+}
+
+fn main() -> ExitCode {
+    keel_bootstrap::aws::install_crypto_provider();
+    let mut args = Arguments::from_args();
+    // One at a time, in order: they share one cluster.
+    args.test_threads = Some(1);
+    let shared = Arc::new(Shared {
+        runtime: match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: starting the tokio runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        cluster: Mutex::new(None),
+    });
+    let scenarios: [(&str, Scenario); 3] = [
+        ("a_three_etcd_vms_form_one_tls_cluster", |c| Box::pin(three_etcd_vms_form_one_tls_cluster(c))),
+        ("d_a_controller_reaches_etcd_with_its_client_certificate", |c| {
+            Box::pin(a_controller_reaches_etcd_with_its_client_certificate(c))
+        }),
+        ("b_a_replacement_joins_and_the_dead_member_is_removed", |c| {
+            Box::pin(a_replacement_joins_and_the_dead_member_is_removed(c))
+        }),
+    ];
+    let trials = scenarios
+        .into_iter()
+        .map(|(name, scenario)| {
+            let shared = shared.clone();
+            Trial::test(name, move || shared.run(scenario))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The trials (and their references) are gone: this drops the cluster,
+    // stopping every VM, moto, dnsmasq and the network namespace.
+    drop(shared);
+    conclusion.exit_code()
+}
+
+/// a. Three etcd VMs found each other by tags, opened their bundles and
+/// formed one TLS-secured cluster: three members with the nodes' peer
+/// URLs, every endpoint healthy, a key written through one member is read
+/// through another; and the cluster refuses a client without a
+/// certificate its CA signed.
+async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> {
+    let members = c.etcdctl().member_list().await?;
+    ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
+    for n in c.members() {
+        let peer = etcdctl::peer_url(&n.private_ip.to_string());
+        let m = members.iter().find(|m| m.peer_urls.contains(&peer));
+        let m = m.with_context(|| format!("{} ({peer}) is not a member: {}", n.name, etcdctl::describe(&members)))?;
+        ensure!(m.name == n.instance_id, "{}: member name {:?}, expected its instance id {}", n.name, m.name, n.instance_id);
+    }
+    let health = c.etcdctl().endpoint_health().await?;
+    ensure!(health.len() == 3 && health.iter().all(|h| h.healthy), "not every endpoint is healthy: {health:?}");
+
+    let (first, last) = (c.members()[0].name.clone(), c.members()[2].name.clone());
+    c.etcdctl_on(&first)?.put("keel/scenario-a", "written-through-the-first-member").await?;
+    let got = c.etcdctl_on(&last)?.get("keel/scenario-a").await?;
+    ensure!(got.as_deref() == Some("written-through-the-first-member"), "read through {last}: {got:?}");
+
+    // TLS with client authentication: a certificate from another CA is
+    // refused.
+    let other = tempfile::tempdir()?;
+    let (ca_pem, ca_key) = keel_bootstrap::pki::new_ca("not the cluster's etcd CA")?;
+    let stranger = keel_bootstrap::pki::Ca::load("a stranger CA", &ca_pem, &ca_key)?.issue(&keel_bootstrap::pki::Request {
+        what: "a client certificate from another CA",
+        common_name: "stranger",
+        organization: None,
+        dns_names: vec![],
+        ips: vec![],
+        usage: keel_bootstrap::pki::Usage::Client,
+    })?;
+    let ca = std::fs::read(&c.credentials.ca)?;
+    let creds = Credentials::write(other.path(), &ca, stranger.cert_pem.as_bytes(), stranger.key_pem.as_bytes())?;
+    let refused = Etcdctl::new(creds, c.endpoints()[..1].to_vec()).get("keel/scenario-a").await;
+    ensure!(refused.is_err(), "a client certificate from another CA read the key: {refused:?}");
+    Ok(())
+}
+
+/// d. A controller (TEST-ONLY k8s-test profile) boots against the etcd
+/// cluster: its bootstrap finds the members by tags and reaches them with
+/// the API server's etcd client certificate from its bundle (`etcd
+/// check: ok`), then configures the control plane. From the host, the
+/// certificate the controller was given (its bundle, fetched and opened
+/// with the controller's KMS context) reads and writes the cluster.
+async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdCluster) -> Result<()> {
+    let image = images::image(Role::Controller).context("building the controller image")?;
+    let ami = c.cluster.account.register_image("keel-controller-k8s-test", Role::Controller).await?;
+    let ud = c.cluster.user_data(Role::Controller, c.size);
+    c.cluster.add_node_with("controller0", Role::Controller, &ami, Some(&ud)).await?;
+    c.cluster.serve_dhcp()?;
+    c.cluster.boot("controller0", &image.path)?;
+    let t = c.cluster.wait_all(&["controller0"], "keel-bootstrap: configured controller node", &[FAILED], DEADLINE, |_, _| {})?;
+    eprintln!("timing: controller0 configured {:.1} s after QEMU started", t[0].as_secs_f64());
+    let console = c.cluster.console("controller0");
+    ensure!(console.contains("keel-bootstrap: etcd discovery: ok"), "no etcd discovery line on the controller's console");
+    ensure!(console.contains("keel-bootstrap: etcd check: ok"), "no `etcd check: ok` on the controller's console");
+    // Its VM is not needed any more: give the CPU back.
+    c.cluster.stop("controller0")?;
+
+    let a = &c.cluster.account;
+    let bundle = envelope::fetch(&a.s3, &a.kms, &a.bucket, c.cluster.assets_prefix(), &c.cluster.name, Role::Controller)
+        .await
+        .context("fetching the controller's bundle")?;
+    let file = |path: &str| {
+        bundle.files.iter().find(|f| f.path == path).map(|f| f.contents.clone()).with_context(|| format!("no {path} in the controller's bundle"))
+    };
+    let dir = c.cluster.dir().join("controller-etcd-client");
+    let creds = Credentials::write(
+        &dir,
+        &file(etcdctl::ETCD_CA_CRT)?,
+        &file(etcdctl::APISERVER_ETCD_CLIENT_CRT)?,
+        &file(etcdctl::APISERVER_ETCD_CLIENT_KEY)?,
+    )?;
+    let as_controller = Etcdctl::new(creds, c.endpoints());
+    let health = as_controller.endpoint_health().await?;
+    ensure!(health.len() == 3 && health.iter().all(|h| h.healthy), "with the controller's certificate: {health:?}");
+    as_controller.put("keel/scenario-d", "written-with-the-apiserver-etcd-client-certificate").await?;
+    let got = c.etcdctl().get("keel/scenario-d").await?;
+    ensure!(got.as_deref() == Some("written-with-the-apiserver-etcd-client-certificate"), "read back: {got:?}");
+    Ok(())
+}
+
+/// b. Replacement: a key is written, one member's VM is powered off and
+/// its instance terminated in EC2; a new instance boots, joins as a
+/// member, and the dead member is removed (the new node's bootstrap does
+/// both); the key is still there, read through the new member.
+async fn a_replacement_joins_and_the_dead_member_is_removed(c: &mut EtcdCluster) -> Result<()> {
+    c.etcdctl().put("keel/before-replacement", "kept").await?;
+    let victim = c.members()[1].name.clone();
+    let r = c.replace(&victim).await?;
+    eprintln!(
+        "timing: replacement {} configured {:.1} s after QEMU started, healthy membership after {:.1} s",
+        r.new.name,
+        r.timings.configured[0].1.as_secs_f64(),
+        r.timings.healthy.as_secs_f64()
+    );
+    let members = c.etcdctl().member_list().await?;
+    let dead_peer = etcdctl::peer_url(&r.dead.private_ip.to_string());
+    let new_peer = etcdctl::peer_url(&r.new.private_ip.to_string());
+    ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
+    ensure!(
+        !members.iter().any(|m| m.peer_urls.contains(&dead_peer) || m.name == r.dead.instance_id),
+        "the dead member {} ({dead_peer}) is still listed: {}",
+        r.dead.instance_id,
+        etcdctl::describe(&members)
+    );
+    ensure!(
+        members.iter().any(|m| m.peer_urls.contains(&new_peer) && m.name == r.new.instance_id),
+        "the new member {} ({new_peer}) is not listed: {}",
+        r.new.instance_id,
+        etcdctl::describe(&members)
+    );
+    let console = c.cluster.console(&r.new.name);
+    ensure!(console.contains("keel-bootstrap: etcd membership: ok"), "no membership line on {}'s console", r.new.name);
+    let got = c.etcdctl_on(&r.new.name)?.get("keel/before-replacement").await?;
+    ensure!(got.as_deref() == Some("kept"), "read through the new member {}: {got:?}", r.new.name);
+    Ok(())
+}
