@@ -165,10 +165,11 @@ fn stamp(console: &str, pattern: &str, last: bool) -> Option<f64> {
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-    v[v.len() / 2]
 }
 
 fn main() -> ExitCode {
@@ -195,5 +196,6 @@ mod tests {
         assert_eq!(stamp(console, KEEL_MILESTONE, false), Some(61.395582));
         assert_eq!(stamp(console, "absent", false), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }
