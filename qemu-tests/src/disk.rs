@@ -60,16 +60,25 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>> {
     Ok(parts)
 }
 
-/// The size in bytes of the ext4 file system starting at `offset` in
-/// `path` (its superblock's block count times its block size).
-pub fn ext4_size(path: &Path, offset: u64) -> Result<u64> {
+fn ext4_superblock(path: &Path, offset: u64) -> Result<[u8; 1024]> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut sb = [0u8; 1024];
     read_at(&mut f, offset + 1024, &mut sb)?;
     ensure!(sb[56..58] == [0x53, 0xef], "{}: no ext4 superblock at {offset}", path.display());
+    Ok(sb)
+}
+
+/// The block size of the ext4 file system starting at `offset` in `path`.
+pub fn ext4_block_size(path: &Path, offset: u64) -> Result<u64> {
+    Ok(1024u64 << u32_at(&ext4_superblock(path, offset)?, 24))
+}
+
+/// The size in bytes of the ext4 file system starting at `offset` in
+/// `path` (its superblock's block count times its block size).
+pub fn ext4_size(path: &Path, offset: u64) -> Result<u64> {
+    let sb = ext4_superblock(path, offset)?;
     let blocks = u64::from(u32_at(&sb, 4)) | (u64::from(u32_at(&sb, 0x150)) << 32);
-    let block_size = 1024u64 << u32_at(&sb, 24);
-    Ok(blocks * block_size)
+    Ok(blocks * (1024u64 << u32_at(&sb, 24)))
 }
 
 /// Converts a VM's qcow2 overlay (with its backing image) to a sparse raw

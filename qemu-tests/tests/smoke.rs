@@ -75,6 +75,8 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     assert!(root.offset + root.size > DISK - (1 << 20), "root did not grow to the end of the disk: {root:?} of {DISK}");
     let fs = disk::ext4_size(&raw, root.offset).unwrap();
     assert!(fs > root_before.size * 4 && fs <= root.size, "ext4 on root is {fs} bytes in a partition of {}", root.size);
+    // 1 KiB blocks would stop online growth near 64 GiB.
+    assert_eq!(disk::ext4_block_size(&raw, root.offset).unwrap(), 4096, "root ext4 block size");
     let _ = std::fs::remove_file(&raw);
 }
 

@@ -219,7 +219,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-3";
+const RECIPE: &str = "keel-image-4";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
@@ -286,6 +286,11 @@ fn make_ext4(tools: &tools::Tools, work: &Path, name: &str, skel: &str, size: u6
         &[
             "-q".into(),
             "-F".into(),
+            // 4 KiB blocks whatever the image's size: mke2fs picks 1 KiB
+            // for a file system this small, whose online growth then stops
+            // near 64 GiB (reserved GDT blocks), short of a big EBS volume.
+            "-b".into(),
+            "4096".into(),
             "-L".into(),
             "root".into(),
             "-U".into(),
