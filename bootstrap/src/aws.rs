@@ -43,7 +43,8 @@ pub async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfi
         .endpoint(imds_url)
         .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
         .build();
-    let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder().imds_client(imds);
+    let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .imds_client(imds);
     if let Some(region) = &target.region {
         chain = chain.region(Region::new(region.clone()));
     }
@@ -73,7 +74,11 @@ fn loader(target: &Target) -> aws_config::ConfigLoader {
 /// The configuration for `target` with fixed keys instead of the standard
 /// credential chain: for emulated AWS (moto accepts any keys) in tests and
 /// local runs.
-pub async fn sdk_config_with_keys(target: &Target, access_key_id: &str, secret_access_key: &str) -> SdkConfig {
+pub async fn sdk_config_with_keys(
+    target: &Target,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> SdkConfig {
     use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
     let keys = Credentials::new(access_key_id, secret_access_key, None, None, "keel-fixed-keys");
     sdk_config(target)

@@ -99,7 +99,9 @@ pub enum BundleError {
     BadMagic,
     #[error("bundle format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
     UnsupportedVersion { found: u32 },
-    #[error("bundle is truncated: {what} needs {needed} bytes at offset {offset}, {available} left")]
+    #[error(
+        "bundle is truncated: {what} needs {needed} bytes at offset {offset}, {available} left"
+    )]
     Truncated { what: &'static str, offset: usize, needed: usize, available: usize },
     #[error("bundle header is malformed: {0}")]
     MalformedHeader(String),
@@ -174,8 +176,11 @@ impl Bundle {
                 return Err(BundleError::DuplicatePath { path: pair[0].path.clone() });
             }
         }
-        let count = u32::try_from(files.len())
-            .map_err(|_| BundleError::TooLong { what: "file count", len: files.len(), max: u32::MAX as usize })?;
+        let count = u32::try_from(files.len()).map_err(|_| BundleError::TooLong {
+            what: "file count",
+            len: files.len(),
+            max: u32::MAX as usize,
+        })?;
         let size: usize = files.iter().map(|f| 10 + f.path.len() + f.contents.len()).sum();
         let mut out = Zeroizing::new(Vec::with_capacity(4 + size));
         out.extend_from_slice(&count.to_be_bytes());
@@ -219,7 +224,8 @@ impl Bundle {
                 return Err(BundleError::BadMode { path, mode });
             }
             let len = r.u32("file length").map_err(malformed)? as usize;
-            let contents = Zeroizing::new(r.take("file contents", len).map_err(malformed)?.to_vec());
+            let contents =
+                Zeroizing::new(r.take("file contents", len).map_err(malformed)?.to_vec());
             if let Some(prev) = files.last() {
                 if prev.path == path {
                     return Err(BundleError::DuplicatePath { path });
@@ -242,7 +248,12 @@ impl Bundle {
     /// Seals the bundle under `data_key` (the plaintext half of a KMS data
     /// key) with a fresh random nonce. `kms_key_id` and
     /// `encrypted_data_key` go into the header unencrypted.
-    pub fn seal(&self, kms_key_id: &str, encrypted_data_key: &[u8], data_key: &[u8]) -> Result<Vec<u8>, BundleError> {
+    pub fn seal(
+        &self,
+        kms_key_id: &str,
+        encrypted_data_key: &[u8],
+        data_key: &[u8],
+    ) -> Result<Vec<u8>, BundleError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
         self.seal_with_nonce(kms_key_id, encrypted_data_key, data_key, nonce)
@@ -276,7 +287,12 @@ impl Bundle {
     /// Opens a serialised bundle whose header has been read with
     /// [`Header::parse`] and whose data key KMS has decrypted. Checks the
     /// header names `cluster` and `role` before decrypting.
-    pub fn open(bytes: &[u8], cluster: &str, role: Role, data_key: &[u8]) -> Result<Bundle, BundleError> {
+    pub fn open(
+        bytes: &[u8],
+        cluster: &str,
+        role: Role,
+        data_key: &[u8],
+    ) -> Result<Bundle, BundleError> {
         let (header, header_len) = Header::parse(bytes)?;
         header.expect(cluster, role)?;
         let cipher = cipher(data_key)?;
@@ -339,9 +355,9 @@ impl Header {
         let body = r.take("header body", body_len)?;
         let mut h = Reader { bytes: body, pos: 0 };
         let malformed = |e: BundleError| match e {
-            BundleError::Truncated { what, .. } => {
-                BundleError::MalformedHeader(format!("{what} runs past the header's declared length"))
-            }
+            BundleError::Truncated { what, .. } => BundleError::MalformedHeader(format!(
+                "{what} runs past the header's declared length"
+            )),
             other => other,
         };
         let utf8 = |what: &str, b: &[u8]| {
@@ -351,9 +367,8 @@ impl Header {
         };
         let cluster = utf8("cluster", h.u16_bytes("cluster").map_err(malformed)?)?;
         let role_name = utf8("role", h.u16_bytes("role").map_err(malformed)?)?;
-        let role = role_name
-            .parse::<Role>()
-            .map_err(|e| BundleError::MalformedHeader(e.to_string()))?;
+        let role =
+            role_name.parse::<Role>().map_err(|e| BundleError::MalformedHeader(e.to_string()))?;
         let kms_key_id = utf8("KMS key id", h.u16_bytes("KMS key id").map_err(malformed)?)?;
         let encrypted_data_key = h.u16_bytes("encrypted data key").map_err(malformed)?.to_vec();
         let mut nonce = [0u8; NONCE_LEN];
@@ -365,7 +380,9 @@ impl Header {
             )));
         }
         if cluster.is_empty() || kms_key_id.is_empty() || encrypted_data_key.is_empty() {
-            return Err(BundleError::MalformedHeader("empty cluster, KMS key id or data key".into()));
+            return Err(BundleError::MalformedHeader(
+                "empty cluster, KMS key id or data key".into(),
+            ));
         }
         let header = Header { version, cluster, role, kms_key_id, encrypted_data_key, nonce };
         Ok((header, PREAMBLE_LEN + body_len))
@@ -501,7 +518,10 @@ mod tests {
     fn every_truncation_is_refused() {
         let bytes = sealed();
         for n in 0..bytes.len() {
-            assert!(Bundle::open(&bytes[..n], "prod-eu", Role::Etcd, &KEY).is_err(), "truncation to {n}");
+            assert!(
+                Bundle::open(&bytes[..n], "prod-eu", Role::Etcd, &KEY).is_err(),
+                "truncation to {n}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

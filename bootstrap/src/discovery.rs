@@ -44,7 +44,12 @@ impl Counter {
 
 /// Every pending or running instance tagged with `cluster` and `role` that
 /// has a private address, sorted by instance id.
-pub async fn list(ec2: &aws_sdk_ec2::Client, cluster: &str, role: Role, pages: &Counter) -> Result<Vec<Peer>, DiscoveryError> {
+pub async fn list(
+    ec2: &aws_sdk_ec2::Client,
+    cluster: &str,
+    role: Role,
+    pages: &Counter,
+) -> Result<Vec<Peer>, DiscoveryError> {
     list_paged(ec2, cluster, role, PAGE_SIZE, pages).await
 }
 
@@ -57,7 +62,10 @@ pub async fn list_paged(
     pages: &Counter,
 ) -> Result<Vec<Peer>, DiscoveryError> {
     let filter = |name: String, values: &[&str]| {
-        Filter::builder().name(name).set_values(Some(values.iter().map(|v| v.to_string()).collect())).build()
+        Filter::builder()
+            .name(name)
+            .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+            .build()
     };
     let mut stream = ec2
         .describe_instances()
@@ -79,7 +87,9 @@ pub async fn list_paged(
             message: aws::display_error(&e),
         })?;
         for inst in out.reservations().iter().flat_map(|r| r.instances()) {
-            let (Some(id), Some(ip)) = (inst.instance_id(), inst.private_ip_address()) else { continue };
+            let (Some(id), Some(ip)) = (inst.instance_id(), inst.private_ip_address()) else {
+                continue;
+            };
             peers.push(Peer {
                 instance_id: id.to_string(),
                 private_ip: ip.to_string(),
@@ -102,7 +112,8 @@ pub async fn wait_for(
     deadline: Duration,
     pages: &Counter,
 ) -> Result<Vec<Peer>, DiscoveryError> {
-    let policy = Policy { initial: POLL_INITIAL, max_delay: POLL_MAX, deadline, max_attempts: u32::MAX };
+    let policy =
+        Policy { initial: POLL_INITIAL, max_delay: POLL_MAX, deadline, max_attempts: u32::MAX };
     retry(&policy, |_| async {
         let peers = list(ec2, cluster, role, pages).await.map_err(Attempt::Fail)?;
         if peers.len() >= expected {

@@ -18,7 +18,9 @@ pub const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("KMS GenerateDataKey with key {key_id} for cluster {cluster:?} role {role}: {message}")]
+    #[error(
+        "KMS GenerateDataKey with key {key_id} for cluster {cluster:?} role {role}: {message}"
+    )]
     GenerateDataKey { key_id: String, cluster: String, role: Role, message: String },
     #[error("KMS GenerateDataKey with key {key_id} returned no {what}")]
     IncompleteDataKey { key_id: String, what: &'static str },
@@ -40,7 +42,11 @@ pub enum EnvelopeError {
 
 /// Seals `bundle` under a fresh KMS data key of `key_id`, with the
 /// encryption context of the bundle's cluster and role.
-pub async fn seal(kms: &aws_sdk_kms::Client, key_id: &str, bundle: &Bundle) -> Result<Vec<u8>, EnvelopeError> {
+pub async fn seal(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    bundle: &Bundle,
+) -> Result<Vec<u8>, EnvelopeError> {
     let reply = kms
         .generate_data_key()
         .key_id(key_id)
@@ -60,15 +66,22 @@ pub async fn seal(kms: &aws_sdk_kms::Client, key_id: &str, bundle: &Bundle) -> R
     let encrypted = reply.ciphertext_blob().ok_or_else(|| incomplete("encrypted key"))?;
     // Record the key as KMS names it (the ARN), not an alias that may move.
     let reported_key = reply.key_id().unwrap_or(key_id);
-    bundle
-        .seal(reported_key, encrypted.as_ref(), &data_key)
-        .map_err(|source| EnvelopeError::Seal { cluster: bundle.cluster.clone(), role: bundle.role, source })
+    bundle.seal(reported_key, encrypted.as_ref(), &data_key).map_err(|source| EnvelopeError::Seal {
+        cluster: bundle.cluster.clone(),
+        role: bundle.role,
+        source,
+    })
 }
 
 /// Opens a serialised bundle expected to be for `cluster` and `role`: the
 /// header must name them, and KMS must decrypt the data key with *their*
 /// encryption context.
-pub async fn open(kms: &aws_sdk_kms::Client, bytes: &[u8], cluster: &str, role: Role) -> Result<Bundle, EnvelopeError> {
+pub async fn open(
+    kms: &aws_sdk_kms::Client,
+    bytes: &[u8],
+    cluster: &str,
+    role: Role,
+) -> Result<Bundle, EnvelopeError> {
     let (header, _) = Header::parse(bytes).map_err(EnvelopeError::Header)?;
     let open_error = |source| EnvelopeError::Open {
         cluster: cluster.to_string(),
@@ -152,7 +165,8 @@ mod tests {
     use keel_testkit::moto::Moto;
 
     async fn clients(moto: &Moto) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
-        let target = Target { region: Some("eu-west-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
+        let target =
+            Target { region: Some("eu-west-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
         let config = sdk_config_with_keys(&target, "testing", "testing").await;
         (s3_client(&config), aws_sdk_kms::Client::new(&config))
     }
@@ -211,7 +225,10 @@ mod tests {
 
         // Asking for the worker bundle at the etcd key: refused by name.
         let e = open(&kms, &sealed, "c1", Role::Worker).await.unwrap_err();
-        assert!(matches!(e, EnvelopeError::Open { source: BundleError::WrongRecipient { .. }, .. }), "{e}");
+        assert!(
+            matches!(e, EnvelopeError::Open { source: BundleError::WrongRecipient { .. }, .. }),
+            "{e}"
+        );
 
         // A missing object names bucket and key.
         let e = fetch(&s3, &kms, "assets", "c2", "c1", Role::Etcd).await.unwrap_err();

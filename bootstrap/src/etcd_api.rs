@@ -79,10 +79,16 @@ pub struct EtcdApi {
 
 impl EtcdApi {
     /// A client that trusts only `ca_pem` and presents `cert_pem`/`key_pem`.
-    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str, policy: Policy) -> Result<EtcdApi, EtcdApiError> {
+    pub fn new(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        policy: Policy,
+    ) -> Result<EtcdApi, EtcdApiError> {
         crate::aws::install_crypto_provider();
         let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(EtcdApiError::Client)?;
-        let mut identity_pem = zeroize::Zeroizing::new(Vec::with_capacity(cert_pem.len() + key_pem.len() + 1));
+        let mut identity_pem =
+            zeroize::Zeroizing::new(Vec::with_capacity(cert_pem.len() + key_pem.len() + 1));
         identity_pem.extend_from_slice(cert_pem.as_bytes());
         identity_pem.push(b'\n');
         identity_pem.extend_from_slice(key_pem.as_bytes());
@@ -110,11 +116,17 @@ impl EtcdApi {
     pub async fn health_with(&self, endpoint: &str, policy: &Policy) -> Result<(), EtcdApiError> {
         let url = format!("{}/health", endpoint.trim_end_matches('/'));
         retry(policy, |_| async {
-            let resp = self.http.get(&url).send().await.map_err(|source| Attempt::Retry(EtcdApiError::Request { url: url.clone(), source }))?;
+            let resp = self.http.get(&url).send().await.map_err(|source| {
+                Attempt::Retry(EtcdApiError::Request { url: url.clone(), source })
+            })?;
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
             if status != 200 {
-                return Err(Attempt::Retry(EtcdApiError::Status { url: url.clone(), status, body }));
+                return Err(Attempt::Retry(EtcdApiError::Status {
+                    url: url.clone(),
+                    status,
+                    body,
+                }));
             }
             let healthy = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -136,10 +148,19 @@ impl EtcdApi {
 
     /// Adds a member with `peer_url`; returns the new member and the
     /// membership after the change.
-    pub async fn member_add(&self, endpoint: &str, peer_url: &str) -> Result<(Member, Vec<Member>), EtcdApiError> {
+    pub async fn member_add(
+        &self,
+        endpoint: &str,
+        peer_url: &str,
+    ) -> Result<(Member, Vec<Member>), EtcdApiError> {
         let url = format!("{}/v3/cluster/member/add", endpoint.trim_end_matches('/'));
-        let m = self.post(endpoint, "member/add", serde_json::json!({ "peerURLs": [peer_url] })).await?;
-        let added = m.member.map(Member::from).ok_or(EtcdApiError::Decode { url, message: "no `member` in the answer".into() })?;
+        let m = self
+            .post(endpoint, "member/add", serde_json::json!({ "peerURLs": [peer_url] }))
+            .await?;
+        let added = m
+            .member
+            .map(Member::from)
+            .ok_or(EtcdApiError::Decode { url, message: "no `member` in the answer".into() })?;
         Ok((added, m.members.into_iter().map(Member::from).collect()))
     }
 
@@ -147,7 +168,12 @@ impl EtcdApi {
         self.post(endpoint, "member/remove", serde_json::json!({ "ID": id })).await.map(|_| ())
     }
 
-    async fn post(&self, endpoint: &str, call: &str, body: serde_json::Value) -> Result<Members, EtcdApiError> {
+    async fn post(
+        &self,
+        endpoint: &str,
+        call: &str,
+        body: serde_json::Value,
+    ) -> Result<Members, EtcdApiError> {
         let url = format!("{}/v3/cluster/{call}", endpoint.trim_end_matches('/'));
         let body = body.to_string();
         retry(&self.policy, |_| async {
@@ -158,14 +184,24 @@ impl EtcdApi {
                 .body(body.clone())
                 .send()
                 .await
-                .map_err(|source| Attempt::Retry(EtcdApiError::Request { url: url.clone(), source }))?;
+                .map_err(|source| {
+                    Attempt::Retry(EtcdApiError::Request { url: url.clone(), source })
+                })?;
             let status = resp.status().as_u16();
-            let text = resp.text().await.map_err(|source| Attempt::Retry(EtcdApiError::Request { url: url.clone(), source }))?;
+            let text = resp.text().await.map_err(|source| {
+                Attempt::Retry(EtcdApiError::Request { url: url.clone(), source })
+            })?;
             if status != 200 {
                 let err = EtcdApiError::Status { url: url.clone(), status, body: text };
-                return Err(if status >= 500 || status == 429 { Attempt::Retry(err) } else { Attempt::Fail(err) });
+                return Err(if status >= 500 || status == 429 {
+                    Attempt::Retry(err)
+                } else {
+                    Attempt::Fail(err)
+                });
             }
-            serde_json::from_str(&text).map_err(|e| Attempt::Fail(EtcdApiError::Decode { url: url.clone(), message: e.to_string() }))
+            serde_json::from_str(&text).map_err(|e| {
+                Attempt::Fail(EtcdApiError::Decode { url: url.clone(), message: e.to_string() })
+            })
         })
         .await
     }

@@ -78,7 +78,12 @@ impl Imds {
             .no_proxy()
             .build()
             .map_err(ImdsError::Client)?;
-        Ok(Imds { http, base: base_url.trim_end_matches('/').to_string(), policy, token: Mutex::new(None) })
+        Ok(Imds {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            policy,
+            token: Mutex::new(None),
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -96,7 +101,9 @@ impl Imds {
         let url = format!("{}/{API_VERSION}/{path}", self.base);
         match self.get(path).await? {
             None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes).map(|s| Some(s.trim().to_string())).map_err(|_| ImdsError::NotText { url }),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|_| ImdsError::NotText { url }),
         }
     }
 
@@ -112,7 +119,9 @@ impl Imds {
         Ok(Identity {
             instance_id: self.required("instance id", "meta-data/instance-id").await?,
             region: self.required("region", "meta-data/placement/region").await?,
-            availability_zone: self.required("availability zone", "meta-data/placement/availability-zone").await?,
+            availability_zone: self
+                .required("availability zone", "meta-data/placement/availability-zone")
+                .await?,
             private_ipv4: self.required("private IPv4 address", "meta-data/local-ipv4").await?,
             local_hostname: self.required("local hostname", "meta-data/local-hostname").await?,
         })
@@ -126,20 +135,15 @@ impl Imds {
     /// One attempt: a token if there is none, then the GET.
     async fn attempt(&self, url: &str) -> Result<Option<Vec<u8>>, Attempt<ImdsError>> {
         let token = self.token().await?;
-        let resp = self
-            .http
-            .get(url)
-            .header(TOKEN_HEADER, &token)
-            .send()
-            .await
-            .map_err(|source| Attempt::Retry(ImdsError::Request { url: url.to_string(), source }))?;
+        let resp =
+            self.http.get(url).header(TOKEN_HEADER, &token).send().await.map_err(|source| {
+                Attempt::Retry(ImdsError::Request { url: url.to_string(), source })
+            })?;
         let status = resp.status().as_u16();
         match status {
-            200 => resp
-                .bytes()
-                .await
-                .map(|b| Some(b.to_vec()))
-                .map_err(|source| Attempt::Retry(ImdsError::Request { url: url.to_string(), source })),
+            200 => resp.bytes().await.map(|b| Some(b.to_vec())).map_err(|source| {
+                Attempt::Retry(ImdsError::Request { url: url.to_string(), source })
+            }),
             404 => Ok(None),
             401 => {
                 // The token expired or the service restarted: get a new one.

@@ -25,13 +25,14 @@ struct Args {
 fn main() -> ExitCode {
     keel_bootstrap::aws::install_crypto_provider();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            println!("keel-bootstrap: failed: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                println!("keel-bootstrap: failed: starting the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let opts = node::Options {
         root: args.root,
         imds_url: args.imds_url,

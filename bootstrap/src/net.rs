@@ -12,8 +12,10 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn parse(s: &str) -> Result<Ipv4Cidr, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not an IPv4 CIDR (a.b.c.d/n)"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+        let (addr, prefix) =
+            s.split_once('/').ok_or_else(|| format!("{s:?} is not an IPv4 CIDR (a.b.c.d/n)"))?;
+        let addr: Ipv4Addr =
+            addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
         let prefix: u8 = prefix
             .parse()
             .ok()
@@ -58,7 +60,10 @@ mod tests {
         let svc = Ipv4Cidr::parse("10.96.0.0/12").unwrap();
         assert_eq!(svc.nth(1), Ipv4Addr::new(10, 96, 0, 1));
         let pods = Ipv4Cidr::parse("10.244.0.0/16").unwrap();
-        assert_eq!(pods.node_subnet(Ipv4Addr::new(10, 0, 3, 17)).unwrap().to_string(), "10.244.17.0/24");
+        assert_eq!(
+            pods.node_subnet(Ipv4Addr::new(10, 0, 3, 17)).unwrap().to_string(),
+            "10.244.17.0/24"
+        );
         assert!(Ipv4Cidr::parse("10.96.0.1/12").unwrap_err().contains("host bits"));
         assert!(Ipv4Cidr::parse("10.96.0.0").is_err());
         assert!(Ipv4Cidr::parse("10.96.0.0/33").is_err());

@@ -71,7 +71,12 @@ impl Reporter {
     }
 
     /// Records one finished step and prints its line.
-    pub fn step<T, E: std::fmt::Display>(&mut self, name: &str, started: Instant, result: &Result<T, E>) {
+    pub fn step<T, E: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        started: Instant,
+        result: &Result<T, E>,
+    ) {
         let (ok, error) = match result {
             Ok(_) => (true, None),
             Err(e) => (false, Some(one_line(&e.to_string()))),
@@ -82,7 +87,12 @@ impl Reporter {
         };
         let _ = writeln!(self.console, "{line}");
         let _ = self.console.flush();
-        self.status.steps.push(Step { name: name.to_string(), ok, error, millis: started.elapsed().as_millis() });
+        self.status.steps.push(Step {
+            name: name.to_string(),
+            ok,
+            error,
+            millis: started.elapsed().as_millis(),
+        });
     }
 
     /// Writes the status file (atomically; 0644: it holds no secret).
@@ -113,7 +123,10 @@ pub fn one_line(s: &str) -> String {
 /// (`$NOTIFY_SOCKET` set); does nothing otherwise. An address starting
 /// with '@' is in the abstract namespace.
 pub fn notify_ready() -> std::io::Result<bool> {
-    notify(std::env::var_os("NOTIFY_SOCKET").as_deref().map(Path::new), "READY=1\nSTATUS=configured\n")
+    notify(
+        std::env::var_os("NOTIFY_SOCKET").as_deref().map(Path::new),
+        "READY=1\nSTATUS=configured\n",
+    )
 }
 
 pub fn notify(socket: Option<&Path>, message: &str) -> std::io::Result<bool> {

@@ -134,7 +134,9 @@ pub fn image_role(root: &Path) -> Result<Role, ImageRoleError> {
     let path = root.join(IMAGE_ROLE_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|source| ImageRoleError::Read { path: path.display().to_string(), source })?;
-    text.trim().parse().map_err(|source| ImageRoleError::Bad { path: path.display().to_string(), source })
+    text.trim()
+        .parse()
+        .map_err(|source| ImageRoleError::Bad { path: path.display().to_string(), source })
 }
 
 /// Line and column (1-based) of byte `offset` in `text`.
@@ -160,8 +162,8 @@ impl UserData {
             Some(toml::Value::Integer(v)) if *v == i64::from(VERSION) => {}
             Some(v) => {
                 return Err(UserDataError::Invalid(format!(
-                    "version {v} is not supported by this keel-bootstrap (it reads version {VERSION})"
-                )))
+                "version {v} is not supported by this keel-bootstrap (it reads version {VERSION})"
+            )))
             }
             None => return Err(UserDataError::Invalid(format!("missing `version = {VERSION}`"))),
         }
@@ -177,9 +179,15 @@ impl UserData {
     pub fn check(&self) -> Result<(), UserDataError> {
         let bad = |m: String| Err(UserDataError::Invalid(m));
         if self.cluster.is_empty()
-            || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return bad(format!("cluster {:?} must be non-empty letters, digits, '-', '_' or '.'", self.cluster));
+            return bad(format!(
+                "cluster {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.cluster
+            ));
         }
         if !self.api_endpoint.starts_with("https://") || self.api_host().is_empty() {
             return bad(format!("api-endpoint {:?} must be an https:// URL", self.api_endpoint));
@@ -190,11 +198,18 @@ impl UserData {
         if self.etcd.expected_members == 0 {
             return bad("etcd.expected-members must be at least 1".into());
         }
-        for (name, cidr) in [("kubernetes.service-cidr", self.service_cidr()), ("kubernetes.pod-cidr", self.pod_cidr())] {
-            crate::net::Ipv4Cidr::parse(cidr).map_err(|e| UserDataError::Invalid(format!("{name}: {e}")))?;
+        for (name, cidr) in [
+            ("kubernetes.service-cidr", self.service_cidr()),
+            ("kubernetes.pod-cidr", self.pod_cidr()),
+        ] {
+            crate::net::Ipv4Cidr::parse(cidr)
+                .map_err(|e| UserDataError::Invalid(format!("{name}: {e}")))?;
         }
         if self.cluster_dns().parse::<std::net::Ipv4Addr>().is_err() {
-            return bad(format!("kubelet.cluster-dns {:?} is not an IPv4 address", self.cluster_dns()));
+            return bad(format!(
+                "kubelet.cluster-dns {:?} is not an IPv4 address",
+                self.cluster_dns()
+            ));
         }
         Ok(())
     }
@@ -215,13 +230,18 @@ impl UserData {
     }
 
     pub fn discovery_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.etcd.discovery_timeout_seconds.unwrap_or(DEFAULT_DISCOVERY_TIMEOUT_SECONDS))
+        std::time::Duration::from_secs(
+            self.etcd.discovery_timeout_seconds.unwrap_or(DEFAULT_DISCOVERY_TIMEOUT_SECONDS),
+        )
     }
     pub fn endpoint_url(&self) -> Option<&str> {
         self.aws.as_ref().and_then(|a| a.endpoint_url.as_deref())
     }
     pub fn service_cidr(&self) -> &str {
-        self.kubernetes.as_ref().and_then(|k| k.service_cidr.as_deref()).unwrap_or(DEFAULT_SERVICE_CIDR)
+        self.kubernetes
+            .as_ref()
+            .and_then(|k| k.service_cidr.as_deref())
+            .unwrap_or(DEFAULT_SERVICE_CIDR)
     }
     pub fn pod_cidr(&self) -> &str {
         self.kubernetes.as_ref().and_then(|k| k.pod_cidr.as_deref()).unwrap_or(DEFAULT_POD_CIDR)
@@ -230,7 +250,10 @@ impl UserData {
         self.kubelet.as_ref().and_then(|k| k.cluster_dns.as_deref()).unwrap_or(DEFAULT_CLUSTER_DNS)
     }
     pub fn cluster_domain(&self) -> &str {
-        self.kubelet.as_ref().and_then(|k| k.cluster_domain.as_deref()).unwrap_or(DEFAULT_CLUSTER_DOMAIN)
+        self.kubelet
+            .as_ref()
+            .and_then(|k| k.cluster_domain.as_deref())
+            .unwrap_or(DEFAULT_CLUSTER_DOMAIN)
     }
     pub fn max_pods(&self) -> u32 {
         self.kubelet.as_ref().and_then(|k| k.max_pods).unwrap_or(DEFAULT_MAX_PODS)
@@ -269,7 +292,8 @@ expected-members = 3
 
     #[test]
     fn unknown_key_is_an_error_with_line_and_column() {
-        let text = GOOD.replace("expected-members = 3", "expected-members = 3\nexpected-memebrs = 3");
+        let text =
+            GOOD.replace("expected-members = 3", "expected-members = 3\nexpected-memebrs = 3");
         let err = UserData::parse(text.as_bytes(), Role::Etcd).unwrap_err();
         match err {
             UserDataError::At { line, column, ref message } => {
@@ -295,7 +319,10 @@ expected-members = 3
         let err = UserData::parse(v2.as_bytes(), Role::Etcd).unwrap_err().to_string();
         assert!(err.contains("version 2 is not supported"), "{err}");
         let bad = GOOD.replace("https://api.prod.example.com:6443", "api.prod:6443");
-        assert!(UserData::parse(bad.as_bytes(), Role::Etcd).unwrap_err().to_string().contains("https://"));
+        assert!(UserData::parse(bad.as_bytes(), Role::Etcd)
+            .unwrap_err()
+            .to_string()
+            .contains("https://"));
         let role = GOOD.replace("role = \"etcd\"", "role = \"master\"");
         let err = UserData::parse(role.as_bytes(), Role::Etcd).unwrap_err().to_string();
         assert!(err.starts_with("user data line 3"), "{err}");

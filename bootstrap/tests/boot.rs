@@ -71,7 +71,8 @@ struct Aws {
 async fn aws_env() -> Aws {
     aws::install_crypto_provider();
     let moto = Moto::start().expect("moto");
-    let target = aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) };
+    let target =
+        aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) };
     let sdk = aws::sdk_config_with_keys(&target, "testing", "testing").await;
     aws::s3_client(&sdk).create_bucket().bucket(BUCKET).send().await.expect("create bucket");
     let key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.expect("create key");
@@ -99,12 +100,25 @@ impl Aws {
     fn bundle(&self, cluster: &str, role: Role) -> Bundle {
         let c = &self.cas;
         let files = match role {
-            Role::Etcd => vec![file("etcd/pki/ca.crt", 0o644, c.etcd.0.as_bytes()), file("etcd/pki/ca.key", 0o600, c.etcd.1.as_bytes())],
-            Role::Worker => vec![file("kubernetes/pki/ca.crt", 0o644, c.k8s.0.as_bytes()), file("kubernetes/bootstrap-token", 0o600, format!("{TOKEN}\n").as_bytes())],
+            Role::Etcd => vec![
+                file("etcd/pki/ca.crt", 0o644, c.etcd.0.as_bytes()),
+                file("etcd/pki/ca.key", 0o600, c.etcd.1.as_bytes()),
+            ],
+            Role::Worker => vec![
+                file("kubernetes/pki/ca.crt", 0o644, c.k8s.0.as_bytes()),
+                file("kubernetes/bootstrap-token", 0o600, format!("{TOKEN}\n").as_bytes()),
+            ],
             Role::Controller => {
                 let etcd_ca = Ca::load("test etcd CA", &c.etcd.0, &c.etcd.1).unwrap();
                 let client = etcd_ca
-                    .issue(&pki::Request { what: "apiserver etcd client", common_name: "kube-apiserver-etcd-client", organization: None, dns_names: vec![], ips: vec![], usage: Usage::Client })
+                    .issue(&pki::Request {
+                        what: "apiserver etcd client",
+                        common_name: "kube-apiserver-etcd-client",
+                        organization: None,
+                        dns_names: vec![],
+                        ips: vec![],
+                        usage: Usage::Client,
+                    })
                     .unwrap();
                 vec![
                     file("kubernetes/pki/ca.crt", 0o644, c.k8s.0.as_bytes()),
@@ -113,10 +127,22 @@ impl Aws {
                     file("kubernetes/pki/sa.pub", 0o644, b"test service account public key\n"),
                     file("kubernetes/pki/front-proxy-ca.crt", 0o644, c.front_proxy.0.as_bytes()),
                     file("kubernetes/pki/front-proxy-ca.key", 0o600, c.front_proxy.1.as_bytes()),
-                    file("kubernetes/pki/apiserver-etcd-client.crt", 0o644, client.cert_pem.as_bytes()),
-                    file("kubernetes/pki/apiserver-etcd-client.key", 0o600, client.key_pem.as_bytes()),
+                    file(
+                        "kubernetes/pki/apiserver-etcd-client.crt",
+                        0o644,
+                        client.cert_pem.as_bytes(),
+                    ),
+                    file(
+                        "kubernetes/pki/apiserver-etcd-client.key",
+                        0o600,
+                        client.key_pem.as_bytes(),
+                    ),
                     file("etcd/pki/ca.crt", 0o644, c.etcd.0.as_bytes()),
-                    file("kubernetes/encryption-config.yaml", 0o600, b"kind: EncryptionConfiguration\n"),
+                    file(
+                        "kubernetes/encryption-config.yaml",
+                        0o600,
+                        b"kind: EncryptionConfiguration\n",
+                    ),
                 ]
             }
         };
@@ -136,13 +162,20 @@ impl Aws {
 
     async fn publish(&self, cluster: &str, role: Role) {
         let kms = aws_sdk_kms::Client::new(&self.sdk);
-        let sealed = envelope::seal(&kms, &self.key_id, &self.bundle(cluster, role)).await.expect("seal");
+        let sealed =
+            envelope::seal(&kms, &self.key_id, &self.bundle(cluster, role)).await.expect("seal");
         self.put(role, sealed).await;
     }
 
     /// Launches `count` instances in one reservation, tagged for `cluster`
     /// and `role`; `ip` is given when count is 1.
-    async fn launch(&self, cluster: &str, role: Role, ip: Option<&str>, count: i32) -> Vec<(String, String, String)> {
+    async fn launch(
+        &self,
+        cluster: &str,
+        role: Role,
+        ip: Option<&str>,
+        count: i32,
+    ) -> Vec<(String, String, String)> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(Tag::builder().key(tags::CLUSTER).value(cluster).build())
@@ -162,7 +195,13 @@ impl Aws {
             .expect("run instances");
         out.instances()
             .iter()
-            .map(|i| (i.instance_id().unwrap().to_string(), i.private_ip_address().unwrap().to_string(), i.private_dns_name().unwrap_or_default().to_string()))
+            .map(|i| {
+                (
+                    i.instance_id().unwrap().to_string(),
+                    i.private_ip_address().unwrap().to_string(),
+                    i.private_dns_name().unwrap_or_default().to_string(),
+                )
+            })
             .collect()
     }
 
@@ -236,7 +275,10 @@ impl Node {
     fn start_etcd(&self) -> Guard {
         let env = std::fs::read_to_string(self.path("etc/default/etcd")).unwrap();
         let mut cmd = Command::new("/usr/bin/etcd");
-        cmd.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(self.path("etcd.log")).unwrap());
+        cmd.env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path("etcd.log")).unwrap());
         for line in env.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             let (k, v) = line.split_once('=').unwrap();
             cmd.env(k, v.trim_matches('"'));
@@ -249,7 +291,10 @@ fn modes_of(dir: &Path) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
-        out.push((e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().permissions().mode() & 0o777));
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            e.metadata().unwrap().permissions().mode() & 0o777,
+        ));
     }
     out.sort();
     out
@@ -258,8 +303,22 @@ fn modes_of(dir: &Path) -> Vec<(String, u32)> {
 /// A client for the test with its own certificate from the etcd CA.
 fn etcd_client(aws: &Aws) -> EtcdApi {
     let ca = Ca::load("test etcd CA", &aws.cas.etcd.0, &aws.cas.etcd.1).unwrap();
-    let c = ca.issue(&pki::Request { what: "test client", common_name: "test", organization: None, dns_names: vec![], ips: vec![], usage: Usage::Client }).unwrap();
-    let patient = Policy { initial: Duration::from_millis(200), max_delay: Duration::from_secs(1), deadline: Duration::from_secs(30), max_attempts: 60 };
+    let c = ca
+        .issue(&pki::Request {
+            what: "test client",
+            common_name: "test",
+            organization: None,
+            dns_names: vec![],
+            ips: vec![],
+            usage: Usage::Client,
+        })
+        .unwrap();
+    let patient = Policy {
+        initial: Duration::from_millis(200),
+        max_delay: Duration::from_secs(1),
+        deadline: Duration::from_secs(30),
+        max_attempts: 60,
+    };
     EtcdApi::new(&aws.cas.etcd.0, &c.cert_pem, &c.key_pem, patient).unwrap()
 }
 
@@ -281,7 +340,8 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 60));
     let mut nodes = Vec::new();
     for n in 1..=3 {
-        let inst = aws.launch(cluster, Role::Etcd, Some(&format!("127.61.0.{n}")), 1).await.remove(0);
+        let inst =
+            aws.launch(cluster, Role::Etcd, Some(&format!("127.61.0.{n}")), 1).await.remove(0);
         nodes.push(node(Role::Etcd, &inst, ud.clone()));
     }
     // All three boot at once: nobody answers yet, so each forms the same new cluster.
@@ -299,21 +359,31 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
         assert_eq!(n.status()["aws_requests"]["kms_decrypt"], 1);
         assert_eq!(
             modes_of(&n.path("etc/etcd/pki")),
-            [("ca.crt".into(), 0o644), ("ca.key".into(), 0o600), ("peer.crt".into(), 0o644), ("peer.key".into(), 0o600), ("server.crt".into(), 0o644), ("server.key".into(), 0o600)]
+            [
+                ("ca.crt".into(), 0o644),
+                ("ca.key".into(), 0o600),
+                ("peer.crt".into(), 0o644),
+                ("peer.key".into(), 0o600),
+                ("server.crt".into(), 0o644),
+                ("server.key".into(), 0o600)
+            ]
         );
     }
     // The certificate names the node's address and DNS name.
     let pem = std::fs::read(nodes[0].path("etc/etcd/pki/peer.crt")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
     let cert = pem.parse_x509().unwrap();
-    let san = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+    let san =
+        format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
     assert!(san.contains("127.61.0.1") || san.contains("[127, 61, 0, 1]"), "{san}");
     assert!(san.contains("ip-127-61-0-1"), "{san}");
 
     let mut etcds: Vec<Option<Guard>> = nodes.iter().map(|n| Some(n.start_etcd())).collect();
     let client = etcd_client(&aws);
     for n in &nodes {
-        client.health(&format!("https://{}:2379", n.ip)).await.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(n.path("etcd.log")).unwrap_or_default()));
+        client.health(&format!("https://{}:2379", n.ip)).await.unwrap_or_else(|e| {
+            panic!("{e}\n{}", std::fs::read_to_string(n.path("etcd.log")).unwrap_or_default())
+        });
     }
     let members = client.member_list("https://127.61.0.1:2379").await.unwrap();
     let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
@@ -325,10 +395,14 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
     let inst = aws.launch(cluster, Role::Etcd, Some("127.61.0.4"), 1).await.remove(0);
     let replacement = node(Role::Etcd, &inst, ud.clone());
-    let done = replacement.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", replacement.console.text()));
+    let done =
+        replacement.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", replacement.console.text()));
     match done.etcd_plan {
         Some(Plan::Join { via, removed }) => {
-            assert!(via == "https://127.61.0.1:2379" || via == "https://127.61.0.2:2379", "joined through {via}");
+            assert!(
+                via == "https://127.61.0.1:2379" || via == "https://127.61.0.2:2379",
+                "joined through {via}"
+            );
             assert_eq!(removed, [nodes[2].id.clone()]);
         }
         other => panic!("expected a join, got {other:?}"),
@@ -336,8 +410,16 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let env = std::fs::read_to_string(replacement.path("etc/default/etcd")).unwrap();
     assert!(env.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{env}");
     let _etcd4 = replacement.start_etcd();
-    client.health("https://127.61.0.4:2379").await.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(replacement.path("etcd.log")).unwrap_or_default()));
-    let mut names: Vec<String> = client.member_list("https://127.61.0.4:2379").await.unwrap().into_iter().map(|m| m.name).collect();
+    client.health("https://127.61.0.4:2379").await.unwrap_or_else(|e| {
+        panic!("{e}\n{}", std::fs::read_to_string(replacement.path("etcd.log")).unwrap_or_default())
+    });
+    let mut names: Vec<String> = client
+        .member_list("https://127.61.0.4:2379")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     names.sort();
     let mut want = vec![nodes[0].id.clone(), nodes[1].id.clone(), replacement.id.clone()];
     want.sort();
@@ -362,7 +444,11 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
     etcd_client(&aws).health("https://127.62.0.1:2379").await.unwrap();
 
     let inst = aws.launch(cluster, Role::Controller, Some("127.62.0.2"), 1).await.remove(0);
-    let ctl = node(Role::Controller, &inst, user_data_bytes(&aws.user_data(cluster, Role::Controller, 1, 30)));
+    let ctl = node(
+        Role::Controller,
+        &inst,
+        user_data_bytes(&aws.user_data(cluster, Role::Controller, 1, 30)),
+    );
     ctl.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", ctl.console.text()));
     let console = ctl.console.text();
     assert!(console.contains("keel-bootstrap: etcd check: ok"), "{console}");
@@ -372,11 +458,19 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
     let pem = std::fs::read(ctl.path("etc/kubernetes/pki/apiserver.crt")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
     let cert = pem.parse_x509().unwrap();
-    let san = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+    let san =
+        format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
     for want in ["api.test.internal", "kubernetes.default.svc.cluster.local", "ip-127-62-0-2"] {
         assert!(san.contains(want), "{want} missing from {san}");
     }
-    assert_eq!(std::fs::metadata(ctl.path("etc/kubernetes/pki/apiserver.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(ctl.path("etc/kubernetes/pki/apiserver.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(), "ip-127-62-0-2\n");
 }
 
@@ -385,13 +479,18 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
     let aws = aws_env().await;
     let cluster = "workers";
     let inst = aws.launch(cluster, Role::Worker, Some("127.63.0.1"), 1).await.remove(0);
-    let w = node(Role::Worker, &inst, user_data_bytes(&aws.user_data(cluster, Role::Worker, 3, 30)));
+    let w =
+        node(Role::Worker, &inst, user_data_bytes(&aws.user_data(cluster, Role::Worker, 3, 30)));
 
     // No bundle yet.
     let err = w.boot().await.unwrap_err().to_string();
     assert!(err.starts_with("assets: S3 GetObject s3://keel-assets/test/worker.bundle"), "{err}");
     assert_eq!(w.status()["state"], "failed");
-    assert!(w.console.text().contains("keel-bootstrap: assets: failed: S3 GetObject"), "{}", w.console.text());
+    assert!(
+        w.console.text().contains("keel-bootstrap: assets: failed: S3 GetObject"),
+        "{}",
+        w.console.text()
+    );
 
     // A bundle for another cluster put at this cluster's key.
     aws.publish("other-cluster", Role::Worker).await;
@@ -408,19 +507,26 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
         .send()
         .await
         .unwrap();
-    let sealed = aws.bundle(cluster, Role::Worker).seal(&aws.key_id, dk.ciphertext_blob().unwrap().as_ref(), dk.plaintext().unwrap().as_ref()).unwrap();
+    let sealed = aws
+        .bundle(cluster, Role::Worker)
+        .seal(&aws.key_id, dk.ciphertext_blob().unwrap().as_ref(), dk.plaintext().unwrap().as_ref())
+        .unwrap();
     aws.put(Role::Worker, sealed).await;
     let err = w.boot().await.unwrap_err().to_string();
     assert!(err.contains("KMS Decrypt") && err.contains("InvalidCiphertext"), "{err}");
 
     // A flipped byte in a genuine bundle.
-    let mut sealed = envelope::seal(&kms, &aws.key_id, &aws.bundle(cluster, Role::Worker)).await.unwrap();
+    let mut sealed =
+        envelope::seal(&kms, &aws.key_id, &aws.bundle(cluster, Role::Worker)).await.unwrap();
     let last = sealed.len() - 5;
     sealed[last] ^= 1;
     aws.put(Role::Worker, sealed).await;
     let err = w.boot().await.unwrap_err().to_string();
     assert!(err.contains("failed authentication"), "{err}");
-    assert!(!w.path("etc/kubernetes/bootstrap-token").exists(), "files written from a refused bundle");
+    assert!(
+        !w.path("etc/kubernetes/bootstrap-token").exists(),
+        "files written from a refused bundle"
+    );
 
     // The genuine bundle: configured.
     aws.publish(cluster, Role::Worker).await;
@@ -428,10 +534,20 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
     assert_eq!(done.role, Role::Worker);
     assert_no_secrets(&w.console.text());
     assert_eq!(w.status()["state"], "configured");
-    let kubeconfig = std::fs::read_to_string(w.path("etc/kubernetes/bootstrap-kubelet.kubeconfig")).unwrap();
+    let kubeconfig =
+        std::fs::read_to_string(w.path("etc/kubernetes/bootstrap-kubelet.kubeconfig")).unwrap();
     assert!(kubeconfig.contains(TOKEN));
-    assert_eq!(std::fs::metadata(w.path("etc/kubernetes/bootstrap-kubelet.kubeconfig")).unwrap().permissions().mode() & 0o777, 0o600);
-    let cni: serde_json::Value = serde_json::from_slice(&std::fs::read(w.path("etc/cni/net.d/10-keel.conflist")).unwrap()).unwrap();
+    assert_eq!(
+        std::fs::metadata(w.path("etc/kubernetes/bootstrap-kubelet.kubeconfig"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let cni: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("etc/cni/net.d/10-keel.conflist")).unwrap())
+            .unwrap();
     assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
     // Idempotent: a second run gives the same configuration.
     let before = std::fs::read(w.path("etc/kubernetes/kubelet/config.json")).unwrap();
@@ -447,7 +563,10 @@ async fn too_few_etcd_peers_until_the_deadline_is_a_clear_failure() {
     let inst = aws.launch(cluster, Role::Etcd, Some("127.64.0.1"), 1).await.remove(0);
     let n = node(Role::Etcd, &inst, user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 3)));
     let err = n.boot().await.unwrap_err().to_string();
-    assert!(err.starts_with("etcd discovery: found 1 of 3 etcd instances of cluster lonely"), "{err}");
+    assert!(
+        err.starts_with("etcd discovery: found 1 of 3 etcd instances of cluster lonely"),
+        "{err}"
+    );
     assert!(err.contains(&n.id), "{err}");
     assert!(n.console.text().contains("keel-bootstrap: etcd discovery: failed: found 1 of 3"));
     assert!(!n.path("etc/default/etcd").exists());
@@ -475,7 +594,11 @@ async fn discovery_pages_through_2000_instances() {
 
 #[tokio::test]
 async fn imds_refreshes_tokens_retries_and_reports_absent_paths() {
-    let inst = ("i-0123456789abcdef0".to_string(), "10.0.1.5".to_string(), "ip-10-0-1-5.ec2.internal".to_string());
+    let inst = (
+        "i-0123456789abcdef0".to_string(),
+        "10.0.1.5".to_string(),
+        "ip-10-0-1-5.ec2.internal".to_string(),
+    );
     let n = node(Role::Worker, &inst, None);
     let imds = Imds::new(&n.imds.base_url()).unwrap();
     let want = Identity {
@@ -493,26 +616,43 @@ async fn imds_refreshes_tokens_retries_and_reports_absent_paths() {
     assert_eq!(n.imds.tokens_issued(), 2);
     // 503 twice, then an answer.
     n.imds.inject([Fault::Status(503), Fault::Status(503)]);
-    assert_eq!(imds.get_text("meta-data/instance-id").await.unwrap().as_deref(), Some(inst.0.as_str()));
+    assert_eq!(
+        imds.get_text("meta-data/instance-id").await.unwrap().as_deref(),
+        Some(inst.0.as_str())
+    );
     // Slower than the request timeout once: retried.
-    n.imds.inject([Fault::Delay(keel_bootstrap::imds::REQUEST_TIMEOUT + Duration::from_millis(500))]);
-    assert_eq!(imds.get_text("meta-data/local-ipv4").await.unwrap().as_deref(), Some(inst.1.as_str()));
+    n.imds
+        .inject([Fault::Delay(keel_bootstrap::imds::REQUEST_TIMEOUT + Duration::from_millis(500))]);
+    assert_eq!(
+        imds.get_text("meta-data/local-ipv4").await.unwrap().as_deref(),
+        Some(inst.1.as_str())
+    );
     // No user data: absent, not an error.
     assert_eq!(imds.user_data().await.unwrap(), None);
     // Always unavailable: an error naming the URL after bounded attempts.
-    let fast = Policy { initial: Duration::from_millis(10), max_delay: Duration::from_millis(20), deadline: Duration::from_secs(5), max_attempts: 3 };
+    let fast = Policy {
+        initial: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+        deadline: Duration::from_secs(5),
+        max_attempts: 3,
+    };
     let imds = Imds::with_policy(&n.imds.base_url(), fast).unwrap();
     n.imds.inject(std::iter::repeat_n(Fault::Status(503), 3));
     let err = imds.get_text("meta-data/instance-id").await.unwrap_err().to_string();
     assert!(err.contains("/2021-07-15/meta-data/instance-id answered HTTP 503"), "{err}");
     // The pinned version is what was asked for.
     assert!(n.imds.requests().iter().any(|r| r == "GET /2021-07-15/meta-data/placement/region"));
-    assert!(n.imds.requests().iter().all(|r| r.starts_with("PUT /latest/api/token") || r.starts_with("GET /2021-07-15/")));
+    assert!(n
+        .imds
+        .requests()
+        .iter()
+        .all(|r| r.starts_with("PUT /latest/api/token") || r.starts_with("GET /2021-07-15/")));
 }
 
 #[tokio::test]
 async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
-    let inst = ("i-0bad".to_string(), "10.0.1.9".to_string(), "ip-10-0-1-9.ec2.internal".to_string());
+    let inst =
+        ("i-0bad".to_string(), "10.0.1.9".to_string(), "ip-10-0-1-9.ec2.internal".to_string());
     let ud = b"version = 1\ncluster = \"c\"\nrole = \"worker\"\napi-endpoint = \"https://api:6443\"\n[assets]\nbucket = \"b\"\n[etcd]\nexpected-members = 3\nexpected-memebrs = 3\n";
     let n = node(Role::Worker, &inst, Some(ud.to_vec()));
     let out = Command::new(env!("CARGO_BIN_EXE_keel-bootstrap"))
@@ -530,7 +670,8 @@ async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
     assert_eq!(n.status()["state"], "failed");
 
     // Another role's user data on this image.
-    let etcd_ud = String::from_utf8_lossy(ud).replace("worker", "etcd").replace("expected-memebrs = 3\n", "");
+    let etcd_ud =
+        String::from_utf8_lossy(ud).replace("worker", "etcd").replace("expected-memebrs = 3\n", "");
     n.imds.update(|i| i.user_data = Some(etcd_ud.into_bytes()));
     let err = n.boot().await.unwrap_err().to_string();
     assert_eq!(err, "user data: user data is for role etcd but this image is a worker image");
@@ -558,26 +699,79 @@ fn golden_files() {
         role: Role::Worker,
         api_endpoint: "https://api.prod.example.com:6443".into(),
         assets: userdata::Assets { bucket: "prod-assets".into(), prefix: "prod".into() },
-        etcd: userdata::Etcd { expected_members: 3, discovery_timeout_seconds: None, heartbeat_interval_ms: None, election_timeout_ms: None, quota_backend_bytes: Some(8_589_934_592) },
+        etcd: userdata::Etcd {
+            expected_members: 3,
+            discovery_timeout_seconds: None,
+            heartbeat_interval_ms: None,
+            election_timeout_ms: None,
+            quota_backend_bytes: Some(8_589_934_592),
+        },
         aws: None,
         kubernetes: None,
-        kubelet: Some(userdata::Kubelet { max_pods: Some(58), cluster_dns: None, cluster_domain: None, node_labels: vec!["tier=general".into()] }),
+        kubelet: Some(userdata::Kubelet {
+            max_pods: Some(58),
+            cluster_dns: None,
+            cluster_domain: None,
+            node_labels: vec!["tier=general".into()],
+        }),
     };
     use keel_bootstrap::discovery::Peer;
     use keel_bootstrap::node::{controller, etcd, kube, worker};
-    let me = Peer { instance_id: id.instance_id.clone(), private_ip: id.private_ipv4.clone(), private_dns: id.local_hostname.clone() };
-    let peers = vec![me.clone(), Peer { instance_id: "i-0aaa".into(), private_ip: "10.0.2.7".into(), private_dns: String::new() }];
-    let initial: Vec<(String, String)> = peers.iter().map(|p| (p.instance_id.clone(), etcd::peer_url(&p.private_ip))).collect();
-    let cert = kube::Credential::Certificate { cert: layout.shown("etc/kubernetes/pki/scheduler.crt"), key: layout.shown("etc/kubernetes/pki/scheduler.key") };
+    let me = Peer {
+        instance_id: id.instance_id.clone(),
+        private_ip: id.private_ipv4.clone(),
+        private_dns: id.local_hostname.clone(),
+    };
+    let peers = vec![
+        me.clone(),
+        Peer {
+            instance_id: "i-0aaa".into(),
+            private_ip: "10.0.2.7".into(),
+            private_dns: String::new(),
+        },
+    ];
+    let initial: Vec<(String, String)> =
+        peers.iter().map(|p| (p.instance_id.clone(), etcd::peer_url(&p.private_ip))).collect();
+    let cert = kube::Credential::Certificate {
+        cert: layout.shown("etc/kubernetes/pki/scheduler.crt"),
+        key: layout.shown("etc/kubernetes/pki/scheduler.key"),
+    };
     let cases: Vec<(&str, String)> = vec![
         ("etcd.env", etcd::render_env(&layout, &ud, &me, &initial, true)),
         ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers)),
         ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud)),
         ("kube-scheduler.env", controller::scheduler_env(&layout)),
-        ("scheduler.kubeconfig", kube::kubeconfig(&layout, "prod", &controller::local_server(), "system:kube-scheduler", &cert)),
-        ("bootstrap-kubelet.kubeconfig", kube::kubeconfig(&layout, "prod", &ud.api_endpoint, "kubelet-bootstrap", &kube::Credential::Token(TOKEN))),
+        (
+            "scheduler.kubeconfig",
+            kube::kubeconfig(
+                &layout,
+                "prod",
+                &controller::local_server(),
+                "system:kube-scheduler",
+                &cert,
+            ),
+        ),
+        (
+            "bootstrap-kubelet.kubeconfig",
+            kube::kubeconfig(
+                &layout,
+                "prod",
+                &ud.api_endpoint,
+                "kubelet-bootstrap",
+                &kube::Credential::Token(TOKEN),
+            ),
+        ),
         ("kubelet-config.json", kube::kubelet_config(&layout, &ud, &id)),
-        ("kubelet.env", kube::kubelet_env(&layout, &ud, &id, Some("/etc/kubernetes/bootstrap-kubelet.kubeconfig"), "/var/lib/kubelet/kubeconfig")),
+        (
+            "kubelet.env",
+            kube::kubelet_env(
+                &layout,
+                &ud,
+                &id,
+                Some("/etc/kubernetes/bootstrap-kubelet.kubeconfig"),
+                "/var/lib/kubelet/kubeconfig",
+            ),
+        ),
         ("containerd-config.toml", worker::containerd_config(&layout)),
         ("cni.conflist", worker::cni_conflist(&ud, &id).unwrap()),
         ("user-data.toml", ud.to_toml().unwrap()),
@@ -591,14 +785,21 @@ fn golden_files() {
             std::fs::write(&path, &got).unwrap();
             continue;
         }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with KEEL_BLESS=1 to create it)", path.display()));
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with KEEL_BLESS=1 to create it)", path.display())
+        });
         if want != got {
             stale.push(format!("--- {name}: expected\n{want}\n--- got\n{got}"));
         }
     }
-    assert!(stale.is_empty(), "rendered files differ (KEEL_BLESS=1 regenerates):\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "rendered files differ (KEEL_BLESS=1 regenerates):\n{}",
+        stale.join("\n")
+    );
     // JSON documents parse; the user data parses back.
-    let _: HashMap<String, serde_json::Value> = serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
+    let _: HashMap<String, serde_json::Value> =
+        serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
 }
 
@@ -617,13 +818,21 @@ async fn bench_time_to_configured() {
     let bin = std::env::var_os("KEEL_BOOTSTRAP_BIN");
     let run = |n: &Node| {
         if let Some(bin) = &bin {
-            let out = Command::new(bin).arg("--root").arg(n.root.path()).arg("--imds-url").arg(n.imds.base_url()).output().unwrap();
+            let out = Command::new(bin)
+                .arg("--root")
+                .arg(n.root.path())
+                .arg("--imds-url")
+                .arg(n.imds.base_url())
+                .output()
+                .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         }
     };
     let mut guards = Vec::new();
     let mut nodes = Vec::new();
-    for (role, ip) in [(Role::Etcd, "127.65.0.1"), (Role::Controller, "127.65.0.2"), (Role::Worker, "127.65.0.3")] {
+    for (role, ip) in
+        [(Role::Etcd, "127.65.0.1"), (Role::Controller, "127.65.0.2"), (Role::Worker, "127.65.0.3")]
+    {
         let inst = aws.launch(cluster, role, Some(ip), 1).await.remove(0);
         let n = node(role, &inst, user_data_bytes(&aws.user_data(cluster, role, 1, 30)));
         if bin.is_some() {
@@ -632,7 +841,12 @@ async fn bench_time_to_configured() {
             n.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", n.console.text()));
         }
         let s = n.status();
-        println!("{role}: configured in {} ms; requests {}; imds requests {}", s["elapsed_millis"], s["aws_requests"], n.imds.requests().len());
+        println!(
+            "{role}: configured in {} ms; requests {}; imds requests {}",
+            s["elapsed_millis"],
+            s["aws_requests"],
+            n.imds.requests().len()
+        );
         for st in s["steps"].as_array().unwrap() {
             println!("  {:<22} {:>5} ms", st["name"].as_str().unwrap(), st["millis"]);
         }

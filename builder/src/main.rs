@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod assets;
-mod build;
 mod fetch;
+mod image;
 mod pin;
 mod profile;
 mod publish;
@@ -41,9 +41,9 @@ enum Command {
     /// Render a node's user data for a launch template.
     Userdata(userdata::UserdataArgs),
     /// Build a role's bootable disk image (GPT, UKI, verified /usr).
-    Build(build::command::BuildArgs),
+    Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
-    Inspect(build::command::InspectArgs),
+    Inspect(image::command::InspectArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -54,8 +54,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
         Command::Userdata(args) => userdata::run(&args),
-        Command::Build(args) => build::command::run(&args).await,
-        Command::Inspect(args) => build::command::inspect(&args),
+        Command::Build(args) => image::command::run(&args).await,
+        Command::Inspect(args) => image::command::inspect(&args),
     }
 }
 

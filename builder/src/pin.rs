@@ -38,7 +38,11 @@ pub async fn run(args: &PinArgs) -> anyhow::Result<()> {
     let name = &args.component;
     let spec = profile.components.get(name).ok_or_else(|| {
         let known: Vec<&str> = profile.components.keys().map(String::as_str).collect();
-        anyhow!("profile {:?} has no component {name:?} (it has: {})", profile.name, known.join(", "))
+        anyhow!(
+            "profile {:?} has no component {name:?} (it has: {})",
+            profile.name,
+            known.join(", ")
+        )
     })?;
     let SpecSource::Url { url, digest, checksum_url } = &spec.source else {
         bail!("{}: component {name:?} is a Debian package: there is no URL pin to change", spec.at);
@@ -51,18 +55,23 @@ pub async fn run(args: &PinArgs) -> anyhow::Result<()> {
         fetch::fetch_and_hash(&cache, name, &artifact_url, algorithm, &opts).await?.digest
     } else {
         let template = checksum_url.as_ref().ok_or_else(|| {
-            anyhow!("{}: component {name:?} has no `checksum-url`: add one, or pass --compute", spec.at)
+            anyhow!(
+                "{}: component {name:?} has no `checksum-url`: add one, or pass --compute",
+                spec.at
+            )
         })?;
         let sums_url = load::expand(&template.value, &args.version, &profile.arch);
         let text = fetch::get_text(&sums_url, &opts).await?;
         let file_name = artifact_url.rsplit('/').next().unwrap_or(&artifact_url);
-        let hex = parse_checksum(&text, algorithm, file_name).with_context(|| format!("reading checksum file {sums_url}"))?;
+        let hex = parse_checksum(&text, algorithm, file_name)
+            .with_context(|| format!("reading checksum file {sums_url}"))?;
         Digest::new(algorithm, hex)
     };
 
     let path = &profile.path;
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let updated = rewrite(&text, name, &args.version, &new).with_context(|| format!("editing {}", path.display()))?;
+    let updated = rewrite(&text, name, &args.version, &new)
+        .with_context(|| format!("editing {}", path.display()))?;
     let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
     keel_bootstrap::atomic_file::write(path, mode, updated.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
@@ -87,7 +96,9 @@ pub fn parse_checksum(text: &str, algorithm: Algorithm, file_name: &str) -> anyh
         }
         match name.map(|n| n.trim_start_matches('*')) {
             None => candidates.push(hex),
-            Some(n) if n == file_name || n.ends_with(&format!("/{file_name}")) => candidates.push(hex),
+            Some(n) if n == file_name || n.ends_with(&format!("/{file_name}")) => {
+                candidates.push(hex)
+            }
             Some(n) => named.push(n.to_string()),
         }
     }
@@ -95,7 +106,10 @@ pub fn parse_checksum(text: &str, algorithm: Algorithm, file_name: &str) -> anyh
     match candidates.as_slice() {
         [hex] => algorithm.parse_hex(hex).map_err(|e| anyhow!(e)),
         [] if named.is_empty() => {
-            bail!("it holds no {algorithm} digest (first line: {:?})", first_line.unwrap_or_default())
+            bail!(
+                "it holds no {algorithm} digest (first line: {:?})",
+                first_line.unwrap_or_default()
+            )
         }
         [] => bail!("it has no line for {file_name} (it lists {})", named.join(", ")),
         _ => bail!("it has {} different digests for {file_name}", candidates.len()),
@@ -112,11 +126,11 @@ pub fn rewrite(text: &str, name: &str, version: &str, digest: &Digest) -> anyhow
         t.set_implicit(true);
         Item::Table(t)
     });
-    let components = components.as_table_like_mut().ok_or_else(|| anyhow!("`components` is not a table"))?;
+    let components =
+        components.as_table_like_mut().ok_or_else(|| anyhow!("`components` is not a table"))?;
     let entry = components.entry(name).or_insert_with(|| Item::Table(Table::new()));
-    let table = entry
-        .as_table_like_mut()
-        .ok_or_else(|| anyhow!("`components.{name}` is not a table"))?;
+    let table =
+        entry.as_table_like_mut().ok_or_else(|| anyhow!("`components.{name}` is not a table"))?;
     set_keeping_decor(table, "version", version);
     let (key, other) = match digest.algorithm() {
         Algorithm::Sha256 => ("sha256", "sha512"),
@@ -149,12 +163,16 @@ mod tests {
         assert_eq!(parse_checksum(&format!("{A}\n"), Algorithm::Sha256, "kubelet").unwrap(), A);
         let sums = format!("{B}  runc.arm64\n{A}  runc.amd64\n");
         assert_eq!(parse_checksum(&sums, Algorithm::Sha256, "runc.amd64").unwrap(), A);
-        assert_eq!(parse_checksum(&format!("{A} *./x.tgz\n"), Algorithm::Sha256, "x.tgz").unwrap(), A);
+        assert_eq!(
+            parse_checksum(&format!("{A} *./x.tgz\n"), Algorithm::Sha256, "x.tgz").unwrap(),
+            A
+        );
         let err = parse_checksum(&sums, Algorithm::Sha256, "runc.s390x").unwrap_err().to_string();
         assert!(err.contains("no line for runc.s390x"), "{err}");
         let err = parse_checksum("nothex\n", Algorithm::Sha256, "x").unwrap_err().to_string();
         assert!(err.contains("holds no sha256 digest (first line: \"nothex\")"), "{err}");
-        let err = parse_checksum(&format!("{A}\n"), Algorithm::Sha512, "x").unwrap_err().to_string();
+        let err =
+            parse_checksum(&format!("{A}\n"), Algorithm::Sha512, "x").unwrap_err().to_string();
         assert!(err.contains("holds no sha512 digest"), "{err}");
     }
 

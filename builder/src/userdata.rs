@@ -9,8 +9,10 @@ use keel_bootstrap::Role;
 
 /// Render user data for a node role's launch template.
 #[derive(Debug, clap::Args)]
-#[command(override_usage = "keel userdata --role <ROLE> --cluster <NAME> --bucket <BUCKET>\n       \
-                            --api-endpoint <URL> [OPTIONS]")]
+#[command(
+    override_usage = "keel userdata --role <ROLE> --cluster <NAME> --bucket <BUCKET>\n       \
+                            --api-endpoint <URL> [OPTIONS]"
+)]
 pub struct UserdataArgs {
     /// The node role: controller, etcd or worker.
     #[arg(long)]
@@ -55,8 +57,9 @@ pub struct UserdataArgs {
 
 impl UserdataArgs {
     pub fn user_data(&self) -> UserData {
-        let kubernetes = (self.service_cidr.is_some() || self.pod_cidr.is_some())
-            .then(|| Kubernetes { service_cidr: self.service_cidr.clone(), pod_cidr: self.pod_cidr.clone() });
+        let kubernetes = (self.service_cidr.is_some() || self.pod_cidr.is_some()).then(|| {
+            Kubernetes { service_cidr: self.service_cidr.clone(), pod_cidr: self.pod_cidr.clone() }
+        });
         let kubelet = (self.max_pods.is_some() || !self.node_labels.is_empty()).then(|| Kubelet {
             max_pods: self.max_pods,
             cluster_dns: None,

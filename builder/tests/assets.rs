@@ -94,14 +94,27 @@ impl Env {
     /// Runs keel expecting failure; returns stderr.
     fn keel_err(&self, args: &[&str]) -> String {
         let out = self.keel(args);
-        assert!(!out.status.success(), "keel {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "keel {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
     fn init(&self, name: &str, cluster: &str) -> PathBuf {
         let dir = self.tmp.path().join(name);
         let d = dir.to_str().unwrap();
-        self.keel_ok(&["assets", "init", "--cluster", cluster, "--api-endpoint", "10.0.0.1", "--out", d]);
+        self.keel_ok(&[
+            "assets",
+            "init",
+            "--cluster",
+            cluster,
+            "--api-endpoint",
+            "10.0.0.1",
+            "--out",
+            d,
+        ]);
         self.dirs.borrow_mut().push(dir.clone());
         dir
     }
@@ -154,7 +167,12 @@ impl Env {
         self.s3.put_object().bucket(BUCKET).key(key).body(bytes.into()).send().await.unwrap();
     }
 
-    async fn fetch(&self, prefix: &str, cluster: &str, role: Role) -> Result<keel_bootstrap::bundle::Bundle, EnvelopeError> {
+    async fn fetch(
+        &self,
+        prefix: &str,
+        cluster: &str,
+        role: Role,
+    ) -> Result<keel_bootstrap::bundle::Bundle, EnvelopeError> {
         envelope::fetch(&self.s3, &self.kms, BUCKET, prefix, cluster, role).await
     }
 
@@ -209,7 +227,9 @@ fn secrets(dir: &Path) -> Vec<String> {
     let enc = fs::read_to_string(dir.join("kubernetes/encryption-config.yaml")).unwrap();
     out.push(enc.lines().find_map(|l| l.trim().strip_prefix("secret: ")).unwrap().to_string());
     let admin = fs::read_to_string(dir.join("kubernetes/admin.conf")).unwrap();
-    out.push(admin.lines().find_map(|l| l.trim().strip_prefix("client-key-data: ")).unwrap().to_string());
+    out.push(
+        admin.lines().find_map(|l| l.trim().strip_prefix("client-key-data: ")).unwrap().to_string(),
+    );
     let fp = fs::read(dir.join("fingerprint.key")).unwrap();
     out.push(hex::encode(&fp));
     out.push(b64(&fp));
@@ -307,19 +327,32 @@ fn init_writes_a_verifiable_pki_with_tight_modes() {
     let dir = tmp.path().join("a");
     let d = dir.to_str().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["assets", "init", "--cluster", "c1", "--api-endpoint", "api.c1.example", "--api-endpoint", "10.0.0.1"])
+        .args([
+            "assets",
+            "init",
+            "--cluster",
+            "c1",
+            "--api-endpoint",
+            "api.c1.example",
+            "--api-endpoint",
+            "10.0.0.1",
+        ])
         .args(["--out", d])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("CN=kubernetes-admin") && stdout.contains("api.c1.example, 10.0.0.1"), "{stdout}");
+    assert!(
+        stdout.contains("CN=kubernetes-admin") && stdout.contains("api.c1.example, 10.0.0.1"),
+        "{stdout}"
+    );
 
     // Modes: keys and anything holding a secret 0600, certificates 0644.
     assert_eq!(mode(&dir), 0o700);
     for f in walk(&dir) {
         let name = f.to_str().unwrap();
-        let public = name.ends_with(".crt") || name.ends_with(".pub") || name.ends_with("keel-assets.toml");
+        let public =
+            name.ends_with(".crt") || name.ends_with(".pub") || name.ends_with("keel-assets.toml");
         assert_eq!(mode(&f), if public { 0o644 } else { 0o600 }, "{name}");
     }
 
@@ -355,13 +388,17 @@ fn init_writes_a_verifiable_pki_with_tight_modes() {
     }
     let sa_pub = fs::read_to_string(dir.join("kubernetes/pki/sa.pub")).unwrap();
     let sa_pub = rcgen::SubjectPublicKeyInfo::from_pem(&sa_pub).unwrap();
-    let sa_key = rcgen::KeyPair::from_pem(&fs::read_to_string(dir.join("kubernetes/pki/sa.key")).unwrap()).unwrap();
+    let sa_key =
+        rcgen::KeyPair::from_pem(&fs::read_to_string(dir.join("kubernetes/pki/sa.key")).unwrap())
+            .unwrap();
     assert_eq!(rcgen::PublicKeyData::der_bytes(&sa_pub), sa_key.public_key_raw());
 
     // Token: Kubernetes format, and the Secret manifest carries the same.
     let token = String::from_utf8(read("kubernetes/bootstrap-token")).unwrap();
     let (id, secret) = token.trim_end().split_once('.').unwrap();
-    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     assert!(ok(id, 6) && ok(secret, 16), "{id}");
     let manifest = String::from_utf8(read("kubernetes/bootstrap-token-secret.yaml")).unwrap();
     assert!(manifest.contains(&format!("name: bootstrap-token-{id}")));
@@ -377,8 +414,12 @@ fn init_writes_a_verifiable_pki_with_tight_modes() {
     // Admin kubeconfig: server from the first endpoint, the cluster CA.
     let conf = String::from_utf8(read("kubernetes/admin.conf")).unwrap();
     assert!(conf.contains("server: https://api.c1.example:6443"), "{conf}");
-    let ca_data = conf.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data: ")).unwrap();
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(ca_data).unwrap(), read("kubernetes/pki/ca.crt"));
+    let ca_data =
+        conf.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data: ")).unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(ca_data).unwrap(),
+        read("kubernetes/pki/ca.crt")
+    );
 
     // No key material in the output.
     for s in secrets(&dir) {
@@ -437,12 +478,24 @@ async fn publish_round_trips_per_role_is_idempotent_and_shows() {
     let (before, count) = env.versions().await;
     assert_eq!((before.len(), count), (3, 3));
     let again = env.keel_ok(&[
-        "assets", "publish", "--dir", dir.to_str().unwrap(), "--bucket", BUCKET, "--prefix", "clusters/c1/",
-        "--kms-key", &key,
+        "assets",
+        "publish",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "clusters/c1/",
+        "--kms-key",
+        &key,
     ]);
     assert_eq!(again.matches(" unchanged ").count(), 3, "{again}");
     for (k, etag, version) in &before {
-        assert!(again.contains(&format!("s3://{BUCKET}/{k} unchanged (etag {etag}, version {version})")), "{again}");
+        assert!(
+            again
+                .contains(&format!("s3://{BUCKET}/{k} unchanged (etag {etag}, version {version})")),
+            "{again}"
+        );
     }
     assert_eq!(env.versions().await, (before, 3), "republish wrote new versions");
 
@@ -526,7 +579,10 @@ async fn other_contexts_tampering_and_truncation_are_refused() {
     bad[header_len - 12 - 20] ^= 0x01;
     env.put("z/etcd.bundle", bad).await;
     let e = env.fetch("z", "c1", Role::Etcd).await.unwrap_err();
-    assert!(matches!(&e, EnvelopeError::Object { source, .. } if matches!(**source, EnvelopeError::Decrypt { .. })), "{e}");
+    assert!(
+        matches!(&e, EnvelopeError::Object { source, .. } if matches!(**source, EnvelopeError::Decrypt { .. })),
+        "{e}"
+    );
     // A flipped byte in the cluster name: refused before KMS.
     let mut bad = etcd.clone();
     bad[18] ^= 0x01;
@@ -559,7 +615,11 @@ async fn missing_bucket_and_disabled_key_are_named() {
     let err = String::from_utf8(env.publish(&dir, "c1", &key, &[]).stderr).unwrap();
     assert!(err.contains(BUCKET) && err.contains("NoSuchBucket"), "{err}");
     let e = env.fetch("c1", "c1", Role::Worker).await.unwrap_err();
-    assert!(e.to_string().contains("s3://keel-assets/c1/worker.bundle") && e.to_string().contains("NoSuchBucket"), "{e}");
+    assert!(
+        e.to_string().contains("s3://keel-assets/c1/worker.bundle")
+            && e.to_string().contains("NoSuchBucket"),
+        "{e}"
+    );
     let err = env.keel_err(&["assets", "show", "--bucket", BUCKET]);
     assert!(err.contains(BUCKET) && err.contains("NoSuchBucket"), "{err}");
 
@@ -574,15 +634,34 @@ async fn missing_bucket_and_disabled_key_are_named() {
     let (_, kms) = clients(&proxy.endpoint).await;
     let e = envelope::fetch(&env.s3, &kms, BUCKET, "c1", "c1", Role::Controller).await.unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains(&key) && msg.contains("DisabledException") && msg.contains("c1/controller.bundle"), "{msg}");
+    assert!(
+        msg.contains(&key)
+            && msg.contains("DisabledException")
+            && msg.contains("c1/controller.bundle"),
+        "{msg}"
+    );
     let dir_s = dir.to_str().unwrap();
     let out = env.keel_via(
         &proxy.endpoint,
-        &["assets", "publish", "--dir", dir_s, "--bucket", BUCKET, "--prefix", "c1-new", "--kms-key", &key],
+        &[
+            "assets",
+            "publish",
+            "--dir",
+            dir_s,
+            "--bucket",
+            BUCKET,
+            "--prefix",
+            "c1-new",
+            "--kms-key",
+            &key,
+        ],
     );
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success());
-    assert!(err.contains(&key) && err.contains("DisabledException") && err.contains("is disabled"), "{err}");
+    assert!(
+        err.contains(&key) && err.contains("DisabledException") && err.contains("is disabled"),
+        "{err}"
+    );
     assert_eq!(proxy.refused(), 2, "the proxy did not see both KMS calls");
     // show needs no KMS.
     env.keel_ok(&["assets", "show", "--bucket", BUCKET, "--prefix", "c1"]);
@@ -609,12 +688,25 @@ async fn replacing_cas_needs_rotate() {
     // Rotate through an alias: the header records the key's ARN.
     env.kms.create_alias().alias_name("alias/keel-c1").target_key_id(&key).send().await.unwrap();
     let out = env.keel_ok(&[
-        "assets", "publish", "--dir", b.to_str().unwrap(), "--bucket", BUCKET, "--prefix", "c1", "--kms-key",
-        "alias/keel-c1", "--rotate",
+        "assets",
+        "publish",
+        "--dir",
+        b.to_str().unwrap(),
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "c1",
+        "--kms-key",
+        "alias/keel-c1",
+        "--rotate",
     ]);
     assert_eq!(out.matches(" replaced ").count(), 3, "{out}");
     let (h, _) = Header::parse(&env.get("c1/worker.bundle").await).unwrap();
-    assert!(h.kms_key_id.starts_with("arn:aws:kms:") && h.kms_key_id.ends_with(&key), "{}", h.kms_key_id);
+    assert!(
+        h.kms_key_id.starts_with("arn:aws:kms:") && h.kms_key_id.ends_with(&key),
+        "{}",
+        h.kms_key_id
+    );
     assert!(out.contains("worker: rotated CA kubernetes/pki/ca.crt"), "{out}");
     let w = env.fetch("c1", "c1", Role::Worker).await.unwrap();
     let ca = w.files.iter().find(|f| f.path == "kubernetes/pki/ca.crt").unwrap();
@@ -650,11 +742,13 @@ impl DisabledKeyProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (upstream, key, count) = (upstream.to_string(), disabled_key.to_string(), refused.clone());
+        let (upstream, key, count) =
+            (upstream.to_string(), disabled_key.to_string(), refused.clone());
         let client = reqwest::Client::builder().build().unwrap();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (upstream, key, count, client) = (upstream.clone(), key.clone(), count.clone(), client.clone());
+                let (upstream, key, count, client) =
+                    (upstream.clone(), key.clone(), count.clone(), client.clone());
                 tokio::spawn(async move {
                     let _ = proxy_connection(stream, &client, &upstream, &key, &count).await;
                 });
@@ -686,7 +780,8 @@ async fn proxy_connection(
             return Ok(());
         }
         let mut parts = request_line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
+        let (method, path) =
+            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
@@ -723,7 +818,9 @@ async fn proxy_connection(
         let kms = header("x-amz-target").is_some_and(|t| t.starts_with("TrentService."));
         if kms && status.is_success() {
             let reply: serde_json::Value = serde_json::from_slice(&resp_body).unwrap_or_default();
-            if let Some(arn) = reply.get("KeyId").and_then(|v| v.as_str()).filter(|a| a.ends_with(disabled_key)) {
+            if let Some(arn) =
+                reply.get("KeyId").and_then(|v| v.as_str()).filter(|a| a.ends_with(disabled_key))
+            {
                 refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 status = reqwest::StatusCode::BAD_REQUEST;
                 resp_body = serde_json::json!({"__type": "DisabledException", "message": format!("{arn} is disabled.")})
@@ -736,7 +833,8 @@ async fn proxy_connection(
             resp_headers.retain(|(k, _)| k != "content-length");
             resp_headers.push(("content-length".into(), resp_body.len().to_string()));
         }
-        let mut out = format!("HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        let mut out =
+            format!("HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
         for (k, v) in &resp_headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -111,7 +111,10 @@ fn stderr(out: &Output) -> String {
 }
 
 async fn config(endpoint: &str, region: &str) -> aws_types::SdkConfig {
-    let target = keel_bootstrap::aws::Target { region: Some(region.into()), endpoint_url: Some(endpoint.into()) };
+    let target = keel_bootstrap::aws::Target {
+        region: Some(region.into()),
+        endpoint_url: Some(endpoint.into()),
+    };
     keel_bootstrap::aws::sdk_config_with_keys(&target, "testing", "testing").await
 }
 
@@ -141,7 +144,11 @@ fn assert_blocks_checksummed(reqs: &[Recorded], data: &[u8]) {
     for r in puts(reqs).into_iter().filter(|r| !r.injected) {
         let index = r.put_block_index().unwrap();
         assert_eq!(r.body, block_of(data, index), "block {index} carries the image's bytes");
-        assert_eq!(r.header("x-amz-Checksum"), Some(b64_sha256(&r.body).as_str()), "block {index} checksum");
+        assert_eq!(
+            r.header("x-amz-Checksum"),
+            Some(b64_sha256(&r.body).as_str()),
+            "block {index} checksum"
+        );
         assert_eq!(r.header("x-amz-Checksum-Algorithm"), Some("SHA256"));
         assert_eq!(r.header("x-amz-Data-Length"), Some(BLOCK.to_string().as_str()));
         sent.push(index);
@@ -156,9 +163,16 @@ fn assert_blocks_checksummed(reqs: &[Recorded], data: &[u8]) {
     for &b in &DATA_BLOCKS {
         digests.extend_from_slice(&Sha256::digest(block_of(data, b)));
     }
-    assert_eq!(complete[0].header("x-amz-Checksum"), Some(b64_sha256(&digests).as_str()), "aggregate checksum");
+    assert_eq!(
+        complete[0].header("x-amz-Checksum"),
+        Some(b64_sha256(&digests).as_str()),
+        "aggregate checksum"
+    );
     assert_eq!(complete[0].header("x-amz-Checksum-Aggregation-Method"), Some("LINEAR"));
-    assert_eq!(complete[0].header("x-amz-ChangedBlocksCount"), Some(DATA_BLOCKS.len().to_string().as_str()));
+    assert_eq!(
+        complete[0].header("x-amz-ChangedBlocksCount"),
+        Some(DATA_BLOCKS.len().to_string().as_str())
+    );
 }
 
 /// Reads the snapshot back block by block from moto and compares it with
@@ -205,7 +219,12 @@ async fn assert_snapshot_is_image(moto: &Moto, snapshot_id: &str, data: &[u8]) {
 
 /// The upload seen in `reqs` carried the image intact, and the snapshot
 /// the publish manifest names reads back as the image. Returns its id.
-async fn assert_published_intact(moto: &Moto, reqs: &[Recorded], manifest: &serde_json::Value, data: &[u8]) -> String {
+async fn assert_published_intact(
+    moto: &Moto,
+    reqs: &[Recorded],
+    manifest: &serde_json::Value,
+    data: &[u8],
+) -> String {
     assert_blocks_checksummed(reqs, data);
     let snapshot = manifest["regions"][HOME]["snapshot-id"].as_str().unwrap().to_string();
     assert_snapshot_is_image(moto, &snapshot, data).await;
@@ -232,17 +251,26 @@ async fn round_trip_skips_zero_blocks_and_checks_checksums() {
     let proxy = FaultProxy::start(&moto.endpoint, true).unwrap();
     let img = synthetic_image();
     let manifest_out = img.raw.with_file_name("published.json");
-    let out = keel(&moto, &proxy.endpoint, &[
-        img.raw.to_str().unwrap(),
-        "--regions",
-        HOME,
-        "--manifest-out",
-        manifest_out.to_str().unwrap(),
-    ])
+    let out = keel(
+        &moto,
+        &proxy.endpoint,
+        &[
+            img.raw.to_str().unwrap(),
+            "--regions",
+            HOME,
+            "--manifest-out",
+            manifest_out.to_str().unwrap(),
+        ],
+    )
     .await;
     let manifest = success(&out);
-    assert!(!stderr(&out).contains("announced"), "the proxy answers BlockSize 524288: {}", stderr(&out));
-    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_out).unwrap()).unwrap();
+    assert!(
+        !stderr(&out).contains("announced"),
+        "the proxy answers BlockSize 524288: {}",
+        stderr(&out)
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_out).unwrap()).unwrap();
     assert_eq!(written, manifest, "the file and stdout agree");
     assert_eq!(manifest["image-sha256"], img.sha256);
     assert_eq!(manifest["role"], "etcd");
@@ -255,7 +283,8 @@ async fn round_trip_skips_zero_blocks_and_checks_checksums() {
     let snapshot = assert_published_intact(&moto, &reqs, &manifest, &img.data).await;
 
     // moto ignores these RegisterImage parameters, so check what was sent.
-    let register = reqs.iter().find(|r| r.ec2_action().as_deref() == Some("RegisterImage")).unwrap();
+    let register =
+        reqs.iter().find(|r| r.ec2_action().as_deref() == Some("RegisterImage")).unwrap();
     for (k, v) in [
         ("Architecture", "x86_64"),
         ("VirtualizationType", "hvm"),
@@ -280,7 +309,10 @@ async fn round_trip_skips_zero_blocks_and_checks_checksums() {
         ("keel:component:etcd", "3.6.14"),
         ("keel:component:kubelet", "1.36.4"),
     ] {
-        assert!(tags.contains(&(want.0.to_string(), want.1.to_string())), "AMI tag {want:?} in {tags:?}");
+        assert!(
+            tags.contains(&(want.0.to_string(), want.1.to_string())),
+            "AMI tag {want:?} in {tags:?}"
+        );
     }
     let snaps = ec2.describe_snapshots().snapshot_ids(&snapshot).send().await.unwrap();
     let snap_tags: Vec<_> = snaps.snapshots()[0].tags().iter().filter_map(|t| t.key()).collect();
@@ -292,14 +324,25 @@ async fn copies_to_a_second_region_and_shares() {
     let moto = Moto::start().unwrap();
     let img = synthetic_image();
     let regions = format!("{HOME},{OTHER}");
-    let out = keel(&moto, &moto.endpoint, &[img.raw.to_str().unwrap(), "--regions", &regions, "--share-with", ACCOUNT]).await;
+    let out = keel(
+        &moto,
+        &moto.endpoint,
+        &[img.raw.to_str().unwrap(), "--regions", &regions, "--share-with", ACCOUNT],
+    )
+    .await;
     let manifest = success(&out);
     let home = manifest["regions"][HOME]["ami-id"].as_str().unwrap().to_string();
     let copy = manifest["regions"][OTHER]["ami-id"].as_str().unwrap().to_string();
     assert_ne!(home, copy);
 
     let other = ec2(&moto, OTHER).await;
-    let found = other.describe_images().owners("self").filters(tag_filter(&img.sha256)).send().await.unwrap();
+    let found = other
+        .describe_images()
+        .owners("self")
+        .filters(tag_filter(&img.sha256))
+        .send()
+        .await
+        .unwrap();
     let ids: Vec<_> = found.images().iter().filter_map(|i| i.image_id()).collect();
     assert_eq!(ids, [copy.as_str()], "the copy in {OTHER} carries the image's tags");
     assert_eq!(found.images()[0].state().unwrap().as_str(), "available");
@@ -330,17 +373,29 @@ async fn republish_reuses_the_ami_and_says_so() {
     let out = keel(&moto, &proxy.endpoint, &args).await;
     let second = success(&out);
     for r in [HOME, OTHER] {
-        assert_eq!(second["regions"][r]["ami-id"], first["regions"][r]["ami-id"], "same AMI in {r}");
+        assert_eq!(
+            second["regions"][r]["ami-id"], first["regions"][r]["ami-id"],
+            "same AMI in {r}"
+        );
         assert_eq!(second["regions"][r]["reused"], true);
     }
     assert!(stderr(&out).contains("already registered"), "{}", stderr(&out));
     let reqs = proxy.requests();
     assert_eq!(puts(&reqs).len(), 0, "nothing uploaded again");
     for action in ["RegisterImage", "CopyImage"] {
-        assert!(!reqs.iter().any(|r| r.ec2_action().as_deref() == Some(action)), "no {action} on republish");
+        assert!(
+            !reqs.iter().any(|r| r.ec2_action().as_deref() == Some(action)),
+            "no {action} on republish"
+        );
     }
     let home = ec2(&moto, HOME).await;
-    let found = home.describe_images().owners("self").filters(tag_filter(&img.sha256)).send().await.unwrap();
+    let found = home
+        .describe_images()
+        .owners("self")
+        .filters(tag_filter(&img.sha256))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(found.images().len(), 1);
 }
 
@@ -361,7 +416,14 @@ async fn launch_template_gets_a_version_with_the_new_ami() {
         .send()
         .await
         .unwrap();
-    let args = [img.raw.to_str().unwrap(), "--regions", HOME, "--launch-template", "keel-etcd", "--set-default"];
+    let args = [
+        img.raw.to_str().unwrap(),
+        "--regions",
+        HOME,
+        "--launch-template",
+        "keel-etcd",
+        "--set-default",
+    ];
     let manifest = success(&keel(&moto, &moto.endpoint, &args).await);
     let ami = manifest["regions"][HOME]["ami-id"].as_str().unwrap().to_string();
     assert_eq!(manifest["regions"][HOME]["launch-template-version"], 2);
@@ -383,7 +445,12 @@ async fn launch_template_gets_a_version_with_the_new_ami() {
     // A rerun finds the latest version already boots the AMI.
     let again = success(&keel(&moto, &moto.endpoint, &args).await);
     assert_eq!(again["regions"][HOME]["launch-template-version"], 2);
-    let versions = client.describe_launch_template_versions().launch_template_name("keel-etcd").send().await.unwrap();
+    let versions = client
+        .describe_launch_template_versions()
+        .launch_template_name("keel-etcd")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(versions.launch_template_versions().len(), 2, "no second version for the same AMI");
 }
 
@@ -431,7 +498,9 @@ async fn injected_throttling_and_5xx_are_survived() {
     // per-block retry takes over.
     proxy.fail_block(8, vec![Fault::Status(500); 6]);
     let img = synthetic_image();
-    let manifest = success(&keel(&moto, &proxy.endpoint, &[img.raw.to_str().unwrap(), "--regions", HOME]).await);
+    let manifest = success(
+        &keel(&moto, &proxy.endpoint, &[img.raw.to_str().unwrap(), "--regions", HOME]).await,
+    );
     let reqs = proxy.requests();
     let injected = puts(&reqs).iter().filter(|r| r.injected).count();
     assert_eq!(injected, 9, "every planned fault was hit");
@@ -454,13 +523,22 @@ async fn failed_upload_leaves_nothing_and_the_rerun_finishes() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("2 of 6 non-zero blocks"), "{err}");
-    assert!(err.contains("block 3:") && err.contains("block 8:"), "one report of every failed block: {err}");
+    assert!(
+        err.contains("block 3:") && err.contains("block 8:"),
+        "one report of every failed block: {err}"
+    );
     assert!(err.contains("deleted"), "{err}");
 
     let client = ec2(&moto, HOME).await;
     let images = client.describe_images().owners("self").send().await.unwrap();
     assert!(images.images().is_empty(), "no AMI from a failed upload");
-    let snaps = client.describe_snapshots().owner_ids("self").filters(tag_filter(&img.sha256)).send().await.unwrap();
+    let snaps = client
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag_filter(&img.sha256))
+        .send()
+        .await
+        .unwrap();
     assert!(snaps.snapshots().is_empty(), "no tagged snapshot from a failed upload");
 
     proxy.clear_faults();
@@ -479,13 +557,20 @@ async fn failed_registration_reuses_the_snapshot_on_rerun() {
     let out = keel(&moto, &proxy.endpoint, &args).await;
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("RegisterImage in us-east-1") && err.contains("InvalidParameterValue"), "{err}");
+    assert!(
+        err.contains("RegisterImage in us-east-1") && err.contains("InvalidParameterValue"),
+        "{err}"
+    );
 
     proxy.clear_requests();
     let out = keel(&moto, &proxy.endpoint, &args).await;
     let manifest = success(&out);
     assert!(stderr(&out).contains("reusing snapshot"), "{}", stderr(&out));
-    assert_eq!(puts(&proxy.requests()).len(), 0, "the completed snapshot was reused, not uploaded again");
+    assert_eq!(
+        puts(&proxy.requests()).len(),
+        0,
+        "the completed snapshot was reused, not uploaded again"
+    );
     let snapshot = manifest["regions"][HOME]["snapshot-id"].as_str().unwrap();
     assert_snapshot_is_image(&moto, snapshot, &img.data).await;
 }
@@ -508,8 +593,10 @@ async fn failed_registration_reuses_the_snapshot_on_rerun() {
 async fn benchmark_upload_against_coldsnap() {
     // Without KEEL_COLDSNAP only keel runs.
     let coldsnap = std::env::var("KEEL_COLDSNAP").ok();
-    let keel_bin = std::env::var("KEEL_BENCH_KEEL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keel").to_string());
-    let runs: usize = std::env::var("KEEL_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let keel_bin =
+        std::env::var("KEEL_BENCH_KEEL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_keel").to_string());
+    let runs: usize =
+        std::env::var("KEEL_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let (raw, nonzero_blocks, total_blocks) = etcd_like_image(dir.path());
     let size = std::fs::metadata(&raw).unwrap().len();
@@ -519,16 +606,33 @@ async fn benchmark_upload_against_coldsnap() {
     );
     let raw_s = raw.to_str().unwrap().to_string();
     let coldsnap_upload = |extra: &[&str]| {
-        let mut argv: Vec<String> = [coldsnap.as_deref()?, "--region", HOME, "--endpoint", "ENDPOINT", "upload", "--no-progress"]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let mut argv: Vec<String> = [
+            coldsnap.as_deref()?,
+            "--region",
+            HOME,
+            "--endpoint",
+            "ENDPOINT",
+            "upload",
+            "--no-progress",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         argv.extend(extra.iter().map(|a| a.to_string()));
         argv.push(raw_s.clone());
         Some(argv)
     };
     let tools: Vec<(&str, Vec<String>)> = [
-        ("keel publish", Some(vec![keel_bin.clone(), "publish".into(), raw_s.clone(), "--regions".into(), HOME.into()])),
+        (
+            "keel publish",
+            Some(vec![
+                keel_bin.clone(),
+                "publish".into(),
+                raw_s.clone(),
+                "--regions".into(),
+                HOME.into(),
+            ]),
+        ),
         ("coldsnap upload --omit-zero-blocks", coldsnap_upload(&["--omit-zero-blocks"])),
         ("coldsnap upload (default: zero blocks sent)", coldsnap_upload(&[])),
     ]
@@ -541,17 +645,26 @@ async fn benchmark_upload_against_coldsnap() {
         for (name, argv) in &tools {
             let moto = Moto::start().unwrap();
             let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
-            let argv: Vec<String> =
-                argv.iter().map(|a| if a == "ENDPOINT" { proxy.endpoint.clone() } else { a.clone() }).collect();
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| if a == "ENDPOINT" { proxy.endpoint.clone() } else { a.clone() })
+                .collect();
             let mut cmd = tokio::process::Command::new(&argv[0]);
-            cmd.args(&argv[1..]).envs(moto.env(HOME)).env("AWS_ENDPOINT_URL", &proxy.endpoint).kill_on_drop(true);
+            cmd.args(&argv[1..])
+                .envs(moto.env(HOME))
+                .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+                .kill_on_drop(true);
             let start = std::time::Instant::now();
             let out = cmd.output().await.unwrap();
             let process = start.elapsed().as_secs_f64();
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
             let reqs = proxy.requests();
-            let start_req = reqs.iter().find(|r| r.method == "POST" && r.path == "/snapshots").expect("StartSnapshot");
-            let complete = reqs.iter().find(|r| r.is_complete_snapshot()).expect("CompleteSnapshot");
+            let start_req = reqs
+                .iter()
+                .find(|r| r.method == "POST" && r.path == "/snapshots")
+                .expect("StartSnapshot");
+            let complete =
+                reqs.iter().find(|r| r.is_complete_snapshot()).expect("CompleteSnapshot");
             let upload = complete.answered.duration_since(start_req.received).as_secs_f64();
             // EBS direct API paths start with /snapshots; EC2's query API
             // posts to /.

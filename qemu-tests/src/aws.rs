@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BootModeValues, InstanceType, Placement, ResourceType, Tag, TagSpecification,
+    ArchitectureValues, BootModeValues, InstanceType, Placement, ResourceType, Tag,
+    TagSpecification,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use keel_bootstrap::aws::{display_error, s3_client, sdk_config_with_keys, Target};
@@ -75,7 +76,9 @@ impl Account {
             .availability_zone(AZ)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("CreateSubnet {cidr} in {vpc_id}: {}", display_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("CreateSubnet {cidr} in {vpc_id}: {}", display_error(&e))
+            })?;
         let subnet_id = subnet
             .subnet()
             .and_then(|s| s.subnet_id())
@@ -147,7 +150,13 @@ impl Account {
 
     /// RunInstances for one VM: its DHCP address as the private IP, the
     /// cluster and role tags, the AMI of its image.
-    pub async fn run_instance(&self, ami: &str, role: Role, private_ip: Ipv4Addr, name: &str) -> Result<Instance> {
+    pub async fn run_instance(
+        &self,
+        ami: &str,
+        role: Role,
+        private_ip: Ipv4Addr,
+        name: &str,
+    ) -> Result<Instance> {
         let spec = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(tag(tags::CLUSTER, &self.cluster))
@@ -167,24 +176,25 @@ impl Account {
             .tag_specifications(spec)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("RunInstances {name} ({role}, {private_ip}): {}", display_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("RunInstances {name} ({role}, {private_ip}): {}", display_error(&e))
+            })?;
         let inst = out.instances().first().context("RunInstances returned no instance")?;
         let id = inst.instance_id().context("RunInstances returned no instance id")?.to_string();
         let got = inst.private_ip_address().unwrap_or_default();
         if got != private_ip.to_string() {
-            anyhow::bail!("RunInstances {name}: instance {id} got private IP {got:?}, expected {private_ip}");
+            anyhow::bail!(
+                "RunInstances {name}: instance {id} got private IP {got:?}, expected {private_ip}"
+            );
         }
         Ok(Instance { id, private_ip, role })
     }
 
     /// TerminateInstances for one instance (the replacement scenario).
     pub async fn terminate(&self, instance_id: &str) -> Result<()> {
-        self.ec2
-            .terminate_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("TerminateInstances {instance_id}: {}", display_error(&e)))?;
+        self.ec2.terminate_instances().instance_ids(instance_id).send().await.map_err(|e| {
+            anyhow::anyhow!("TerminateInstances {instance_id}: {}", display_error(&e))
+        })?;
         Ok(())
     }
 
@@ -192,7 +202,8 @@ impl Account {
     /// (instance id, private IP), sorted by id: what a node's discovery
     /// sees, found by the node's own code (`keel_bootstrap::discovery`).
     pub async fn live_members(&self, role: Role) -> Result<Vec<(String, String)>> {
-        let peers = discovery::list(&self.ec2, &self.cluster, role, &discovery::Counter::default()).await?;
+        let peers =
+            discovery::list(&self.ec2, &self.cluster, role, &discovery::Counter::default()).await?;
         Ok(peers.into_iter().map(|p| (p.instance_id, p.private_ip)).collect())
     }
 }
@@ -200,4 +211,3 @@ impl Account {
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
-

@@ -141,9 +141,14 @@ impl Cluster {
     pub fn serve_metadata(&mut self) -> Result<()> {
         let addr = SocketAddr::new(METADATA_ADDR.into(), 80);
         let listener = self.net.bind_tcp(addr)?;
-        let nodes = self.nodes.iter().map(|n| (IpAddr::V4(n.private_ip), n.metadata())).collect::<HashMap<_, _>>();
-        let imds = ImdsEmulator::start_by_source(listener, nodes)
-            .with_context(|| format!("starting the metadata emulator on {addr} in {}", self.net.netns()))?;
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| (IpAddr::V4(n.private_ip), n.metadata()))
+            .collect::<HashMap<_, _>>();
+        let imds = ImdsEmulator::start_by_source(listener, nodes).with_context(|| {
+            format!("starting the metadata emulator on {addr} in {}", self.net.netns())
+        })?;
         self.imds = Some(imds);
         Ok(())
     }
@@ -161,7 +166,10 @@ impl Cluster {
             cluster: self.name.clone(),
             role,
             api_endpoint: format!("https://{}:6443", self.api_host()),
-            assets: Assets { bucket: self.account.bucket.clone(), prefix: self.assets_prefix().to_string() },
+            assets: Assets {
+                bucket: self.account.bucket.clone(),
+                prefix: self.assets_prefix().to_string(),
+            },
             etcd: Etcd {
                 expected_members: etcd_members,
                 discovery_timeout_seconds: None,
@@ -184,9 +192,19 @@ impl Cluster {
     /// with this cluster's tags, and `user_data` rendered as TOML for the
     /// metadata service. Call [`Cluster::serve_dhcp`] once all nodes that
     /// boot together are added.
-    pub async fn add_node_with(&mut self, name: &str, role: Role, ami: &str, user_data: Option<&UserData>) -> Result<Node> {
+    pub async fn add_node_with(
+        &mut self,
+        name: &str,
+        role: Role,
+        ami: &str,
+        user_data: Option<&UserData>,
+    ) -> Result<Node> {
         let user_data = match user_data {
-            Some(ud) => Some(ud.to_toml().with_context(|| format!("rendering the user data of {name}"))?.into_bytes()),
+            Some(ud) => Some(
+                ud.to_toml()
+                    .with_context(|| format!("rendering the user data of {name}"))?
+                    .into_bytes(),
+            ),
             None => None,
         };
         if self.nodes.iter().any(|n| n.name == name) {
@@ -214,7 +232,8 @@ impl Cluster {
         };
         if let Some(user_data) = &node.user_data {
             let path = self.dir.join(format!("{name}.user-data.toml"));
-            std::fs::write(&path, user_data).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, user_data)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         if let Some(imds) = &self.imds {
             imds.set_instance_for(IpAddr::V4(node.private_ip), Some(node.metadata()));
@@ -228,7 +247,11 @@ impl Cluster {
         let hosts: Vec<Host> = self
             .nodes
             .iter()
-            .map(|n| Host { mac: n.mac.clone(), ip: n.private_ip, hostname: short_hostname(&n.hostname) })
+            .map(|n| Host {
+                mac: n.mac.clone(),
+                ip: n.private_ip,
+                hostname: short_hostname(&n.hostname),
+            })
             .collect();
         self.net.serve_dhcp(&hosts)
     }
@@ -254,7 +277,10 @@ impl Cluster {
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
-        self.nodes.iter().find(|n| n.name == name).with_context(|| format!("no node {name} in cluster {}", self.name))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name} in cluster {}", self.name))
     }
 
     /// `keel assets init` for this cluster into `<work dir>/assets`.
@@ -262,10 +288,18 @@ impl Cluster {
         let dir = self.dir.join("assets");
         keel::run_bin(
             &self.keel()?,
-            ["assets", "init", "--cluster", &self.name, "--api-endpoint", &self.api_host(), "--out"]
-                .map(OsStr::new)
-                .into_iter()
-                .chain([dir.as_os_str()]),
+            [
+                "assets",
+                "init",
+                "--cluster",
+                &self.name,
+                "--api-endpoint",
+                &self.api_host(),
+                "--out",
+            ]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([dir.as_os_str()]),
             &[],
         )?;
         Ok(dir)
@@ -280,8 +314,15 @@ impl Cluster {
             [OsStr::new("assets"), OsStr::new("publish"), OsStr::new("--dir"), assets.as_os_str()]
                 .into_iter()
                 .chain(
-                    ["--bucket", &a.bucket, "--prefix", self.assets_prefix(), "--kms-key", &a.kms_key_id]
-                        .map(OsStr::new),
+                    [
+                        "--bucket",
+                        &a.bucket,
+                        "--prefix",
+                        self.assets_prefix(),
+                        "--kms-key",
+                        &a.kms_key_id,
+                    ]
+                    .map(OsStr::new),
                 ),
             &a.env(),
         )?;
@@ -323,14 +364,20 @@ impl Cluster {
             "-device".into(),
             format!("virtio-net-pci,netdev=net0,mac={}", node.mac),
         ];
-        let vm = Vm::start(&cfg).with_context(|| format!("booting node {name} from {}", image.display()))?;
+        let vm = Vm::start(&cfg)
+            .with_context(|| format!("booting node {name} from {}", image.display()))?;
         self.vms.insert(name.to_string(), vm);
         Ok(())
     }
 
     /// Waits until node `name`'s console shows one of `patterns`; returns
     /// its index (see [`Vm::wait_for_any`]).
-    pub fn wait_for_any(&mut self, name: &str, patterns: &[&str], deadline: Duration) -> Result<usize> {
+    pub fn wait_for_any(
+        &mut self,
+        name: &str,
+        patterns: &[&str],
+        deadline: Duration,
+    ) -> Result<usize> {
         let vm = self.vms.get_mut(name).with_context(|| format!("node {name} is not running"))?;
         vm.wait_for_any(patterns, deadline).with_context(|| format!("node {name}"))
     }
@@ -361,7 +408,10 @@ impl Cluster {
                 if times[i].is_some() {
                     continue;
                 }
-                let vm = self.vms.get_mut(*name).with_context(|| format!("node {name} is not running"))?;
+                let vm = self
+                    .vms
+                    .get_mut(*name)
+                    .with_context(|| format!("node {name} is not running"))?;
                 match vm.poll(&patterns).with_context(|| format!("node {name}"))? {
                     None => {}
                     Some(0) => {
@@ -382,10 +432,13 @@ impl Cluster {
             }
             if std::time::Instant::now() >= until {
                 let done_count = times.iter().flatten().count();
-                let (name, _) = names.iter().zip(&times).find(|(_, t)| t.is_none()).context("no node left")?;
-                let vm = self.vms.get(*name).with_context(|| format!("node {name} is not running"))?;
-                return Err(vm.timed_out(&patterns, deadline))
-                    .with_context(|| format!("node {name} ({done_count} of {} nodes done)", names.len()));
+                let (name, _) =
+                    names.iter().zip(&times).find(|(_, t)| t.is_none()).context("no node left")?;
+                let vm =
+                    self.vms.get(*name).with_context(|| format!("node {name} is not running"))?;
+                return Err(vm.timed_out(&patterns, deadline)).with_context(|| {
+                    format!("node {name} ({done_count} of {} nodes done)", names.len())
+                });
             }
             std::thread::sleep(vm::POLL);
         }
@@ -405,7 +458,9 @@ impl Cluster {
 
     /// Everything node `name`'s console printed (also after a stop).
     pub fn console(&self, name: &str) -> String {
-        std::fs::read(self.console_log(name)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(self.console_log(name))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Where node `name`'s console log is written.

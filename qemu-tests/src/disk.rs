@@ -45,7 +45,11 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>> {
     let entries_lba = u64_at(&header, 72);
     let count = u32_at(&header, 80) as usize;
     let size = u32_at(&header, 84) as usize;
-    ensure!((128..=4096).contains(&size) && count <= 1024, "{}: implausible GPT entry array ({count} x {size})", path.display());
+    ensure!(
+        (128..=4096).contains(&size) && count <= 1024,
+        "{}: implausible GPT entry array ({count} x {size})",
+        path.display()
+    );
     let mut table = vec![0u8; count * size];
     read_at(&mut f, entries_lba * SECTOR, &mut table)?;
     let mut parts = Vec::new();
@@ -54,8 +58,16 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>> {
             continue;
         }
         let (first, last) = (u64_at(e, 32), u64_at(e, 40));
-        let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
-        parts.push(Partition { name: String::from_utf16_lossy(&name), offset: first * SECTOR, size: (last + 1 - first) * SECTOR });
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&c| c != 0)
+            .collect();
+        parts.push(Partition {
+            name: String::from_utf16_lossy(&name),
+            offset: first * SECTOR,
+            size: (last + 1 - first) * SECTOR,
+        });
     }
     Ok(parts)
 }
@@ -92,7 +104,11 @@ pub fn overlay_to_raw(overlay: &Path, raw: &Path) -> Result<()> {
         .output()
         .context("running qemu-img (install the Debian package qemu-utils)")?;
     if !out.status.success() {
-        bail!("qemu-img convert {}: {}", overlay.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img convert {}: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -15,13 +15,13 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use keel_bootstrap::bundle::{Bundle, BundleFile};
 use keel_bootstrap::discovery::Peer;
 use keel_bootstrap::imds::Identity;
 use keel_bootstrap::layout::Layout;
 use keel_bootstrap::node::assets::Assets;
 use keel_bootstrap::node::{controller, kube, worker};
 use keel_bootstrap::userdata::{self, UserData};
-use keel_bootstrap::bundle::{Bundle, BundleFile};
 use keel_bootstrap::{envelope, pki, Role};
 use keel_testkit::process::Guard;
 use tempfile::TempDir;
@@ -33,7 +33,8 @@ use crate::{cluster, images, keel};
 /// The multi-call test double, as the test profile serves it.
 pub const DOUBLE: &str = "k8s-test-double";
 /// The names it is installed under.
-pub const NAMES: [&str; 4] = ["kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+pub const NAMES: [&str; 4] =
+    ["kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
 /// Where the kubelet double reads containerd's configuration (test only;
 /// the default is /etc/containerd/config.toml).
 pub const CONTAINERD_CONFIG_ENV: &str = "KUBELET_TEST_DOUBLE_CONTAINERD_CONFIG";
@@ -61,7 +62,10 @@ impl Verdict {
         self.stderr
             .lines()
             .rev()
-            .find(|l| l.contains("-test-double: config accepted: ") || l.contains("-test-double: rejected: "))
+            .find(|l| {
+                l.contains("-test-double: config accepted: ")
+                    || l.contains("-test-double: rejected: ")
+            })
             .unwrap_or("")
     }
 
@@ -94,7 +98,8 @@ impl Doubles {
         }
         for name in NAMES {
             let link = dir.path().join(name);
-            std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
+            std::os::unix::fs::symlink(&target, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
         }
         Ok(Doubles { dir })
     }
@@ -104,9 +109,14 @@ impl Doubles {
     pub fn run(&self, name: &str, args: &[String], env: &[(&str, OsString)]) -> Result<Verdict> {
         let program = self.dir.path().join(name);
         let err_path = self.dir.path().join(format!("{name}.stderr"));
-        let err = std::fs::File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
+        let err = std::fs::File::create(&err_path)
+            .with_context(|| format!("creating {}", err_path.display()))?;
         let mut cmd = Command::new(&program);
-        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
         let mut guard = Guard::spawn(&format!("{name} test double"), cmd)?;
         let started = Instant::now();
         let status = loop {
@@ -114,11 +124,15 @@ impl Doubles {
                 break status;
             }
             if started.elapsed() > RUN_DEADLINE {
-                bail!("the {name} test double did not finish within {RUN_DEADLINE:?}: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+                bail!(
+                    "the {name} test double did not finish within {RUN_DEADLINE:?}: {}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stderr = std::fs::read_to_string(&err_path).with_context(|| format!("reading {}", err_path.display()))?;
+        let stderr = std::fs::read_to_string(&err_path)
+            .with_context(|| format!("reading {}", err_path.display()))?;
         Ok(Verdict { status, stderr })
     }
 }
@@ -158,7 +172,10 @@ fn user_data(role: Role) -> UserData {
         cluster: CLUSTER.into(),
         role,
         api_endpoint: format!("https://api.{CLUSTER}.internal:6443"),
-        assets: userdata::Assets { bucket: format!("keel-{CLUSTER}-assets"), prefix: CLUSTER.into() },
+        assets: userdata::Assets {
+            bucket: format!("keel-{CLUSTER}-assets"),
+            prefix: CLUSTER.into(),
+        },
         etcd: userdata::Etcd {
             expected_members: 1,
             discovery_timeout_seconds: None,
@@ -180,7 +197,10 @@ fn user_data(role: Role) -> UserData {
 impl NodeRoot {
     fn new(role: Role, ip: Ipv4Addr, bundle: Bundle, etcd: Vec<Peer>) -> Result<NodeRoot> {
         // Short: containerd's socket path under it must fit a sockaddr_un.
-        let dir = tempfile::Builder::new().prefix("keel-node").tempdir_in("/tmp").context("creating a node root")?;
+        let dir = tempfile::Builder::new()
+            .prefix("keel-node")
+            .tempdir_in("/tmp")
+            .context("creating a node root")?;
         let layout = Layout::new(dir.path());
         let root = NodeRoot { layout, ud: user_data(role), id: identity(ip), dir, bundle, etcd };
         root.render()?;
@@ -191,12 +211,21 @@ impl NodeRoot {
     /// `keel assets` gives a worker), then the worker's steps.
     pub fn worker() -> Result<NodeRoot> {
         let (ca, _key) = pki::new_ca("kubernetes").context("making a cluster CA")?;
-        let file = |path: &str, mode, contents: &[u8]| BundleFile { path: path.into(), mode, contents: Zeroizing::new(contents.to_vec()) };
+        let file = |path: &str, mode, contents: &[u8]| BundleFile {
+            path: path.into(),
+            mode,
+            contents: Zeroizing::new(contents.to_vec()),
+        };
         let files = vec![
             file("kubernetes/pki/ca.crt", 0o644, ca.as_bytes()),
             file(worker::BOOTSTRAP_TOKEN, 0o600, format!("{TOKEN}\n").as_bytes()),
         ];
-        NodeRoot::new(Role::Worker, Ipv4Addr::new(10, 0, 1, 5), Bundle { cluster: CLUSTER.into(), role: Role::Worker, files }, Vec::new())
+        NodeRoot::new(
+            Role::Worker,
+            Ipv4Addr::new(10, 0, 1, 5),
+            Bundle { cluster: CLUSTER.into(), role: Role::Worker, files },
+            Vec::new(),
+        )
     }
 
     /// A controller: `keel assets init` and `keel assets publish` into an
@@ -210,15 +239,51 @@ impl NodeRoot {
         let work = tempfile::tempdir().context("creating a directory for the assets")?;
         let dir = work.path().join("assets").display().to_string();
         // keel::run finds the binary tools() built in the target directory.
-        let run = |args: &[&str], env: &[(String, String)]| keel::run(args, env).with_context(|| format!("with {}", tools.keel.display()));
-        run(&["assets", "init", "--cluster", CLUSTER, "--api-endpoint", ud.api_host(), "--out", &dir], &[])?;
-        let publish = ["assets", "publish", "--dir", &dir, "--bucket", &account.bucket, "--prefix", &ud.assets.prefix, "--kms-key", &account.kms_key_id];
+        let run = |args: &[&str], env: &[(String, String)]| {
+            keel::run(args, env).with_context(|| format!("with {}", tools.keel.display()))
+        };
+        run(
+            &[
+                "assets",
+                "init",
+                "--cluster",
+                CLUSTER,
+                "--api-endpoint",
+                ud.api_host(),
+                "--out",
+                &dir,
+            ],
+            &[],
+        )?;
+        let publish = [
+            "assets",
+            "publish",
+            "--dir",
+            &dir,
+            "--bucket",
+            &account.bucket,
+            "--prefix",
+            &ud.assets.prefix,
+            "--kms-key",
+            &account.kms_key_id,
+        ];
         run(&publish, &account.env())?;
-        let bundle = envelope::fetch(&account.s3, &account.kms, &account.bucket, &ud.assets.prefix, CLUSTER, Role::Controller)
-            .await
-            .context("fetching the controller's bundle")?;
+        let bundle = envelope::fetch(
+            &account.s3,
+            &account.kms,
+            &account.bucket,
+            &ud.assets.prefix,
+            CLUSTER,
+            Role::Controller,
+        )
+        .await
+        .context("fetching the controller's bundle")?;
         let etcd_ip = Ipv4Addr::new(10, 0, 1, 11);
-        let etcd = vec![Peer { instance_id: "i-0e7cd".into(), private_ip: etcd_ip.to_string(), private_dns: cluster::private_dns_name(etcd_ip) }];
+        let etcd = vec![Peer {
+            instance_id: "i-0e7cd".into(),
+            private_ip: etcd_ip.to_string(),
+            private_dns: cluster::private_dns_name(etcd_ip),
+        }];
         NodeRoot::new(Role::Controller, Ipv4Addr::new(10, 0, 1, 10), bundle, etcd)
     }
 
@@ -227,18 +292,21 @@ impl NodeRoot {
     /// certificates).
     pub fn render(&self) -> Result<()> {
         let (l, ud, id) = (&self.layout, &self.ud, &self.id);
-        let assets = Assets::install(l, self.bundle.clone(), None).context("installing the bundle")?;
+        let assets =
+            Assets::install(l, self.bundle.clone(), None).context("installing the bundle")?;
         let steps = match ud.role {
             Role::Controller => controller::issue_from_assets(ud, id, &assets).and_then(|certs| {
                 worker::write_containerd_config(l)?;
                 controller::write_config(l, ud, id, &self.etcd, &certs)?;
                 controller::write_kubelet_config(l, ud, id)
             }),
-            _ => assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string()).and_then(|token| {
-                worker::write_containerd_config(l)?;
-                worker::write_cni_config(l, ud, id)?;
-                worker::write_kubelet_config(l, ud, id, token.trim())
-            }),
+            _ => {
+                assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string()).and_then(|token| {
+                    worker::write_containerd_config(l)?;
+                    worker::write_cni_config(l, ud, id)?;
+                    worker::write_kubelet_config(l, ud, id, token.trim())
+                })
+            }
         };
         steps.map_err(|e| anyhow::anyhow!("rendering the {} configuration: {e}", ud.role))
     }
@@ -300,7 +368,8 @@ impl Containerd {
     /// Starts containerd with `config` (default: the root's rendered one)
     /// and waits until it answers (`ctr plugins ls`).
     pub fn start(root: &NodeRoot, config: Option<&Path>) -> Result<Containerd> {
-        let config = config.map(Path::to_path_buf).unwrap_or_else(|| root.path(worker::CONTAINERD_CONFIG));
+        let config =
+            config.map(Path::to_path_buf).unwrap_or_else(|| root.path(worker::CONTAINERD_CONFIG));
         let socket = root.path(kube::CONTAINERD_SOCKET);
         let log = root.path("containerd.log");
         let mut cmd = Command::new("containerd");
@@ -312,8 +381,12 @@ impl Containerd {
             .arg(root.path("run/containerd"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?);
-        let mut guard = Guard::spawn("containerd", cmd).context("starting containerd (install the Debian package containerd)")?;
+            .stderr(
+                std::fs::File::create(&log)
+                    .with_context(|| format!("creating {}", log.display()))?,
+            );
+        let mut guard = Guard::spawn("containerd", cmd)
+            .context("starting containerd (install the Debian package containerd)")?;
         let started = Instant::now();
         loop {
             let answered = socket.exists()
@@ -333,7 +406,12 @@ impl Containerd {
                 bail!("{e}: containerd with {}:\n{}", config.display(), log_text());
             }
             if started.elapsed() > Duration::from_secs(30) {
-                bail!("containerd with {} did not answer on {} within 30 s:\n{}", config.display(), socket.display(), log_text());
+                bail!(
+                    "containerd with {} did not answer on {} within 30 s:\n{}",
+                    config.display(),
+                    socket.display(),
+                    log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -88,12 +88,29 @@ impl EtcdCluster {
             Some(a) => a.to_path_buf(),
             None => cluster.init_assets().context("creating the cluster's assets")?,
         };
-        say(format_args!("publishing the assets of cluster {} to s3://{}/{}", cluster.name, cluster.account.bucket, cluster.assets_prefix()));
+        say(format_args!(
+            "publishing the assets of cluster {} to s3://{}/{}",
+            cluster.name,
+            cluster.account.bucket,
+            cluster.assets_prefix()
+        ));
         cluster.publish_assets(&assets).context("publishing the assets")?;
         cluster.serve_metadata()?;
-        let ami = cluster.account.register_image(&format!("keel-etcd-{}", cluster.name), Role::Etcd).await?;
+        let ami = cluster
+            .account
+            .register_image(&format!("keel-etcd-{}", cluster.name), Role::Etcd)
+            .await?;
         let credentials = Credentials::issue(&assets, &cluster.dir.join("etcdctl"))?;
-        let mut ec = EtcdCluster { cluster, image: image.to_path_buf(), ami, assets, credentials, size, deadline, next: 0 };
+        let mut ec = EtcdCluster {
+            cluster,
+            image: image.to_path_buf(),
+            ami,
+            assets,
+            credentials,
+            size,
+            deadline,
+            next: 0,
+        };
         let names: Vec<String> = (0..size as usize).map(node_name).collect();
         for name in &names {
             ec.add(name).await?;
@@ -118,16 +135,30 @@ impl EtcdCluster {
         let started = Instant::now();
         for name in names {
             self.cluster.boot(name, &self.image)?;
-            say(format_args!("{name}: booting (console: {})", self.cluster.console_log(name).display()));
+            say(format_args!(
+                "{name}: booting (console: {})",
+                self.cluster.console_log(name).display()
+            ));
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let times = self.cluster.wait_all(&refs, CONFIGURED, &[FAILED], self.deadline, |name, t| {
-            say(format_args!("{name}: keel-bootstrap configured it {:.0} s after QEMU started", t.as_secs_f64()))
-        })?;
-        say(format_args!("waiting for etcd: {} members, every endpoint healthy", self.members().len()));
+        let times =
+            self.cluster.wait_all(&refs, CONFIGURED, &[FAILED], self.deadline, |name, t| {
+                say(format_args!(
+                    "{name}: keel-bootstrap configured it {:.0} s after QEMU started",
+                    t.as_secs_f64()
+                ))
+            })?;
+        say(format_args!(
+            "waiting for etcd: {} members, every endpoint healthy",
+            self.members().len()
+        ));
         let members = self.wait_healthy().await?;
         let healthy = started.elapsed();
-        say(format_args!("healthy after {:.0} s: {}", healthy.as_secs_f64(), etcdctl::describe(&members)));
+        say(format_args!(
+            "healthy after {:.0} s: {}",
+            healthy.as_secs_f64(),
+            etcdctl::describe(&members)
+        ));
         Ok(Timings { configured: names.iter().cloned().zip(times).collect(), healthy })
     }
 

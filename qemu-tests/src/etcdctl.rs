@@ -11,14 +11,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::pki::{Ca, Request, Usage};
-use keel_bootstrap::retry::{retry, Attempt, Policy};
 use keel_bootstrap::atomic_file;
-/// The URLs a node's etcd listens on, as its bootstrap configures them.
-pub use keel_bootstrap::node::etcd::{client_url, peer_url};
 /// A member as `etcdctl member list -w json` shows it (the type the
 /// bootstrap's etcd client uses; `id` in decimal).
 pub use keel_bootstrap::etcd_api::Member;
+/// The URLs a node's etcd listens on, as its bootstrap configures them.
+pub use keel_bootstrap::node::etcd::{client_url, peer_url};
+use keel_bootstrap::pki::{Ca, Request, Usage};
+use keel_bootstrap::retry::{retry, Attempt, Policy};
 
 const ETCDCTL: &str = "etcdctl";
 /// etcdctl's own limits: connecting to an endpoint, and one request.
@@ -54,11 +54,23 @@ pub struct Credentials {
 
 impl Credentials {
     /// Writes `ca.crt`, `client.crt` and `client.key` (0600) into `dir`.
-    pub fn write(dir: &Path, ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Credentials> {
+    pub fn write(
+        dir: &Path,
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Credentials> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let c = Credentials { ca: dir.join("ca.crt"), cert: dir.join("client.crt"), key: dir.join("client.key") };
-        for (path, mode, bytes) in [(&c.key, 0o600, key_pem), (&c.cert, 0o644, cert_pem), (&c.ca, 0o644, ca_pem)] {
-            atomic_file::write(path, mode, bytes).with_context(|| format!("writing {}", path.display()))?;
+        let c = Credentials {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
+        };
+        for (path, mode, bytes) in
+            [(&c.key, 0o600, key_pem), (&c.cert, 0o644, cert_pem), (&c.ca, 0o644, ca_pem)]
+        {
+            atomic_file::write(path, mode, bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(c)
     }
@@ -72,7 +84,11 @@ impl Credentials {
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
         };
         let ca_pem = read(ETCD_CA_CRT)?;
-        let ca = Ca::load(&format!("{ETCD_CA_CRT} and {ETCD_CA_KEY} in {}", assets.display()), &ca_pem, &read(ETCD_CA_KEY)?)?;
+        let ca = Ca::load(
+            &format!("{ETCD_CA_CRT} and {ETCD_CA_KEY} in {}", assets.display()),
+            &ca_pem,
+            &read(ETCD_CA_KEY)?,
+        )?;
         let issued = ca.issue(&Request {
             what: "etcdctl client certificate of the test host",
             common_name: "keel-qemu-tests-etcdctl",
@@ -81,7 +97,12 @@ impl Credentials {
             ips: vec![],
             usage: Usage::Client,
         })?;
-        Credentials::write(dir, ca_pem.as_bytes(), issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+        Credentials::write(
+            dir,
+            ca_pem.as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
     }
 }
 
@@ -133,8 +154,12 @@ impl Etcdctl {
         let shown = self.shown(args);
         let out = tokio::time::timeout(PROCESS_DEADLINE, cmd.output())
             .await
-            .map_err(|_| anyhow::anyhow!("{shown}: no answer within {PROCESS_DEADLINE:?} (killed)"))?
-            .with_context(|| format!("running {ETCDCTL} (install the Debian package etcd-client)"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("{shown}: no answer within {PROCESS_DEADLINE:?} (killed)")
+            })?
+            .with_context(|| {
+                format!("running {ETCDCTL} (install the Debian package etcd-client)")
+            })?;
         Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -160,7 +185,8 @@ impl Etcdctl {
     /// The cluster's members, as the first endpoint that answers sees them.
     pub async fn member_list(&self) -> Result<Vec<Member>> {
         let out = self.run(&["member", "list", "-w", "json"]).await?;
-        parse_members(&out).with_context(|| format!("member list from {}: {out}", self.endpoints.join(",")))
+        parse_members(&out)
+            .with_context(|| format!("member list from {}: {out}", self.endpoints.join(",")))
     }
 
     /// Each endpoint's health (an unhealthy endpoint is an entry, not an
@@ -168,7 +194,8 @@ impl Etcdctl {
     pub async fn endpoint_health(&self) -> Result<Vec<Health>> {
         let args = ["endpoint", "health", "-w", "json"];
         let (_, stdout, stderr) = self.exec(&args).await?;
-        parse_health(&stdout).with_context(|| format!("{}: {}", self.shown(&args), last_error(&stderr)))
+        parse_health(&stdout)
+            .with_context(|| format!("{}: {}", self.shown(&args), last_error(&stderr)))
     }
 
     pub async fn put(&self, key: &str, value: &str) -> Result<()> {
@@ -185,7 +212,11 @@ impl Etcdctl {
     /// `peer_urls`, every one started and every endpoint healthy; retries
     /// (a few seconds apart) until `deadline`, then fails with what it saw
     /// last. Returns the members.
-    pub async fn wait_healthy(&self, peer_urls: &[String], deadline: Duration) -> Result<Vec<Member>> {
+    pub async fn wait_healthy(
+        &self,
+        peer_urls: &[String],
+        deadline: Duration,
+    ) -> Result<Vec<Member>> {
         let policy = Policy { deadline, ..WAIT };
         retry(&policy, |_| async {
             let members = self.member_list().await.map_err(Attempt::Retry)?;
@@ -195,17 +226,26 @@ impl Etcdctl {
             Ok(members)
         })
         .await
-        .with_context(|| format!("waiting {deadline:?} for {} healthy etcd members", peer_urls.len()))
+        .with_context(|| {
+            format!("waiting {deadline:?} for {} healthy etcd members", peer_urls.len())
+        })
     }
 }
 
 /// etcdctl's last message line (it logs retries as JSON lines first).
 fn last_error(stderr: &str) -> String {
-    stderr.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with('{')).unwrap_or(stderr.trim()).trim().to_string()
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('{'))
+        .unwrap_or(stderr.trim())
+        .trim()
+        .to_string()
 }
 
 fn check_membership(members: &[Member], peer_urls: &[String]) -> Result<()> {
-    let mut have: Vec<&str> = members.iter().flat_map(|m| m.peer_urls.iter().map(String::as_str)).collect();
+    let mut have: Vec<&str> =
+        members.iter().flat_map(|m| m.peer_urls.iter().map(String::as_str)).collect();
     let mut want: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     have.sort();
     want.sort();
@@ -222,7 +262,9 @@ fn check_health(health: &[Health], endpoints: &[String]) -> Result<()> {
     for e in endpoints {
         match health.iter().find(|h| h.endpoint == *e) {
             Some(h) if h.healthy => {}
-            Some(h) => bail!("{e} is unhealthy: {}", h.error.as_deref().unwrap_or("no reason given")),
+            Some(h) => {
+                bail!("{e} is unhealthy: {}", h.error.as_deref().unwrap_or("no reason given"))
+            }
             None => bail!("no health report for {e}"),
         }
     }
@@ -232,7 +274,9 @@ fn check_health(health: &[Health], endpoints: &[String]) -> Result<()> {
 fn parse_members(json: &str) -> Result<Vec<Member>> {
     let v: serde_json::Value = serde_json::from_str(json.trim()).context("not JSON")?;
     let strings = |m: &serde_json::Value, k: &str| -> Vec<String> {
-        m[k].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        m[k].as_array()
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     v["members"]
         .as_array()
@@ -250,13 +294,17 @@ fn parse_members(json: &str) -> Result<Vec<Member>> {
 }
 
 fn parse_health(json: &str) -> Result<Vec<Health>> {
-    let v: serde_json::Value = serde_json::from_str(json.trim()).context("no JSON health report")?;
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).context("no JSON health report")?;
     v.as_array()
         .context("health report is not a list")?
         .iter()
         .map(|h| {
             Ok(Health {
-                endpoint: h["endpoint"].as_str().context("health entry without an endpoint")?.to_string(),
+                endpoint: h["endpoint"]
+                    .as_str()
+                    .context("health entry without an endpoint")?
+                    .to_string(),
                 healthy: h["health"].as_bool().unwrap_or(false),
                 error: h["error"].as_str().map(str::to_string),
             })
@@ -269,14 +317,21 @@ fn parse_get(json: &str) -> Result<Option<String>> {
     let v: serde_json::Value = serde_json::from_str(json.trim()).context("not JSON")?;
     let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
     let b64 = kv["value"].as_str().context("entry without a value")?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).context("value is not base64")?;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64).context("value is not base64")?;
     Ok(Some(String::from_utf8(bytes).context("value is not UTF-8")?))
 }
 
 /// The members for messages: `name=peer URL` (the id for a member that
 /// has not started).
 pub fn describe(members: &[Member]) -> String {
-    members.iter().map(|m| format!("{}={}", if m.name.is_empty() { &m.id } else { &m.name }, m.peer_urls.join(","))).collect::<Vec<_>>().join(" ")
+    members
+        .iter()
+        .map(|m| {
+            format!("{}={}", if m.name.is_empty() { &m.id } else { &m.name }, m.peer_urls.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -292,8 +347,14 @@ mod tests {
         assert_eq!(members[0].id, "10276657743932975437");
         assert_eq!(members[1].name, "");
         let want = vec![peer_url("10.0.0.1"), peer_url("10.0.0.2")];
-        assert!(check_membership(&members, &want).unwrap_err().to_string().contains("has not started"));
-        assert!(check_membership(&members[..1], &want).unwrap_err().to_string().contains("expected"));
+        assert!(check_membership(&members, &want)
+            .unwrap_err()
+            .to_string()
+            .contains("has not started"));
+        assert!(check_membership(&members[..1], &want)
+            .unwrap_err()
+            .to_string()
+            .contains("expected"));
 
         let health = parse_health(
             r#"[{"endpoint":"https://10.0.0.1:2379","health":true,"took":"2ms"},{"endpoint":"https://10.0.0.2:2379","health":false,"took":"5s","error":"context deadline exceeded"}]"#,
@@ -303,14 +364,25 @@ mod tests {
         assert!(check_health(&health[..1], &eps[..1]).is_ok());
         let e = check_health(&health, &eps).unwrap_err().to_string();
         assert!(e.contains("10.0.0.2:2379 is unhealthy: context deadline exceeded"), "{e}");
-        assert!(check_health(&health[..1], &eps).unwrap_err().to_string().contains("no health report"));
+        assert!(check_health(&health[..1], &eps)
+            .unwrap_err()
+            .to_string()
+            .contains("no health report"));
 
-        assert_eq!(parse_get(r#"{"header":{},"kvs":[{"key":"a2V5","value":"dmFsdWU="}],"count":1}"#).unwrap().as_deref(), Some("value"));
+        assert_eq!(
+            parse_get(r#"{"header":{},"kvs":[{"key":"a2V5","value":"dmFsdWU="}],"count":1}"#)
+                .unwrap()
+                .as_deref(),
+            Some("value")
+        );
         assert_eq!(parse_get(r#"{"header":{"revision":1}}"#).unwrap(), None);
     }
 
     #[test]
     fn last_error_skips_json_log_lines() {
-        assert_eq!(last_error("{\"level\":\"warn\"}\nError: context deadline exceeded\n"), "Error: context deadline exceeded");
+        assert_eq!(
+            last_error("{\"level\":\"warn\"}\nError: context deadline exceeded\n"),
+            "Error: context deadline exceeded"
+        );
     }
 }

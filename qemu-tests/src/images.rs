@@ -28,7 +28,10 @@ pub struct Tools {
 
 /// The workspace root (this crate's parent directory).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The qemu-tests fixtures directory.
@@ -70,7 +73,14 @@ pub fn tools() -> Result<&'static Tools> {
                 let target = target_dir()?;
                 cargo(&["build", "-p", "keel", "--bin", "keel"], None, &target)?;
                 cargo(
-                    &["build", "--release", "-p", "keel-bootstrap", "--target", "x86_64-unknown-linux-gnu"],
+                    &[
+                        "build",
+                        "--release",
+                        "-p",
+                        "keel-bootstrap",
+                        "--target",
+                        "x86_64-unknown-linux-gnu",
+                    ],
                     Some("-C target-feature=+crt-static"),
                     &target,
                 )?;
@@ -105,8 +115,10 @@ pub struct Image {
 impl Image {
     /// The image's manifest (what `keel build` wrote beside it).
     pub fn manifest(&self) -> Result<serde_json::Value> {
-        let bytes = std::fs::read(&self.manifest).with_context(|| format!("reading {}", self.manifest.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", self.manifest.display()))
+        let bytes = std::fs::read(&self.manifest)
+            .with_context(|| format!("reading {}", self.manifest.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not JSON", self.manifest.display()))
     }
 
     /// The byte offset of the `/usr` partition in the image.
@@ -143,14 +155,20 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
     if profile == "k8s-test" {
         // The test profile extends `local`: both go in one directory.
         let profiles = target_dir()?.join("images/profiles");
-        std::fs::create_dir_all(&profiles).with_context(|| format!("creating {}", profiles.display()))?;
+        std::fs::create_dir_all(&profiles)
+            .with_context(|| format!("creating {}", profiles.display()))?;
         for (from, name) in [
             (workspace().join("profiles/local.toml"), "local.toml"),
             (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
         ] {
-            std::fs::copy(&from, profiles.join(name)).with_context(|| format!("copying {}", from.display()))?;
+            std::fs::copy(&from, profiles.join(name))
+                .with_context(|| format!("copying {}", from.display()))?;
         }
-        cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(fixtures().join("mirrors.toml")).arg("--offline");
+        cmd.arg("--profiles-dir")
+            .arg(&profiles)
+            .arg("--mirrors")
+            .arg(fixtures().join("mirrors.toml"))
+            .arg("--offline");
     }
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {

@@ -17,7 +17,10 @@ pub fn bin() -> Result<PathBuf> {
     }
     let path = target_dir()?.join("debug/keel");
     if !path.exists() {
-        bail!("{} does not exist: build it with `cargo build -p keel` or set KEEL_BIN", path.display());
+        bail!(
+            "{} does not exist: build it with `cargo build -p keel` or set KEEL_BIN",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -39,10 +42,8 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
-    let shown = format!(
-        "keel {}",
-        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
+    let shown =
+        format!("keel {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
     let out = Command::new(bin)
         .args(&args)
         .envs(env.iter().map(|(k, v)| (k, v)))

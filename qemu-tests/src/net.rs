@@ -73,7 +73,8 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 /// Kills every process still inside namespace `name` (QEMU or dnsmasq of
 /// a run that was killed), then deletes it; its veth goes with it.
 fn remove_netns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stdin(Stdio::null()).output() {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stdin(Stdio::null()).output()
+    {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
                 // SAFETY: plain kill(2) of a process in our test namespace.
@@ -93,7 +94,9 @@ fn sweep_stale() {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !pid_alive(pid) {
             remove_netns(&name);
         }
@@ -130,7 +133,8 @@ impl Network {
                 })
             },
         };
-        std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
+        std::fs::create_dir_all(workdir)
+            .with_context(|| format!("creating {}", workdir.display()))?;
         ip(&["netns", "add", &netns])?;
         let ns = ["-n", netns.as_str()];
         ip(&[ns[0], ns[1], "link", "set", "lo", "up"])?;
@@ -194,12 +198,20 @@ impl Network {
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
         let log = File::create(self.workdir.join(format!("{}-dnsmasq.log", self.netns)))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "dnsmasq", "--keep-in-foreground", "--log-dhcp", "--log-facility=-"])
-            .arg(format!("--conf-file={}", conf.display()))
-            .arg("--pid-file")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-dhcp",
+            "--log-facility=-",
+        ])
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
         let mut guard = Guard::spawn("dnsmasq", cmd)?;
         std::thread::sleep(std::time::Duration::from_millis(200));
         guard.check_running().context("dnsmasq (is dnsmasq-base installed?)")?;

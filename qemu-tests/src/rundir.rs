@@ -30,8 +30,10 @@ pub fn target_dir() -> Result<PathBuf> {
 /// and removes those of earlier runs of the same test whose process is
 /// gone: the last run's logs stay, runs do not pile up.
 pub fn create(test: &str) -> Result<PathBuf> {
-    let safe: String =
-        test.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
     let runs = target_dir()?.join("qemu-runs");
     remove_old_runs(&runs, &safe);
     let dir = runs.join(format!("{safe}-{}", std::process::id()));
@@ -48,9 +50,15 @@ const MARKER: &str = ".keel-qemu-run";
 /// mistyped path never loses files.
 pub fn create_at(dir: &Path) -> Result<()> {
     if dir.exists() {
-        let empty = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
         if !empty && !dir.join(MARKER).exists() {
-            anyhow::bail!("{} is not empty and is not a keel-qemu-tests run directory: refusing to clear it", dir.display());
+            anyhow::bail!(
+                "{} is not empty and is not a keel-qemu-tests run directory: refusing to clear it",
+                dir.display()
+            );
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
@@ -66,7 +74,9 @@ fn remove_old_runs(runs: &Path, test: &str) {
     let prefix = format!("{test}-");
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !pid_alive(pid) {
             // Best effort: a directory that cannot be removed is left.
             let _ = std::fs::remove_dir_all(e.path());
@@ -87,8 +97,10 @@ mod tests {
             std::fs::create_dir(runs.path().join(n)).unwrap();
         }
         remove_old_runs(runs.path(), "cl");
-        let mut left: Vec<_> =
-            std::fs::read_dir(runs.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<_> = std::fs::read_dir(runs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         assert_eq!(left, ["cl-1", "cl-x", "cluster-4194304", "other-4194304"]);
     }

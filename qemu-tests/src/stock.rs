@@ -73,12 +73,15 @@ DHCP=yes
 /// The kernel package of a Keel image's manifest: (package, version),
 /// e.g. `("linux-image-6.12.117+deb13-cloud-amd64", "6.12.117-1")`.
 pub fn kernel_package(manifest: &serde_json::Value) -> Result<(String, String)> {
-    let packages = manifest["debian-packages"].as_array().context("manifest has no debian-packages")?;
+    let packages =
+        manifest["debian-packages"].as_array().context("manifest has no debian-packages")?;
     packages
         .iter()
         .filter_map(|p| Some((p["name"].as_str()?, p["version"].as_str()?)))
         // The versioned package, not the metapackage linux-image-cloud-amd64.
-        .find(|(n, _)| n.starts_with("linux-image-") && n[12..].starts_with(|c: char| c.is_ascii_digit()))
+        .find(|(n, _)| {
+            n.starts_with("linux-image-") && n[12..].starts_with(|c: char| c.is_ascii_digit())
+        })
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .context("manifest lists no linux-image-<version> package")
 }
@@ -131,13 +134,19 @@ fn build(work: &Path, package: &str, version: &str, image: &Path) -> Result<()> 
     write(&root.join("etc/hostname"), "debian\n")?;
     write(&root.join("etc/fstab"), &format!("UUID={ROOT_UUID} / ext4 rw,errors=remount-ro 0 1\n"))?;
     run(
-        Command::new("chroot").arg(&root).args(["systemctl", "enable", "systemd-networkd.service", "keel-bench-milestone.service"]),
+        Command::new("chroot").arg(&root).args([
+            "systemctl",
+            "enable",
+            "systemd-networkd.service",
+            "keel-bench-milestone.service",
+        ]),
         "systemctl enable in the stock root",
     )?;
 
     // Kernel and initramfs-tools' initrd, as the kernel package made them.
     let uname = package.strip_prefix("linux-image-").unwrap_or(package);
-    let (vmlinuz, initrd) = (root.join(format!("boot/vmlinuz-{uname}")), root.join(format!("boot/initrd.img-{uname}")));
+    let (vmlinuz, initrd) =
+        (root.join(format!("boot/vmlinuz-{uname}")), root.join(format!("boot/initrd.img-{uname}")));
     for f in [&vmlinuz, &initrd] {
         if !f.is_file() {
             bail!("the stock root has no {} (did the kernel package install?)", f.display());
@@ -145,7 +154,8 @@ fn build(work: &Path, package: &str, version: &str, image: &Path) -> Result<()> 
     }
     fs::copy(&vmlinuz, uki.join("vmlinuz")).context("copying the kernel")?;
     fs::copy(&initrd, uki.join("initrd")).context("copying the initrd")?;
-    fs::copy(root.join("usr/lib/os-release"), uki.join("os-release")).context("copying os-release")?;
+    fs::copy(root.join("usr/lib/os-release"), uki.join("os-release"))
+        .context("copying os-release")?;
     let cmdline = format!(
         "root=UUID={ROOT_UUID} rootfstype=ext4 rw console=tty0 console=ttyS0,115200n8 systemd.firstboot=no panic=30 no_timer_check"
     );
@@ -156,32 +166,63 @@ fn build(work: &Path, package: &str, version: &str, image: &Path) -> Result<()> 
     let uki_size = fs::metadata(uki.join("uki.efi")).context("ukify wrote no uki.efi")?.len();
     let esp = work.join("esp.img");
     let esp_kib = (uki_size / 1024 + 16 * 1024).div_ceil(1024) * 1024;
-    run(Command::new("mkfs.vfat").args(["-S", "512", "-n", "ESP", "-C"]).arg(&esp).arg(esp_kib.to_string()), "mkfs.vfat (dosfstools)")?;
+    run(
+        Command::new("mkfs.vfat")
+            .args(["-S", "512", "-n", "ESP", "-C"])
+            .arg(&esp)
+            .arg(esp_kib.to_string()),
+        "mkfs.vfat (dosfstools)",
+    )?;
     run(Command::new("mmd").arg("-i").arg(&esp).args(["::/EFI", "::/EFI/BOOT"]), "mmd (mtools)")?;
-    run(Command::new("mcopy").arg("-i").arg(&esp).arg(uki.join("uki.efi")).arg("::/EFI/BOOT/BOOTX64.EFI"), "mcopy (mtools)")?;
+    run(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg(uki.join("uki.efi"))
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+        "mcopy (mtools)",
+    )?;
 
     // Root: ext4 made from the tree, with room to spare.
     let used_mib = du_mib(&root)?;
     let root_img = work.join("root.img");
     run(
-        Command::new("mkfs.ext4").args(["-q", "-L", "root", "-U", ROOT_UUID, "-d"]).arg(&root).arg(&root_img).arg(format!("{}M", used_mib + used_mib / 2 + 256)),
+        Command::new("mkfs.ext4")
+            .args(["-q", "-L", "root", "-U", ROOT_UUID, "-d"])
+            .arg(&root)
+            .arg(&root_img)
+            .arg(format!("{}M", used_mib + used_mib / 2 + 256)),
         "mkfs.ext4 (e2fsprogs)",
     )?;
 
     // GPT: ESP + root, copied block by block.
     let defs = work.join("repart.d");
-    write(&defs.join("10-esp.conf"), &format!("[Partition]\nType=esp\nCopyBlocks={}\n", esp.display()))?;
-    write(&defs.join("20-root.conf"), &format!("[Partition]\nType=root\nCopyBlocks={}\n", root_img.display()))?;
+    write(
+        &defs.join("10-esp.conf"),
+        &format!("[Partition]\nType=esp\nCopyBlocks={}\n", esp.display()),
+    )?;
+    write(
+        &defs.join("20-root.conf"),
+        &format!("[Partition]\nType=root\nCopyBlocks={}\n", root_img.display()),
+    )?;
     let tmp = image.with_extension(format!("raw.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let assembled = run(
         Command::new("systemd-repart")
-            .args(["--empty=create", "--size=auto", "--dry-run=no", "--seed=5d2f6c1e-8a8b-4f3e-9c55-0b7c1f4a2e90", "--no-pager"])
+            .args([
+                "--empty=create",
+                "--size=auto",
+                "--dry-run=no",
+                "--seed=5d2f6c1e-8a8b-4f3e-9c55-0b7c1f4a2e90",
+                "--no-pager",
+            ])
             .arg(format!("--definitions={}", defs.display()))
             .arg(&tmp),
         "systemd-repart (systemd)",
     );
-    if let Err(e) = assembled.and_then(|_| fs::rename(&tmp, image).with_context(|| format!("renaming to {}", image.display()))) {
+    if let Err(e) = assembled.and_then(|_| {
+        fs::rename(&tmp, image).with_context(|| format!("renaming to {}", image.display()))
+    }) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
@@ -199,7 +240,10 @@ fn ukify(dir: &Path, uname: &str) -> Result<()> {
          --os-release=@/work/os-release --cmdline=@/work/cmdline --uname={uname} --output=/work/uki.efi"
     );
     run(
-        Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"]).arg(dir).arg(&tools),
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
+            .arg(dir)
+            .arg(&tools),
         "ukify in the tools tree",
     )
     .map(|_| ())
@@ -208,20 +252,26 @@ fn ukify(dir: &Path, uname: &str) -> Result<()> {
 /// The tools tree `keel build` made under `~/.cache/keel/tools`.
 fn tools_tree() -> Result<PathBuf> {
     let dir = cache_dir().join("tools");
-    let entries = fs::read_dir(&dir).with_context(|| format!("{}: no tools tree (run `keel build` once)", dir.display()))?;
+    let entries = fs::read_dir(&dir)
+        .with_context(|| format!("{}: no tools tree (run `keel build` once)", dir.display()))?;
     let mut trees: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("usr/bin/ukify").is_file() && p.join("work").is_dir())
         .collect();
     trees.sort();
-    trees.pop().with_context(|| format!("no tools tree with ukify under {} (run `keel build` once)", dir.display()))
+    trees.pop().with_context(|| {
+        format!("no tools tree with ukify under {} (run `keel build` once)", dir.display())
+    })
 }
 
 fn du_mib(dir: &Path) -> Result<u64> {
     let out = run(Command::new("du").args(["-sxm"]).arg(dir), "du")?;
     let text = String::from_utf8_lossy(&out);
-    text.split_whitespace().next().and_then(|n| n.parse().ok()).with_context(|| format!("du -sxm {}: {text:?}", dir.display()))
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("du -sxm {}: {text:?}", dir.display()))
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -50,12 +50,23 @@ fn probe_kvm() -> Accel {
         return Accel::Tcg;
     }
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
-        .args(pflash(&vars))
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-machine",
+        "q35,accel=kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(pflash(&vars))
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let Ok(_vm) = Guard::spawn("qemu (kvm probe)", cmd) else { return Accel::Tcg };
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -125,9 +136,11 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(cfg: &Config) -> anyhow::Result<Vm> {
-        fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
         let vars = cfg.state_dir.join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
+        fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
         let console = cfg.state_dir.join(CONSOLE_LOG);
         let _ = fs::remove_file(&console);
         let qmp = cfg.state_dir.join("qmp.sock");
@@ -145,26 +158,38 @@ impl Vm {
             Accel::Tcg => cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max"]),
         };
         let snapshot = if cfg.snapshot { ",snapshot=on" } else { "" };
-        cmd.args(["-smp", "1", "-m", &cfg.memory_mib.to_string(), "-nodefaults", "-display", "none", "-no-reboot"])
-            .args(pflash(&vars))
-            .arg("-drive")
-            .arg(format!("if=virtio,format={},file={}{snapshot}", cfg.format, cfg.disk.display()))
-            .args(["-device", "virtio-rng-pci"])
-            .args(&cfg.network)
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(fs::File::create(cfg.state_dir.join("qemu.stderr"))?));
-        let guard = Guard::spawn(&cfg.name, cmd)
-            .with_context(|| format!("starting {QEMU} for {} (install the Debian package qemu-system-x86)", cfg.name))?;
+        cmd.args([
+            "-smp",
+            "1",
+            "-m",
+            &cfg.memory_mib.to_string(),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(pflash(&vars))
+        .arg("-drive")
+        .arg(format!("if=virtio,format={},file={}{snapshot}", cfg.format, cfg.disk.display()))
+        .args(["-device", "virtio-rng-pci"])
+        .args(&cfg.network)
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(cfg.state_dir.join("qemu.stderr"))?));
+        let guard = Guard::spawn(&cfg.name, cmd).with_context(|| {
+            format!("starting {QEMU} for {} (install the Debian package qemu-system-x86)", cfg.name)
+        })?;
         Ok(Vm { guard, console, qmp, started: Instant::now() })
     }
 
     /// Everything the console printed so far.
     pub fn console(&self) -> String {
-        fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn console_path(&self) -> &Path {
@@ -184,7 +209,11 @@ impl Vm {
             return Ok(Some(i));
         }
         if let Err(e) = self.guard.check_running() {
-            bail!("{e} before the console showed {patterns:?}; console ({}):\n{}", self.console.display(), tail(&text, 40));
+            bail!(
+                "{e} before the console showed {patterns:?}; console ({}):\n{}",
+                self.console.display(),
+                tail(&text, 40)
+            );
         }
         Ok(None)
     }
@@ -225,7 +254,8 @@ impl Vm {
     pub fn power_off(&mut self, deadline: Duration) -> anyhow::Result<()> {
         use std::io::{BufRead, BufReader, Write};
         use std::os::unix::net::UnixStream;
-        let sock = UnixStream::connect(&self.qmp).with_context(|| format!("connecting to QMP at {}", self.qmp.display()))?;
+        let sock = UnixStream::connect(&self.qmp)
+            .with_context(|| format!("connecting to QMP at {}", self.qmp.display()))?;
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(sock.try_clone()?);
         let mut writer = sock;
@@ -249,7 +279,11 @@ impl Vm {
         let until = Instant::now() + deadline;
         while self.guard.check_running().is_ok() {
             if Instant::now() >= until {
-                bail!("the guest did not power off within {deadline:?}; console ({}):\n{}", self.console.display(), tail(&self.console(), 20));
+                bail!(
+                    "the guest did not power off within {deadline:?}; console ({}):\n{}",
+                    self.console.display(),
+                    tail(&self.console(), 20)
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -278,7 +312,12 @@ pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> anyhow:
         .output()
         .context("running qemu-img (install the Debian package qemu-utils)")?;
     if !out.status.success() {
-        bail!("qemu-img create {} over {}: {}", overlay.display(), base.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img create {} over {}: {}",
+            overlay.display(),
+            base.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -288,8 +327,13 @@ pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> anyhow:
 /// the image's manifest gives (`partitions[name=usr].offset`).
 pub fn tamper_usr(image: &Path, usr_offset: u64, copy: &Path) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    fs::copy(image, copy).with_context(|| format!("copying {} to {}", image.display(), copy.display()))?;
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(copy).with_context(|| format!("opening {}", copy.display()))?;
+    fs::copy(image, copy)
+        .with_context(|| format!("copying {} to {}", image.display(), copy.display()))?;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(copy)
+        .with_context(|| format!("opening {}", copy.display()))?;
     let at = usr_offset + 1024 + 8;
     let mut byte = [0u8; 1];
     f.seek(SeekFrom::Start(at))?;

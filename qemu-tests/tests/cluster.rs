@@ -39,7 +39,10 @@ struct Shared {
     runtime: tokio::runtime::Runtime,
 }
 
-type Scenario = for<'a> fn(&'a mut EtcdCluster) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+type Scenario = for<'a> fn(
+    &'a mut EtcdCluster,
+)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
 
 impl Shared {
     fn run(&self, scenario: Scenario) -> Result<(), Failed> {
@@ -52,9 +55,13 @@ impl Shared {
         match slot.as_mut() {
             Some(Ok(c)) => {
                 let dir = c.cluster.dir().to_path_buf();
-                self.runtime.block_on(scenario(c)).map_err(|e| format!("{e:#}\n(logs in {})", dir.display()).into())
+                self.runtime
+                    .block_on(scenario(c))
+                    .map_err(|e| format!("{e:#}\n(logs in {})", dir.display()).into())
             }
-            Some(Err(e)) => Err(format!("forming the shared 3-node etcd cluster failed: {e}").into()),
+            Some(Err(e)) => {
+                Err(format!("forming the shared 3-node etcd cluster failed: {e}").into())
+            }
             None => Err("no cluster".into()),
         }
     }
@@ -70,7 +77,10 @@ async fn form() -> Result<EtcdCluster> {
     for (name, d) in &t.configured {
         eprintln!("timing: {name} configured {:.1} s after QEMU started", d.as_secs_f64());
     }
-    eprintln!("timing: {MEMBERS} members healthy {:.1} s after the first QEMU started", t.healthy.as_secs_f64());
+    eprintln!(
+        "timing: {MEMBERS} members healthy {:.1} s after the first QEMU started",
+        t.healthy.as_secs_f64()
+    );
     Ok(ec)
 }
 
@@ -81,7 +91,11 @@ fn main() -> ExitCode {
     args.test_threads = Some(1);
     let shared = Arc::new(Shared {
         cluster: Mutex::new(None),
-        runtime: match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        runtime: match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: starting the tokio runtime: {e}");
@@ -90,7 +104,9 @@ fn main() -> ExitCode {
         },
     });
     let scenarios: [(&str, Scenario); 3] = [
-        ("a_three_etcd_vms_form_one_tls_cluster", |c| Box::pin(three_etcd_vms_form_one_tls_cluster(c))),
+        ("a_three_etcd_vms_form_one_tls_cluster", |c| {
+            Box::pin(three_etcd_vms_form_one_tls_cluster(c))
+        }),
         ("d_a_controller_reaches_etcd_with_its_client_certificate", |c| {
             Box::pin(a_controller_reaches_etcd_with_its_client_certificate(c))
         }),
@@ -123,31 +139,52 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
     for n in c.members() {
         let peer = etcdctl::peer_url(&n.private_ip.to_string());
         let m = members.iter().find(|m| m.peer_urls.contains(&peer));
-        let m = m.with_context(|| format!("{} ({peer}) is not a member: {}", n.name, etcdctl::describe(&members)))?;
-        ensure!(m.name == n.instance_id, "{}: member name {:?}, expected its instance id {}", n.name, m.name, n.instance_id);
+        let m = m.with_context(|| {
+            format!("{} ({peer}) is not a member: {}", n.name, etcdctl::describe(&members))
+        })?;
+        ensure!(
+            m.name == n.instance_id,
+            "{}: member name {:?}, expected its instance id {}",
+            n.name,
+            m.name,
+            n.instance_id
+        );
     }
     let health = c.etcdctl().endpoint_health().await?;
-    ensure!(health.len() == 3 && health.iter().all(|h| h.healthy), "not every endpoint is healthy: {health:?}");
+    ensure!(
+        health.len() == 3 && health.iter().all(|h| h.healthy),
+        "not every endpoint is healthy: {health:?}"
+    );
 
     let (first, last) = (c.members()[0].name.clone(), c.members()[2].name.clone());
     c.etcdctl_on(&first)?.put("keel/scenario-a", "written-through-the-first-member").await?;
     let got = c.etcdctl_on(&last)?.get("keel/scenario-a").await?;
-    ensure!(got.as_deref() == Some("written-through-the-first-member"), "read through {last}: {got:?}");
+    ensure!(
+        got.as_deref() == Some("written-through-the-first-member"),
+        "read through {last}: {got:?}"
+    );
 
     // TLS with client authentication: a certificate from another CA is
     // refused.
     let other = tempfile::tempdir()?;
     let (ca_pem, ca_key) = keel_bootstrap::pki::new_ca("not the cluster's etcd CA")?;
-    let stranger = keel_bootstrap::pki::Ca::load("a stranger CA", &ca_pem, &ca_key)?.issue(&keel_bootstrap::pki::Request {
-        what: "a client certificate from another CA",
-        common_name: "stranger",
-        organization: None,
-        dns_names: vec![],
-        ips: vec![],
-        usage: keel_bootstrap::pki::Usage::Client,
-    })?;
+    let stranger = keel_bootstrap::pki::Ca::load("a stranger CA", &ca_pem, &ca_key)?.issue(
+        &keel_bootstrap::pki::Request {
+            what: "a client certificate from another CA",
+            common_name: "stranger",
+            organization: None,
+            dns_names: vec![],
+            ips: vec![],
+            usage: keel_bootstrap::pki::Usage::Client,
+        },
+    )?;
     let ca = std::fs::read(&c.credentials.ca)?;
-    let creds = Credentials::write(other.path(), &ca, stranger.cert_pem.as_bytes(), stranger.key_pem.as_bytes())?;
+    let creds = Credentials::write(
+        other.path(),
+        &ca,
+        stranger.cert_pem.as_bytes(),
+        stranger.key_pem.as_bytes(),
+    )?;
     let refused = Etcdctl::new(creds, c.endpoints()[..1].to_vec()).get("keel/scenario-a").await;
     ensure!(refused.is_err(), "a client certificate from another CA read the key: {refused:?}");
     Ok(())
@@ -161,25 +198,50 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
 /// with the controller's KMS context) reads and writes the cluster.
 async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdCluster) -> Result<()> {
     let image = images::image(Role::Controller).context("building the controller image")?;
-    let ami = c.cluster.account.register_image("keel-controller-k8s-test", Role::Controller).await?;
+    let ami =
+        c.cluster.account.register_image("keel-controller-k8s-test", Role::Controller).await?;
     let ud = c.cluster.user_data(Role::Controller, c.size);
     c.cluster.add_node_with("controller0", Role::Controller, &ami, Some(&ud)).await?;
     c.cluster.serve_dhcp()?;
     c.cluster.boot("controller0", &image.path)?;
-    let t = c.cluster.wait_all(&["controller0"], "keel-bootstrap: configured controller node", &[FAILED], DEADLINE, |_, _| {})?;
+    let t = c.cluster.wait_all(
+        &["controller0"],
+        "keel-bootstrap: configured controller node",
+        &[FAILED],
+        DEADLINE,
+        |_, _| {},
+    )?;
     eprintln!("timing: controller0 configured {:.1} s after QEMU started", t[0].as_secs_f64());
     let console = c.cluster.console("controller0");
-    ensure!(console.contains("keel-bootstrap: etcd discovery: ok"), "no etcd discovery line on the controller's console");
-    ensure!(console.contains("keel-bootstrap: etcd check: ok"), "no `etcd check: ok` on the controller's console");
+    ensure!(
+        console.contains("keel-bootstrap: etcd discovery: ok"),
+        "no etcd discovery line on the controller's console"
+    );
+    ensure!(
+        console.contains("keel-bootstrap: etcd check: ok"),
+        "no `etcd check: ok` on the controller's console"
+    );
     // Its VM is not needed any more: give the CPU back.
     c.cluster.stop("controller0")?;
 
     let a = &c.cluster.account;
-    let bundle = envelope::fetch(&a.s3, &a.kms, &a.bucket, c.cluster.assets_prefix(), &c.cluster.name, Role::Controller)
-        .await
-        .context("fetching the controller's bundle")?;
+    let bundle = envelope::fetch(
+        &a.s3,
+        &a.kms,
+        &a.bucket,
+        c.cluster.assets_prefix(),
+        &c.cluster.name,
+        Role::Controller,
+    )
+    .await
+    .context("fetching the controller's bundle")?;
     let file = |path: &str| {
-        bundle.files.iter().find(|f| f.path == path).map(|f| f.contents.clone()).with_context(|| format!("no {path} in the controller's bundle"))
+        bundle
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.contents.clone())
+            .with_context(|| format!("no {path} in the controller's bundle"))
     };
     let dir = c.cluster.dir().join("controller-etcd-client");
     let creds = Credentials::write(
@@ -190,10 +252,18 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
     )?;
     let as_controller = Etcdctl::new(creds, c.endpoints());
     let health = as_controller.endpoint_health().await?;
-    ensure!(health.len() == 3 && health.iter().all(|h| h.healthy), "with the controller's certificate: {health:?}");
-    as_controller.put("keel/scenario-d", "written-with-the-apiserver-etcd-client-certificate").await?;
+    ensure!(
+        health.len() == 3 && health.iter().all(|h| h.healthy),
+        "with the controller's certificate: {health:?}"
+    );
+    as_controller
+        .put("keel/scenario-d", "written-with-the-apiserver-etcd-client-certificate")
+        .await?;
     let got = c.etcdctl().get("keel/scenario-d").await?;
-    ensure!(got.as_deref() == Some("written-with-the-apiserver-etcd-client-certificate"), "read back: {got:?}");
+    ensure!(
+        got.as_deref() == Some("written-with-the-apiserver-etcd-client-certificate"),
+        "read back: {got:?}"
+    );
     Ok(())
 }
 
@@ -228,7 +298,11 @@ async fn a_replacement_joins_and_the_dead_member_is_removed(c: &mut EtcdCluster)
         etcdctl::describe(&members)
     );
     let console = c.cluster.console(&r.new.name);
-    ensure!(console.contains("keel-bootstrap: etcd membership: ok"), "no membership line on {}'s console", r.new.name);
+    ensure!(
+        console.contains("keel-bootstrap: etcd membership: ok"),
+        "no membership line on {}'s console",
+        r.new.name
+    );
     let got = c.etcdctl_on(&r.new.name)?.get("keel/before-replacement").await?;
     ensure!(got.as_deref() == Some("kept"), "read through the new member {}: {got:?}", r.new.name);
     Ok(())

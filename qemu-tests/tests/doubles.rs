@@ -27,7 +27,11 @@ struct Fault {
     expect: &'static str,
 }
 
-fn fault(what: &'static str, expect: &'static str, apply: impl Fn(&NodeRoot) -> Vec<String> + 'static) -> Fault {
+fn fault(
+    what: &'static str,
+    expect: &'static str,
+    apply: impl Fn(&NodeRoot) -> Vec<String> + 'static,
+) -> Fault {
     Fault { what, apply: Box::new(apply), expect }
 }
 
@@ -52,7 +56,9 @@ fn rendered_args(root: &NodeRoot, component: &str) -> Vec<String> {
     let (file, var) = match component {
         "kubelet" => (kube::KUBELET_ENV, "KUBELET_ARGS"),
         "kube-apiserver" => (controller::APISERVER_ENV, "KUBE_APISERVER_ARGS"),
-        "kube-controller-manager" => (controller::CONTROLLER_MANAGER_ENV, "KUBE_CONTROLLER_MANAGER_ARGS"),
+        "kube-controller-manager" => {
+            (controller::CONTROLLER_MANAGER_ENV, "KUBE_CONTROLLER_MANAGER_ARGS")
+        }
         "kube-scheduler" => (controller::SCHEDULER_ENV, "KUBE_SCHEDULER_ARGS"),
         other => panic!("no environment file for {other}"),
     };
@@ -62,12 +68,18 @@ fn rendered_args(root: &NodeRoot, component: &str) -> Vec<String> {
 fn run(doubles: &Doubles, root: &NodeRoot, component: &str, extra: Vec<String>) -> Verdict {
     let mut args = rendered_args(root, component);
     args.extend(extra);
-    let env: Vec<(&str, OsString)> = if component == "kubelet" { root.kubelet_env() } else { vec![] };
+    let env: Vec<(&str, OsString)> =
+        if component == "kubelet" { root.kubelet_env() } else { vec![] };
     doubles.run(component, &args, &env).unwrap()
 }
 
 fn expect_accepted<'a>(v: &'a Verdict, component: &str) -> &'a str {
-    v.accepted().unwrap_or_else(|| panic!("the {component} test double refused what keel-bootstrap rendered ({}):\n{}", v.status, v.stderr))
+    v.accepted().unwrap_or_else(|| {
+        panic!(
+            "the {component} test double refused what keel-bootstrap rendered ({}):\n{}",
+            v.status, v.stderr
+        )
+    })
 }
 
 /// Applies each fault to a freshly rendered root and checks the rejection.
@@ -79,22 +91,37 @@ fn expect_rejections(doubles: &Doubles, root: &NodeRoot, component: &str, faults
         let v = run(doubles, root, component, extra);
         match v.rejected() {
             Some(why) if why.contains(f.expect) => {}
-            _ => wrong.push(format!("{}: expected a rejection containing {:?}, got ({}):\n{}", f.what, f.expect, v.status, v.stderr)),
+            _ => wrong.push(format!(
+                "{}: expected a rejection containing {:?}, got ({}):\n{}",
+                f.what, f.expect, v.status, v.stderr
+            )),
         }
     }
-    assert!(wrong.is_empty(), "the {component} test double let these through or gave another reason:\n\n{}", wrong.join("\n\n"));
+    assert!(
+        wrong.is_empty(),
+        "the {component} test double let these through or gave another reason:\n\n{}",
+        wrong.join("\n\n")
+    );
 }
 
 #[test]
 fn the_test_profile_installs_this_double_under_each_name() {
-    let profile = std::fs::read_to_string(keel_qemu_tests::images::fixtures().join("profiles/k8s-test.toml")).unwrap();
+    let profile =
+        std::fs::read_to_string(keel_qemu_tests::images::fixtures().join("profiles/k8s-test.toml"))
+            .unwrap();
     let digest = std::process::Command::new("sha256sum").arg(doubles::path()).output().unwrap();
     let digest = String::from_utf8(digest.stdout).unwrap();
     let digest = digest.split_whitespace().next().unwrap();
     for name in doubles::NAMES {
-        let table = profile.split(&format!("[components.{name}]\n")).nth(1).unwrap_or_else(|| panic!("no [components.{name}]"));
+        let table = profile
+            .split(&format!("[components.{name}]\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no [components.{name}]"));
         let table = table.split("\n[").next().unwrap();
-        assert!(table.contains(&format!("url = \"https://keel.test/doubles/{}\"", doubles::DOUBLE)), "{name}: {table}");
+        assert!(
+            table.contains(&format!("url = \"https://keel.test/doubles/{}\"", doubles::DOUBLE)),
+            "{name}: {table}"
+        );
         assert!(
             table.contains(&format!("sha256 = \"{digest}\"")),
             "{name}: the profile pins another digest than {}'s ({digest}): update the four sha256 lines\n{table}",
@@ -235,12 +262,18 @@ fn kubelet_double_rejects_a_containerd_without_its_cri_plugin() {
     let root = NodeRoot::worker().unwrap();
     let rendered = root.read(worker::CONTAINERD_CONFIG).unwrap();
     assert!(rendered.contains("version = 2\n"), "{rendered}");
-    let no_cri = rendered.replacen("version = 2\n", "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", 1);
+    let no_cri = rendered.replacen(
+        "version = 2\n",
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        1,
+    );
     root.write("etc/containerd/no-cri.toml", no_cri.as_bytes()).unwrap();
-    let _containerd = Containerd::start(&root, Some(&root.path("etc/containerd/no-cri.toml"))).unwrap();
+    let _containerd =
+        Containerd::start(&root, Some(&root.path("etc/containerd/no-cri.toml"))).unwrap();
     let doubles = Doubles::new().unwrap();
     let v = run(&doubles, &root, "kubelet", vec![]);
-    let why = v.rejected().unwrap_or_else(|| panic!("accepted a containerd without CRI:\n{}", v.stderr));
+    let why =
+        v.rejected().unwrap_or_else(|| panic!("accepted a containerd without CRI:\n{}", v.stderr));
     assert!(why.contains("containerd has no CRI plugin loaded"), "{why}");
 }
 
@@ -274,17 +307,31 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
         &root,
         "kube-apiserver",
         vec![
-            fault("a flag removed in 1.24", "unknown flag: --insecure-port (removed", |_| flags(&["--insecure-port=8080"])),
+            fault("a flag removed in 1.24", "unknown flag: --insecure-port (removed", |_| {
+                flags(&["--insecure-port=8080"])
+            }),
             fault("a serving key of another certificate", "does not match certificate", move |r| {
                 let other = r.read(&pki("scheduler", "key")).unwrap();
                 r.write(&pki("apiserver", "key"), other.as_bytes()).unwrap();
                 vec![]
             }),
-            fault("a service range larger than /12", "the mask must be >= 12", |_| flags(&["--service-cluster-ip-range=10.0.0.0/8"])),
-            fault("an unknown admission plugin", "plugin \"NodeRestrictions\" is unknown", |_| flags(&["--enable-admission-plugins=NodeRestrictions"])),
-            fault("an unknown authorization mode", "authorization-mode \"Nodes\" is not a valid mode", |_| flags(&["--authorization-mode=Nodes,RBAC"])),
-            fault("no service account issuer", "service-account-issuer is a required flag", |_| flags(&["--service-account-issuer="])),
-            fault("no etcd-servers", "--etcd-servers must be specified", |_| flags(&["--etcd-servers="])),
+            fault("a service range larger than /12", "the mask must be >= 12", |_| {
+                flags(&["--service-cluster-ip-range=10.0.0.0/8"])
+            }),
+            fault("an unknown admission plugin", "plugin \"NodeRestrictions\" is unknown", |_| {
+                flags(&["--enable-admission-plugins=NodeRestrictions"])
+            }),
+            fault(
+                "an unknown authorization mode",
+                "authorization-mode \"Nodes\" is not a valid mode",
+                |_| flags(&["--authorization-mode=Nodes,RBAC"]),
+            ),
+            fault("no service account issuer", "service-account-issuer is a required flag", |_| {
+                flags(&["--service-account-issuer="])
+            }),
+            fault("no etcd-servers", "--etcd-servers must be specified", |_| {
+                flags(&["--etcd-servers="])
+            }),
             fault("a missing etcd client key", "no such file", move |r| {
                 remove(r, &pki("apiserver-etcd-client", "key"));
                 vec![]
@@ -296,7 +343,11 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
         &root,
         "kube-controller-manager",
         vec![
-            fault("an unknown controller", "\"nodeipamm\" is not in the list of known controllers", |_| flags(&["--controllers=*,bootstrapsigner,nodeipamm"])),
+            fault(
+                "an unknown controller",
+                "\"nodeipamm\" is not in the list of known controllers",
+                |_| flags(&["--controllers=*,bootstrapsigner,nodeipamm"]),
+            ),
             fault("a client certificate of another CA", "does not verify against", move |r| {
                 for ext in ["crt", "key"] {
                     let other = r.read(&pki("front-proxy-client", ext)).unwrap();
@@ -304,7 +355,11 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
                 }
                 vec![]
             }),
-            fault("a cluster CIDR smaller than a node's", "is not larger than the node CIDR mask /24", |_| flags(&["--cluster-cidr=10.244.0.0/24"])),
+            fault(
+                "a cluster CIDR smaller than a node's",
+                "is not larger than the node CIDR mask /24",
+                |_| flags(&["--cluster-cidr=10.244.0.0/24"]),
+            ),
         ],
     );
     expect_rejections(
@@ -312,7 +367,9 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
         &root,
         "kube-scheduler",
         vec![
-            fault("a flag removed in 1.23", "unknown flag: --policy-config-file (removed", |_| flags(&["--policy-config-file=/etc/policy.json"])),
+            fault("a flag removed in 1.23", "unknown flag: --policy-config-file (removed", |_| {
+                flags(&["--policy-config-file=/etc/policy.json"])
+            }),
             fault("a kubeconfig without its client key", "no such file", move |r| {
                 remove(r, &pki("scheduler", "key"));
                 vec![]

@@ -58,9 +58,15 @@ async fn cluster_with_node(test: &str, user_data: impl FnOnce(&Cluster) -> UserD
 /// `step`, that the final line repeats the step line, that nothing says
 /// `configured`, that etcd.service was held back, and that the console
 /// quotes no secret of `assets`. Returns the reason the step gave.
-fn boot_until_bootstrap_fails(c: &mut Cluster, image: &Path, step: &str, assets: Option<&Path>) -> String {
+fn boot_until_bootstrap_fails(
+    c: &mut Cluster,
+    image: &Path,
+    step: &str,
+    assets: Option<&Path>,
+) -> String {
     c.boot(NODE, image).expect("booting the node");
-    let which = c.wait_for_any(NODE, &[FAILED, CONFIGURED], BOOT).expect("keel-bootstrap's last line");
+    let which =
+        c.wait_for_any(NODE, &[FAILED, CONFIGURED], BOOT).expect("keel-bootstrap's last line");
     assert_eq!(which, 0, "keel-bootstrap configured the node:\n{}", vm::tail(&c.console(NODE), 40));
     let held_back = c.wait_for(NODE, HELD_BACK, BOOT);
     c.stop(NODE).unwrap();
@@ -70,16 +76,25 @@ fn boot_until_bootstrap_fails(c: &mut Cluster, image: &Path, step: &str, assets:
     let step_prefix = format!("keel-bootstrap: {step}: failed: ");
     let why = line_after(&console, &step_prefix)
         .unwrap_or_else(|| panic!("no {step_prefix:?} line:\n{}", vm::tail(&console, 60)));
-    assert_eq!(line_after(&console, FAILED).unwrap(), format!("{step}: {why}"), "the final line does not repeat the failed step");
+    assert_eq!(
+        line_after(&console, FAILED).unwrap(),
+        format!("{step}: {why}"),
+        "the final line does not repeat the failed step"
+    );
     assert!(!console.contains(CONFIGURED), "{console}");
 
     // systemd's own status of the role's service, printed after the
     // failure: loaded with Keel's drop-in, and not started.
     let report = &console[console.find(FAILED).unwrap()..];
-    let unit = report.find("etcd.service - ").unwrap_or_else(|| panic!("no status of etcd.service:\n{report}"));
+    let unit = report
+        .find("etcd.service - ")
+        .unwrap_or_else(|| panic!("no status of etcd.service:\n{report}"));
     assert!(report[unit..].contains(HELD_BACK), "etcd.service is not inactive:\n{report}");
     assert!(report.contains("10-keel.conf"), "etcd.service without Keel's drop-in:\n{report}");
-    assert!(!report.contains("Active: active"), "a service is running after the bootstrap failed:\n{report}");
+    assert!(
+        !report.contains("Active: active"),
+        "a service is running after the bootstrap failed:\n{report}"
+    );
 
     assert_no_secret(&console, assets);
     why
@@ -107,7 +122,12 @@ fn assert_no_secret(console: &str, assets: Option<&Path>) {
         // Text secrets line by line (PEM bodies, tokens); binary ones
         // (fingerprint.key) as hex.
         let needles: Vec<String> = match String::from_utf8(bytes) {
-            Ok(text) => text.lines().map(str::trim).filter(|l| l.len() >= 16 && !l.starts_with("-----")).map(str::to_string).collect(),
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+                .map(str::to_string)
+                .collect(),
             Err(e) => vec![e.into_bytes().iter().map(|b| format!("{b:02x}")).collect()],
         };
         for needle in needles {
@@ -161,7 +181,8 @@ async fn tampered_usr_stops_the_boot_in_the_initrd() {
     let assets = c.init_assets().unwrap();
     c.publish_assets(&assets).unwrap();
     let tampered = c.dir().join("tampered.raw");
-    vm::tamper_usr(&image.path, image.usr_offset().unwrap(), &tampered).expect("tampering with a copy");
+    vm::tamper_usr(&image.path, image.usr_offset().unwrap(), &tampered)
+        .expect("tampering with a copy");
     c.boot(NODE, &tampered).expect("booting the node");
     // systemd in the initrd gives up on /dev/mapper/usr after its device
     // timeout (90 s) and says which mounts fail for want of it.
@@ -169,15 +190,27 @@ async fn tampered_usr_stops_the_boot_in_the_initrd() {
     c.stop(NODE).unwrap();
     let _ = std::fs::remove_file(&tampered);
     let console = plain(&c.console(NODE));
-    assert_eq!(which.expect("the initrd's verdict on /usr"), 0, "keel-bootstrap ran on a tampered /usr:\n{console}");
-    let corrupted = console.lines().any(|l| l.contains("device-mapper: verity: ") && l.trim_end().ends_with(" is corrupted"));
+    assert_eq!(
+        which.expect("the initrd's verdict on /usr"),
+        0,
+        "keel-bootstrap ran on a tampered /usr:\n{console}"
+    );
+    let corrupted = console
+        .lines()
+        .any(|l| l.contains("device-mapper: verity: ") && l.trim_end().ends_with(" is corrupted"));
     assert!(corrupted, "no dm-verity corruption report:\n{}", vm::tail(&console, 60));
-    for line in ["Timed out waiting for device dev-mapper-usr.device", "Dependency failed for sysusr-usr.mount - /sysusr/usr."] {
+    for line in [
+        "Timed out waiting for device dev-mapper-usr.device",
+        "Dependency failed for sysusr-usr.mount - /sysusr/usr.",
+    ] {
         assert!(console.contains(line), "no {line:?}:\n{}", vm::tail(&console, 60));
     }
     // The initrd never switched to the real root: its systemd never
     // greeted, keel-bootstrap never printed.
-    assert!(!console.contains("Welcome to Debian"), "the tampered image left the initrd:\n{console}");
+    assert!(
+        !console.contains("Welcome to Debian"),
+        "the tampered image left the initrd:\n{console}"
+    );
     assert!(!console.contains("keel-bootstrap"), "{console}");
 }
 
@@ -217,8 +250,11 @@ async fn bundle_sealed_with_a_key_of_another_region_fails_the_bootstrap() {
     const KEY_REGION: &str = "us-east-1";
     let image = etcd_image();
     let mut c = cluster_with_node("failures-kms-key", |c| c.user_data(Role::Etcd, 1)).await;
-    let target = Target { region: Some(KEY_REGION.into()), endpoint_url: Some(c.account.endpoint().into()) };
-    let kms = aws_sdk_kms::Client::new(&sdk_config_with_keys(&target, ACCESS_KEY_ID, SECRET_ACCESS_KEY).await);
+    let target =
+        Target { region: Some(KEY_REGION.into()), endpoint_url: Some(c.account.endpoint().into()) };
+    let kms = aws_sdk_kms::Client::new(
+        &sdk_config_with_keys(&target, ACCESS_KEY_ID, SECRET_ACCESS_KEY).await,
+    );
     let key = kms.create_key().description("keel assets, wrong region").send().await.unwrap();
     let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
     assert!(key_arn.contains(&format!(":{KEY_REGION}:")), "{key_arn}");
@@ -226,8 +262,18 @@ async fn bundle_sealed_with_a_key_of_another_region_fails_the_bootstrap() {
     let a = &c.account;
     keel::run(
         [
-            "assets", "publish", "--dir", assets.to_str().unwrap(), "--bucket", &a.bucket, "--prefix", CLUSTER,
-            "--kms-key", &key_arn, "--region", KEY_REGION,
+            "assets",
+            "publish",
+            "--dir",
+            assets.to_str().unwrap(),
+            "--bucket",
+            &a.bucket,
+            "--prefix",
+            CLUSTER,
+            "--kms-key",
+            &key_arn,
+            "--region",
+            KEY_REGION,
         ],
         &a.env(),
     )
@@ -236,6 +282,11 @@ async fn bundle_sealed_with_a_key_of_another_region_fails_the_bootstrap() {
 
     let why = boot_until_bootstrap_fails(&mut c, &image.path, "assets", Some(&assets));
     let object = format!("s3://{}/{CLUSTER}/etcd.bundle", c.account.bucket);
-    assert!(why.starts_with(&format!("bundle {object}: KMS Decrypt of the data key (KMS key {key_arn})")), "{why}");
+    assert!(
+        why.starts_with(&format!(
+            "bundle {object}: KMS Decrypt of the data key (KMS key {key_arn})"
+        )),
+        "{why}"
+    );
     assert!(why.contains("AccessDenied"), "{why}");
 }

@@ -17,7 +17,11 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         let mut c = Cluster::start("harness", "kt").await.unwrap();
         netns = c.net.netns().to_string();
         dir = c.dir().to_path_buf();
-        assert!(dir.ends_with(format!("qemu-runs/harness-{}", std::process::id())), "{}", dir.display());
+        assert!(
+            dir.ends_with(format!("qemu-runs/harness-{}", std::process::id())),
+            "{}",
+            dir.display()
+        );
 
         let etcd_ami = c.account.register_image("keel-etcd-local", Role::Etcd).await.unwrap();
         let worker_ami = c.account.register_image("keel-worker-local", Role::Worker).await.unwrap();
@@ -28,14 +32,23 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         }
         let worker = c.add_node("worker0", Role::Worker, &worker_ami).await.unwrap();
         c.serve_metadata().unwrap();
-        assert!(c.add_node("etcd0", Role::Etcd, &etcd_ami).await.is_err(), "duplicate node name accepted");
+        assert!(
+            c.add_node("etcd0", Role::Etcd, &etcd_ami).await.is_err(),
+            "duplicate node name accepted"
+        );
         c.serve_dhcp().unwrap();
 
         // Every node has its own lease: MAC -> private IP.
         let conf = std::fs::read_to_string(dir.join(format!("{netns}-dnsmasq.conf"))).unwrap();
         for n in c.nodes() {
-            assert!(conf.contains(&format!("dhcp-host={},{},", n.mac, n.private_ip)), "{}: {conf}", n.name);
-            assert!(n.hostname.starts_with(&format!("ip-{}", n.private_ip.to_string().replace('.', "-"))));
+            assert!(
+                conf.contains(&format!("dhcp-host={},{},", n.mac, n.private_ip)),
+                "{}: {conf}",
+                n.name
+            );
+            assert!(n
+                .hostname
+                .starts_with(&format!("ip-{}", n.private_ip.to_string().replace('.', "-"))));
         }
 
         // Discovery by tags sees the etcd instances with their IPs.
@@ -57,10 +70,18 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         let gone = c.terminate("etcd1").await.unwrap();
         let left = c.account.live_members(Role::Etcd).await.unwrap();
         assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left.iter().all(|(id, _)| *id != gone.instance_id), "{} still listed", gone.instance_id);
+        assert!(
+            left.iter().all(|(id, _)| *id != gone.instance_id),
+            "{} still listed",
+            gone.instance_id
+        );
         // A replacement gets a fresh address and lease; dnsmasq restarts.
         let new = c.add_node_with("etcd3", Role::Etcd, &etcd_ami, Some(&etcd_ud)).await.unwrap();
-        assert!(c.nodes().iter().filter(|n| n.name != "etcd3").all(|n| n.private_ip != new.private_ip));
+        assert!(c
+            .nodes()
+            .iter()
+            .filter(|n| n.name != "etcd3")
+            .all(|n| n.private_ip != new.private_ip));
         c.serve_dhcp().unwrap();
         assert_eq!(c.account.live_members(Role::Etcd).await.unwrap().len(), 3);
 
@@ -74,9 +95,16 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         let assets = c.init_assets().unwrap();
         c.publish_assets(&assets).unwrap();
         for role in Role::ALL {
-            let b = envelope::fetch(&c.account.s3, &c.account.kms, &c.account.bucket, c.assets_prefix(), "kt", role)
-                .await
-                .unwrap_or_else(|e| panic!("{role} bundle: {e}"));
+            let b = envelope::fetch(
+                &c.account.s3,
+                &c.account.kms,
+                &c.account.bucket,
+                c.assets_prefix(),
+                "kt",
+                role,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{role} bundle: {e}"));
             assert_eq!(b.role, role);
             assert!(!b.files.is_empty(), "{role} bundle is empty");
         }
@@ -85,30 +113,66 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
         let out = c
             .net
             .command("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/moto-api/", c.account.endpoint())])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{}/moto-api/", c.account.endpoint()),
+            ])
             .output()
             .expect("running curl in the namespace");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // One metadata service on 169.254.169.254:80 answers each guest
         // with its own identity, chosen by the source address: nodes added
         // before and after it started, none for a terminated node.
         for name in ["etcd0", "etcd3"] {
             let n = c.node(name).unwrap().clone();
-            assert_eq!(metadata_get(&c, n.private_ip, "meta-data/instance-id"), (200, n.instance_id.clone()));
-            assert_eq!(metadata_get(&c, n.private_ip, "meta-data/local-ipv4"), (200, n.private_ip.to_string()));
+            assert_eq!(
+                metadata_get(&c, n.private_ip, "meta-data/instance-id"),
+                (200, n.instance_id.clone())
+            );
+            assert_eq!(
+                metadata_get(&c, n.private_ip, "meta-data/local-ipv4"),
+                (200, n.private_ip.to_string())
+            );
             let (code, ud) = metadata_get(&c, n.private_ip, "user-data");
             assert_eq!(code, 200, "{name} user data");
             let ud = UserData::parse(ud.as_bytes(), Role::Etcd).unwrap();
-            assert_eq!(ud.endpoint_url(), Some(c.account.endpoint()), "AWS calls go to this run's moto");
-            assert_eq!((ud.assets.bucket.as_str(), ud.etcd.expected_members), (c.account.bucket.as_str(), 3));
+            assert_eq!(
+                ud.endpoint_url(),
+                Some(c.account.endpoint()),
+                "AWS calls go to this run's moto"
+            );
+            assert_eq!(
+                (ud.assets.bucket.as_str(), ud.etcd.expected_members),
+                (c.account.bucket.as_str(), 3)
+            );
         }
-        assert_eq!(metadata_get(&c, worker.private_ip, "user-data").0, 404, "worker0 has no user data");
-        assert_eq!(metadata_get(&c, gone.private_ip, "meta-data/instance-id").0, 404, "terminated etcd1");
+        assert_eq!(
+            metadata_get(&c, worker.private_ip, "user-data").0,
+            404,
+            "worker0 has no user data"
+        );
+        assert_eq!(
+            metadata_get(&c, gone.private_ip, "meta-data/instance-id").0,
+            404,
+            "terminated etcd1"
+        );
         moto_addr = c.account.endpoint().trim_start_matches("http://").to_string();
     }
     assert!(!Path::new(&format!("/run/netns/{netns}")).exists(), "namespace {netns} left behind");
     assert!(TcpStream::connect(&moto_addr).is_err(), "moto still answers on {moto_addr}");
-    assert!(dir.join(format!("{netns}-dnsmasq.log")).exists(), "dnsmasq's log is left for debugging");
+    assert!(
+        dir.join(format!("{netns}-dnsmasq.log")).exists(),
+        "dnsmasq's log is left for debugging"
+    );
 }
 
 /// GETs `latest/<path>` from 169.254.169.254 inside the VM network with
@@ -118,11 +182,23 @@ fn metadata_get(c: &Cluster, ip: Ipv4Addr, path: &str) -> (u16, String) {
     // (no VM runs here); it may be there from an earlier call.
     let _ = c.net.command("ip").args(["addr", "add", &format!("{ip}/32"), "dev", "br0"]).output();
     let curl = |args: &[&str]| {
-        let out = c.net.command("curl").args(["-sS", "--max-time", "10", "--interface", &ip.to_string()]).args(args).output().unwrap();
+        let out = c
+            .net
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "--interface", &ip.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    let token = curl(&["-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60", "http://169.254.169.254/latest/api/token"]);
+    let token = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        "http://169.254.169.254/latest/api/token",
+    ]);
     let out = curl(&[
         "-w",
         "\\n%{http_code}",

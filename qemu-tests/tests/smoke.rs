@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use keel_bootstrap::Role;
-use keel_qemu_tests::images::{self, Image};
 use keel_qemu_tests::disk;
+use keel_qemu_tests::images::{self, Image};
 use keel_qemu_tests::vm::{self, Config, Vm};
 
 /// Generous: a first boot under TCG on a loaded 2-core machine.
@@ -39,7 +39,10 @@ fn boots_to_keel_bootstrap(image: &Path, name: &str) {
     let mut vm = Vm::start(&Config::new(image, &state)).expect("starting the VM");
     vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("boot to keel-bootstrap.service");
     let console = vm.console();
-    assert!(!console.contains("is corrupted"), "verity complained on an untouched image:\n{console}");
+    assert!(
+        !console.contains("is corrupted"),
+        "verity complained on an untouched image:\n{console}"
+    );
     eprintln!("{name} image reached {MILESTONE:?} after {:?}", vm.uptime());
 }
 
@@ -60,7 +63,10 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     let mut vm = Vm::start(&cfg).expect("starting the VM");
     vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("boot to keel-bootstrap.service");
     let console = vm.console();
-    assert!(!console.contains("is corrupted"), "verity complained on an untouched image:\n{console}");
+    assert!(
+        !console.contains("is corrupted"),
+        "verity complained on an untouched image:\n{console}"
+    );
     eprintln!("etcd image reached {MILESTONE:?} after {:?}", vm.uptime());
     vm.power_off(BOOT_DEADLINE).expect("a clean power-off");
 
@@ -68,13 +74,23 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     disk::overlay_to_raw(&overlay, &raw).unwrap();
     let parts = disk::partitions(&raw).unwrap();
     let before = disk::partitions(&image.path).unwrap();
-    let root = parts.iter().find(|p| p.name == "root").unwrap_or_else(|| panic!("no root partition: {parts:?}"));
+    let root = parts
+        .iter()
+        .find(|p| p.name == "root")
+        .unwrap_or_else(|| panic!("no root partition: {parts:?}"));
     let root_before = before.iter().find(|p| p.name == "root").unwrap();
     // GPT keeps its backup header and entries (33 sectors) at the end.
     assert_eq!(root.offset, root_before.offset, "the root partition moved");
-    assert!(root.offset + root.size > DISK - (1 << 20), "root did not grow to the end of the disk: {root:?} of {DISK}");
+    assert!(
+        root.offset + root.size > DISK - (1 << 20),
+        "root did not grow to the end of the disk: {root:?} of {DISK}"
+    );
     let fs = disk::ext4_size(&raw, root.offset).unwrap();
-    assert!(fs > root_before.size * 4 && fs <= root.size, "ext4 on root is {fs} bytes in a partition of {}", root.size);
+    assert!(
+        fs > root_before.size * 4 && fs <= root.size,
+        "ext4 on root is {fs} bytes in a partition of {}",
+        root.size
+    );
     // 1 KiB blocks would stop online growth near 64 GiB.
     assert_eq!(disk::ext4_block_size(&raw, root.offset).unwrap(), 4096, "root ext4 block size");
     let _ = std::fs::remove_file(&raw);
@@ -86,7 +102,12 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
 fn k8s_test_image(role: Role) -> PathBuf {
     let image = images::image(role).expect("building the image");
     let m = image.manifest().unwrap();
-    let kubelet = m["components"].as_array().unwrap().iter().find(|c| c["name"] == "kubelet").expect("kubelet component");
+    let kubelet = m["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kubelet")
+        .expect("kubelet component");
     assert_eq!(kubelet["version"], "0.0.0-test-double");
     image.path
 }
@@ -114,7 +135,11 @@ fn changed_byte_in_usr_fails_verity() {
     let console = vm.console();
     drop(vm);
     let _ = std::fs::remove_file(&copy);
-    assert_eq!(which.expect("a verity error on the console"), 0, "the tampered image booted to keel-bootstrap:\n{console}");
+    assert_eq!(
+        which.expect("a verity error on the console"),
+        0,
+        "the tampered image booted to keel-bootstrap:\n{console}"
+    );
     assert!(console.contains("device-mapper: verity"), "no verity report:\n{console}");
 }
 
@@ -125,7 +150,10 @@ fn two_builds_give_identical_images() {
     let again = images::build(Role::Etcd, Some(&out), &["--force"]).expect("building again");
     let first = b.manifest().unwrap();
     let second = again.manifest().unwrap();
-    assert_eq!(first["image-sha256"], second["image-sha256"], "two builds of the same inputs differ");
+    assert_eq!(
+        first["image-sha256"], second["image-sha256"],
+        "two builds of the same inputs differ"
+    );
     assert_eq!(first, second);
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -134,14 +162,21 @@ fn two_builds_give_identical_images() {
 fn inspect_reads_the_manifest_from_the_image() {
     let b = etcd();
     let keel = &images::tools().unwrap().keel;
-    let output = Command::new(keel).arg("inspect").arg(&b.path).output().expect("running keel inspect");
+    let output =
+        Command::new(keel).arg("inspect").arg(&b.path).output().expect("running keel inspect");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).expect("inspect prints JSON");
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("inspect prints JSON");
     assert_eq!(inspected, b.manifest().unwrap());
     let m = &inspected;
     assert_eq!(m["role"], "etcd");
     assert_eq!(m["profile"], "local");
-    let etcd = m["components"].as_array().unwrap().iter().find(|c| c["name"] == "etcd").expect("etcd component");
+    let etcd = m["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "etcd")
+        .expect("etcd component");
     assert_eq!(etcd["debian-package"], "etcd-server");
     assert!(m["debian-packages"].as_array().unwrap().iter().any(|p| p["name"] == "etcd-server"));
     assert_eq!(m["verity-root-hash"].as_str().unwrap().len(), 64);

@@ -43,7 +43,11 @@ fn main() {
             }
         }
     }
-    println!("\ntest result: {}. {} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" }, total - failed);
+    println!(
+        "\ntest result: {}. {} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" },
+        total - failed
+    );
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
@@ -66,7 +70,10 @@ fn child(mode: &str) {
     qemu.check_running().unwrap();
     let pids = Command::new("ip").args(["netns", "pids", net.netns()]).output().unwrap();
     println!("netns {}", net.netns());
-    println!("pids {}", String::from_utf8_lossy(&pids.stdout).split_whitespace().collect::<Vec<_>>().join(" "));
+    println!(
+        "pids {}",
+        String::from_utf8_lossy(&pids.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     println!("ready");
     match mode {
         "panic" => panic!("deliberate panic with QEMU and dnsmasq running"),
@@ -108,15 +115,16 @@ fn parent(mode: &str, want_code: Option<i32>) {
             let _ = tx.send(line);
         }
     });
-    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
 
     let (mut netns, mut pids) = (String::new(), Vec::<i32>::new());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("child ({mode}, pid {}) did not get ready within 60 s", child.id()));
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("child ({mode}, pid {}) did not get ready within 60 s", child.id())
+        });
         if let Some(n) = line.strip_prefix("netns ") {
             netns = n.to_string();
         } else if let Some(p) = line.strip_prefix("pids ") {
@@ -161,10 +169,16 @@ fn parent(mode: &str, want_code: Option<i32>) {
     for &pid in &pids {
         assert!(!alive(pid), "pid {pid} still running after the child's {mode}");
     }
-    assert!(!Path::new(&format!("/run/netns/{netns}")).exists(), "namespace {netns} left behind by the {mode}");
+    assert!(
+        !Path::new(&format!("/run/netns/{netns}")).exists(),
+        "namespace {netns} left behind by the {mode}"
+    );
 }
 
-fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+fn wait_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         if let Some(s) = child.try_wait().unwrap() {

@@ -49,23 +49,43 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
     c.serve_metadata().unwrap();
     let ami = c.account.register_image("keel-worker-k8s-test", Role::Worker).await.unwrap();
     let mut ud = c.user_data(Role::Worker, 1);
-    ud.kubelet = Some(Kubelet { max_pods: None, cluster_dns: None, cluster_domain: None, node_labels: vec!["keel.dev/pool=general".into()] });
+    ud.kubelet = Some(Kubelet {
+        max_pods: None,
+        cluster_dns: None,
+        cluster_domain: None,
+        node_labels: vec!["keel.dev/pool=general".into()],
+    });
     let node = c.add_node_with("worker0", Role::Worker, &ami, Some(&ud)).await.unwrap();
     c.serve_dhcp().unwrap();
 
     c.boot("worker0", &image.path).unwrap();
     let bootstrap = c.wait_for_any("worker0", &[CONFIGURED, BOOTSTRAP_FAILED], BOOT).unwrap();
-    assert_eq!(bootstrap, 0, "keel-bootstrap failed on the worker:\n{}", tail(&c.console("worker0"), 40));
+    assert_eq!(
+        bootstrap,
+        0,
+        "keel-bootstrap failed on the worker:\n{}",
+        tail(&c.console("worker0"), 40)
+    );
     let configured_after = c.uptime("worker0").unwrap();
     let verdict = c.wait_for_any("worker0", &[ACCEPTED, REJECTED], KUBELET).unwrap();
     let accepted_after = c.uptime("worker0").unwrap();
     let console = c.console("worker0");
-    assert_eq!(verdict, 0, "the kubelet test double refused the worker's configuration:\n{}", tail(&console, 40));
+    assert_eq!(
+        verdict,
+        0,
+        "the kubelet test double refused the worker's configuration:\n{}",
+        tail(&console, 40)
+    );
 
     for step in ["containerd config", "cni config", "kubelet config"] {
-        assert!(console.contains(&format!("keel-bootstrap: {step}: ok")), "no {step} step:\n{}", tail(&console, 40));
+        assert!(
+            console.contains(&format!("keel-bootstrap: {step}: ok")),
+            "no {step} step:\n{}",
+            tail(&console, 40)
+        );
     }
-    let line = console.lines().find_map(|l| l.split_once(ACCEPTED).map(|(_, s)| s.trim_end())).unwrap();
+    let line =
+        console.lines().find_map(|l| l.split_once(ACCEPTED).map(|(_, s)| s.trim_end())).unwrap();
     for part in [
         format!("node {} ({})", node.hostname, node.private_ip),
         "at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),

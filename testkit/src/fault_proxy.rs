@@ -204,7 +204,10 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -327,13 +330,19 @@ async fn forward(state: &State, req: &Request) -> anyhow::Result<Reply> {
         .headers()
         .iter()
         .filter(|(k, _)| {
-            !matches!(k.as_str(), "connection" | "content-length" | "transfer-encoding" | "keep-alive")
+            !matches!(
+                k.as_str(),
+                "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+            )
         })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
     let mut body = resp.bytes().await.context("reading the upstream reply")?.to_vec();
     // StartSnapshot answers 201 Created.
-    if req.method == "POST" && req.path.split('?').next() == Some("/snapshots") && (200..300).contains(&status) {
+    if req.method == "POST"
+        && req.path.split('?').next() == Some("/snapshots")
+        && (200..300).contains(&status)
+    {
         body = with_aws_block_size(&body);
     }
     Ok((status, headers, body))

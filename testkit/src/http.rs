@@ -71,7 +71,8 @@ impl FixtureServer {
     pub fn start() -> std::io::Result<FixtureServer> {
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
-        let served = Served::start("fixture-http", move |stream| Box::pin(handle(stream, st.clone())))?;
+        let served =
+            Served::start("fixture-http", move |stream| Box::pin(handle(stream, st.clone())))?;
         Ok(FixtureServer { addr: served.addr(), state, _served: served })
     }
 
@@ -116,7 +117,8 @@ impl FixtureServer {
 }
 
 /// What a server does with each accepted connection.
-pub(crate) type Handler = Arc<dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub(crate) type Handler =
+    Arc<dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A test server on a free loopback port, run by its own thread and tokio
 /// runtime (so sync tests, async tests and child processes can all use
@@ -137,10 +139,8 @@ impl Served {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let handler: Handler = Arc::new(handler);
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
             runtime.block_on(async move {
@@ -189,7 +189,9 @@ async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: watch
 async fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut buf = Vec::new();
     loop {
-        let Some(Request { path, close, .. }) = read_request(&mut stream, &mut buf).await else { return };
+        let Some(Request { path, close, .. }) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
         let reply = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
             st.log.push(path.clone());

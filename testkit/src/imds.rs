@@ -109,12 +109,16 @@ impl ImdsEmulator {
         Self::serve_listener(listener, State { by_source: instances, ..State::default() })
     }
 
-    fn serve_listener(std_listener: std::net::TcpListener, state: State) -> std::io::Result<ImdsEmulator> {
+    fn serve_listener(
+        std_listener: std::net::TcpListener,
+        state: State,
+    ) -> std::io::Result<ImdsEmulator> {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let state = Arc::new(Mutex::new(state));
         let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let st = state.clone();
         let thread = thread::Builder::new().name("imds-emulator".into()).spawn(move || {
             runtime.block_on(async move {
@@ -210,7 +214,11 @@ async fn serve(mut stream: TcpStream, peer: IpAddr, state: Arc<Mutex<State>>) {
         let (status, body, delay) = answer(&state, peer, &req);
         // The SDK's client wants the token's TTL echoed back.
         let ttl = if req.path == "/latest/api/token" && status == 200 {
-            let t = req.headers.get("x-aws-ec2-metadata-token-ttl-seconds").cloned().unwrap_or_default();
+            let t = req
+                .headers
+                .get("x-aws-ec2-metadata-token-ttl-seconds")
+                .cloned()
+                .unwrap_or_default();
             format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n")
         } else {
             String::new()
@@ -262,7 +270,8 @@ fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, O
     if req.method != "GET" {
         return (405, Vec::new(), None);
     }
-    let authorised = req.headers.get("x-aws-ec2-metadata-token").is_some_and(|t| st.tokens.contains(t));
+    let authorised =
+        req.headers.get("x-aws-ec2-metadata-token").is_some_and(|t| st.tokens.contains(t));
     if !authorised {
         return (401, Vec::new(), None);
     }
@@ -277,7 +286,9 @@ fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, O
         Some(Fault::Delay(d)) => delay = Some(d),
         None => {}
     }
-    let Some(inst) = st.by_source.get(&peer).or(st.instance.as_ref()) else { return (404, Vec::new(), delay) };
+    let Some(inst) = st.by_source.get(&peer).or(st.instance.as_ref()) else {
+        return (404, Vec::new(), delay);
+    };
     match lookup(inst, &req.path) {
         Some(body) => (200, body, delay),
         None => (404, Vec::new(), delay),
@@ -341,7 +352,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Reque
                 .filter_map(|l| l.split_once(':'))
                 .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                 .collect();
-            let body_len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let body_len: usize =
+                headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             while buf.len() < end + 4 + body_len {
                 let mut chunk = [0u8; 4096];
                 let n = stream.read(&mut chunk).await.ok()?;

@@ -18,16 +18,15 @@ pub struct Guard {
 impl Guard {
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Guard> {
         cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {name} ({cmd:?}): {e}"))?;
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting {name} ({cmd:?}): {e}"))?;
         let pgid = child.id() as i32;
-        let on_interrupt = teardown::on_interrupt(&format!("killing {name} (process group {pgid})"), move || {
-            // SAFETY: signalling the process group of a child we started.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        });
+        let on_interrupt =
+            teardown::on_interrupt(&format!("killing {name} (process group {pgid})"), move || {
+                // SAFETY: signalling the process group of a child we started.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            });
         Ok(Guard { child, name: name.to_string(), _on_interrupt: on_interrupt })
     }
 

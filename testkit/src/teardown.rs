@@ -69,18 +69,19 @@ fn say(args: std::fmt::Arguments<'_>) {
 
 fn watch() {
     use tokio::signal::unix::{signal, SignalKind};
-    let waited = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
-        rt.block_on(async {
-            let mut int = signal(SignalKind::interrupt())?;
-            let mut term = signal(SignalKind::terminate())?;
-            let mut hup = signal(SignalKind::hangup())?;
-            Ok(tokio::select! {
-                _ = int.recv() => libc::SIGINT,
-                _ = term.recv() => libc::SIGTERM,
-                _ = hup.recv() => libc::SIGHUP,
+    let waited =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+            rt.block_on(async {
+                let mut int = signal(SignalKind::interrupt())?;
+                let mut term = signal(SignalKind::terminate())?;
+                let mut hup = signal(SignalKind::hangup())?;
+                Ok(tokio::select! {
+                    _ = int.recv() => libc::SIGINT,
+                    _ = term.recv() => libc::SIGTERM,
+                    _ = hup.recv() => libc::SIGHUP,
+                })
             })
-        })
-    });
+        });
     let signo = match waited {
         Ok(no) => no,
         Err(e) => {

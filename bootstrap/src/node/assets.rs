@@ -30,7 +30,11 @@ impl Assets {
     /// Writes every file of `bundle` under the layout's /etc. `owner`
     /// chowns the files whose path starts with the given prefix (etcd's
     /// files to the etcd user).
-    pub fn install(layout: &Layout, bundle: Bundle, owner: Option<(&str, u32, u32)>) -> Result<Assets, AssetsError> {
+    pub fn install(
+        layout: &Layout,
+        bundle: Bundle,
+        owner: Option<(&str, u32, u32)>,
+    ) -> Result<Assets, AssetsError> {
         let mut files = BTreeMap::new();
         for f in bundle.files {
             let path = layout.path("etc").join(&f.path);
@@ -55,6 +59,7 @@ impl Assets {
     }
 
     pub fn text(&self, path: &str) -> Result<&str, AssetsError> {
-        std::str::from_utf8(self.get(path)?).map_err(|_| AssetsError::NotText { path: path.to_string() })
+        std::str::from_utf8(self.get(path)?)
+            .map_err(|_| AssetsError::NotText { path: path.to_string() })
     }
 }

@@ -42,8 +42,16 @@ pub fn pki_path(name: &str, ext: &str) -> String {
 }
 
 /// Issues every certificate the control plane needs on this node.
-pub fn issue(ud: &UserData, id: &Identity, ca: &Ca, front_proxy: &Ca) -> Result<Vec<Cert>, ControllerError> {
-    let ip: IpAddr = id.private_ipv4.parse().map_err(|_| ControllerError::BadIp { what: "private IPv4", value: id.private_ipv4.clone() })?;
+pub fn issue(
+    ud: &UserData,
+    id: &Identity,
+    ca: &Ca,
+    front_proxy: &Ca,
+) -> Result<Vec<Cert>, ControllerError> {
+    let ip: IpAddr = id.private_ipv4.parse().map_err(|_| ControllerError::BadIp {
+        what: "private IPv4",
+        value: id.private_ipv4.clone(),
+    })?;
     let svc = Ipv4Cidr::parse(ud.service_cidr()).map_err(ControllerError::ServiceCidr)?.nth(1);
     let loopback = IpAddr::from([127, 0, 0, 1]);
     let domain = ud.cluster_domain();
@@ -60,15 +68,39 @@ pub fn issue(ud: &UserData, id: &Identity, ca: &Ca, front_proxy: &Ca) -> Result<
         Ok(a) => ips.insert(0, a),
         Err(_) => dns.insert(0, ud.api_host().to_string()),
     }
-    let client = |what, cn, org| Request { what, common_name: cn, organization: org, dns_names: vec![], ips: vec![], usage: Usage::Client };
+    let client = |what, cn, org| Request {
+        what,
+        common_name: cn,
+        organization: org,
+        dns_names: vec![],
+        ips: vec![],
+        usage: Usage::Client,
+    };
     let node_cn = format!("system:node:{}", id.local_hostname);
     let mut out = vec![Cert {
         name: "apiserver",
-        issued: ca.issue(&Request { what: "API server serving certificate", common_name: "kube-apiserver", organization: None, dns_names: dns, ips, usage: Usage::Server })?,
+        issued: ca.issue(&Request {
+            what: "API server serving certificate",
+            common_name: "kube-apiserver",
+            organization: None,
+            dns_names: dns,
+            ips,
+            usage: Usage::Server,
+        })?,
     }];
     for (name, what, cn, org) in [
-        ("apiserver-kubelet-client", "API server kubelet client certificate", "kube-apiserver-kubelet-client", Some("system:masters")),
-        ("controller-manager", "controller manager client certificate", "system:kube-controller-manager", None),
+        (
+            "apiserver-kubelet-client",
+            "API server kubelet client certificate",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        ),
+        (
+            "controller-manager",
+            "controller manager client certificate",
+            "system:kube-controller-manager",
+            None,
+        ),
         ("scheduler", "scheduler client certificate", "system:kube-scheduler", None),
         ("kubelet-client", "kubelet client certificate", node_cn.as_str(), Some("system:nodes")),
     ] {
@@ -76,7 +108,11 @@ pub fn issue(ud: &UserData, id: &Identity, ca: &Ca, front_proxy: &Ca) -> Result<
     }
     out.push(Cert {
         name: "front-proxy-client",
-        issued: front_proxy.issue(&client("front-proxy client certificate", "front-proxy-client", None))?,
+        issued: front_proxy.issue(&client(
+            "front-proxy client certificate",
+            "front-proxy-client",
+            None,
+        ))?,
     });
     Ok(out)
 }
@@ -91,7 +127,8 @@ pub const KUBELET_KUBECONFIG: &str = "etc/kubernetes/kubelet.kubeconfig";
 /// kube-apiserver's flags.
 pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer]) -> String {
     let p = |n: &str, e: &str| layout.shown(&pki_path(n, e));
-    let endpoints: Vec<String> = etcd.iter().map(|e| super::etcd::client_url(&e.private_ip)).collect();
+    let endpoints: Vec<String> =
+        etcd.iter().map(|e| super::etcd::client_url(&e.private_ip)).collect();
     let args = vec![
         format!("--advertise-address={}", id.private_ipv4),
         format!("--secure-port={API_PORT}"),
@@ -108,7 +145,10 @@ pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer
         format!("--etcd-cafile={}", layout.shown("etc/etcd/pki/ca.crt")),
         format!("--etcd-certfile={}", p("apiserver-etcd-client", "crt")),
         format!("--etcd-keyfile={}", p("apiserver-etcd-client", "key")),
-        format!("--encryption-provider-config={}", layout.shown("etc/kubernetes/encryption-config.yaml")),
+        format!(
+            "--encryption-provider-config={}",
+            layout.shown("etc/kubernetes/encryption-config.yaml")
+        ),
         format!("--service-cluster-ip-range={}", ud.service_cidr()),
         format!("--service-account-issuer=https://kubernetes.default.svc.{}", ud.cluster_domain()),
         format!("--service-account-key-file={}", p("sa", "pub")),
@@ -170,39 +210,80 @@ pub fn local_server() -> String {
 /// The "control plane config" step: the certificates issued here, the
 /// components' kubeconfigs and the flags of kube-apiserver,
 /// kube-controller-manager and kube-scheduler.
-pub fn write_config(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer], certs: &[Cert]) -> Result<(), String> {
+pub fn write_config(
+    layout: &Layout,
+    ud: &UserData,
+    id: &Identity,
+    etcd: &[Peer],
+    certs: &[Cert],
+) -> Result<(), String> {
     for c in certs {
         super::write(layout, &pki_path(c.name, "key"), 0o600, c.issued.key_pem.as_bytes())?;
         super::write(layout, &pki_path(c.name, "crt"), 0o644, c.issued.cert_pem.as_bytes())?;
     }
-    let cert = |n: &str| kube::Credential::Certificate { cert: layout.shown(&pki_path(n, "crt")), key: layout.shown(&pki_path(n, "key")) };
+    let cert = |n: &str| kube::Credential::Certificate {
+        cert: layout.shown(&pki_path(n, "crt")),
+        key: layout.shown(&pki_path(n, "key")),
+    };
     let server = local_server();
     for (path, user, cred) in [
-        (CONTROLLER_MANAGER_KUBECONFIG, "system:kube-controller-manager", cert("controller-manager")),
+        (
+            CONTROLLER_MANAGER_KUBECONFIG,
+            "system:kube-controller-manager",
+            cert("controller-manager"),
+        ),
         (SCHEDULER_KUBECONFIG, "system:kube-scheduler", cert("scheduler")),
         (KUBELET_KUBECONFIG, "kubelet", cert("kubelet-client")),
     ] {
-        super::write(layout, path, 0o600, kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes())?;
+        super::write(
+            layout,
+            path,
+            0o600,
+            kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes(),
+        )?;
     }
     super::write(layout, APISERVER_ENV, 0o644, apiserver_env(layout, ud, id, etcd).as_bytes())?;
-    super::write(layout, CONTROLLER_MANAGER_ENV, 0o644, controller_manager_env(layout, ud).as_bytes())?;
+    super::write(
+        layout,
+        CONTROLLER_MANAGER_ENV,
+        0o644,
+        controller_manager_env(layout, ud).as_bytes(),
+    )?;
     super::write(layout, SCHEDULER_ENV, 0o644, scheduler_env(layout).as_bytes())
 }
 
 /// The "kubelet config" step: the KubeletConfiguration and the kubelet's
 /// flags, with the client certificate's kubeconfig.
 pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result<(), String> {
-    super::write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
+    super::write(
+        layout,
+        kube::KUBELET_CONFIG,
+        0o644,
+        kube::kubelet_config(layout, ud, id).as_bytes(),
+    )?;
     let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG));
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 
 /// The "certificates" step: [`issue`] with the cluster and front-proxy CAs
 /// of the controller's bundle.
-pub fn issue_from_assets(ud: &UserData, id: &Identity, assets: &super::assets::Assets) -> Result<Vec<Cert>, String> {
+pub fn issue_from_assets(
+    ud: &UserData,
+    id: &Identity,
+    assets: &super::assets::Assets,
+) -> Result<Vec<Cert>, String> {
     let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
-    let ca = Ca::load("kubernetes/pki/ca.crt and ca.key", text("kubernetes/pki/ca.crt")?, text("kubernetes/pki/ca.key")?).map_err(|e| e.to_string())?;
-    let fp = Ca::load("kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key", text("kubernetes/pki/front-proxy-ca.crt")?, text("kubernetes/pki/front-proxy-ca.key")?)
-        .map_err(|e| e.to_string())?;
+    let ca = Ca::load(
+        "kubernetes/pki/ca.crt and ca.key",
+        text("kubernetes/pki/ca.crt")?,
+        text("kubernetes/pki/ca.key")?,
+    )
+    .map_err(|e| e.to_string())?;
+    let fp = Ca::load(
+        "kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key",
+        text("kubernetes/pki/front-proxy-ca.crt")?,
+        text("kubernetes/pki/front-proxy-ca.key")?,
+    )
+    .map_err(|e| e.to_string())?;
     issue(ud, id, &ca, &fp).map_err(|e| e.to_string())
 }

@@ -95,12 +95,25 @@ pub const CA_KEY: &str = "etc/etcd/pki/ca.key";
 /// Issues and writes the server and peer certificates (SANs: private IP
 /// and DNS name). Returns a client for the etcd API that presents the
 /// server certificate (it carries client auth too).
-pub fn issue_certificates(layout: &Layout, ca: &Ca, me: &Peer, owner: Option<(u32, u32)>) -> Result<EtcdApi, EtcdError> {
-    let ip: IpAddr = me.private_ip.parse().map_err(|_| EtcdError::BadIp { ip: me.private_ip.clone() })?;
-    let dns: Vec<String> = [me.private_dns.clone(), "localhost".into()].into_iter().filter(|d| !d.is_empty()).collect();
-    let loopback: IpAddr = "127.0.0.1".parse().map_err(|_| EtcdError::BadIp { ip: "127.0.0.1".into() })?;
+pub fn issue_certificates(
+    layout: &Layout,
+    ca: &Ca,
+    me: &Peer,
+    owner: Option<(u32, u32)>,
+) -> Result<EtcdApi, EtcdError> {
+    let ip: IpAddr =
+        me.private_ip.parse().map_err(|_| EtcdError::BadIp { ip: me.private_ip.clone() })?;
+    let dns: Vec<String> = [me.private_dns.clone(), "localhost".into()]
+        .into_iter()
+        .filter(|d| !d.is_empty())
+        .collect();
+    let loopback: IpAddr =
+        "127.0.0.1".parse().map_err(|_| EtcdError::BadIp { ip: "127.0.0.1".into() })?;
     let mut client = None;
-    for (what, crt, key) in [("etcd server certificate", SERVER_CRT, SERVER_KEY), ("etcd peer certificate", PEER_CRT, PEER_KEY)] {
+    for (what, crt, key) in [
+        ("etcd server certificate", SERVER_CRT, SERVER_KEY),
+        ("etcd peer certificate", PEER_CRT, PEER_KEY),
+    ] {
         let issued = ca.issue(&pki::Request {
             what,
             common_name: &me.instance_id,
@@ -118,7 +131,13 @@ pub fn issue_certificates(layout: &Layout, ca: &Ca, me: &Peer, owner: Option<(u3
     client.ok_or_else(|| EtcdError::BadIp { ip: me.private_ip.clone() })
 }
 
-fn write(layout: &Layout, rel: &str, mode: u32, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), EtcdError> {
+fn write(
+    layout: &Layout,
+    rel: &str,
+    mode: u32,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), EtcdError> {
     let path = layout.path(rel);
     let err = |source| EtcdError::Write { path: path.display().to_string(), source };
     crate::atomic_file::write(&path, mode, bytes).map_err(err)?;
@@ -148,7 +167,9 @@ pub fn has_data(layout: &Layout) -> bool {
 pub fn reconcile(me: &Peer, peers: &[Peer], members: &[Member]) -> (Vec<Member>, bool) {
     let my_url = peer_url(&me.private_ip);
     let alive = |m: &Member| {
-        peers.iter().any(|p| m.name == p.instance_id || m.peer_urls.iter().any(|u| *u == peer_url(&p.private_ip)))
+        peers.iter().any(|p| {
+            m.name == p.instance_id || m.peer_urls.iter().any(|u| *u == peer_url(&p.private_ip))
+        })
     };
     let remove = members.iter().filter(|m| !alive(m)).cloned().collect();
     let present = members.iter().any(|m| m.peer_urls.contains(&my_url));
@@ -178,9 +199,18 @@ pub fn initial_cluster_of(members: &[Member], peers: &[Peer]) -> Vec<(String, St
 
 /// Decides and carries out the membership plan. `api` presents this
 /// node's certificate.
-pub async fn plan(layout: &Layout, api: &EtcdApi, me: &Peer, peers: &[Peer]) -> Result<(Plan, Vec<(String, String)>, bool), EtcdError> {
+pub async fn plan(
+    layout: &Layout,
+    api: &EtcdApi,
+    me: &Peer,
+    peers: &[Peer],
+) -> Result<(Plan, Vec<(String, String)>, bool), EtcdError> {
     if has_data(layout) {
-        return Ok((Plan::Restart, vec![(me.instance_id.clone(), peer_url(&me.private_ip))], false));
+        return Ok((
+            Plan::Restart,
+            vec![(me.instance_id.clone(), peer_url(&me.private_ip))],
+            false,
+        ));
     }
     if !peers.iter().any(|p| p.instance_id == me.instance_id) {
         return Err(EtcdError::NotAPeer {
@@ -207,7 +237,8 @@ pub async fn plan(layout: &Layout, api: &EtcdApi, me: &Peer, peers: &[Peer]) -> 
     let endpoint = match (healthy, answering) {
         (Some(e), _) => e,
         (None, None) => {
-            let initial: Vec<(String, String)> = peers.iter().map(|p| (p.instance_id.clone(), peer_url(&p.private_ip))).collect();
+            let initial: Vec<(String, String)> =
+                peers.iter().map(|p| (p.instance_id.clone(), peer_url(&p.private_ip))).collect();
             let members = peers.iter().map(|p| p.instance_id.clone()).collect();
             return Ok((Plan::New { members }, initial, true));
         }
@@ -247,13 +278,22 @@ pub async fn plan(layout: &Layout, api: &EtcdApi, me: &Peer, peers: &[Peer]) -> 
         }
     }
     let members = api.member_list(&endpoint).await.map_err(join)?;
-    let removed = remove.iter().map(|m| if m.name.is_empty() { m.id.clone() } else { m.name.clone() }).collect();
+    let removed = remove
+        .iter()
+        .map(|m| if m.name.is_empty() { m.id.clone() } else { m.name.clone() })
+        .collect();
     Ok((Plan::Join { via: endpoint, removed }, initial_cluster_of(&members, peers), false))
 }
 
 /// The environment file Debian's etcd-server unit reads (`/etc/default/etcd`,
 /// `EnvironmentFile=`); the same variables configure etcd 3.4 and 3.5.
-pub fn render_env(layout: &Layout, ud: &UserData, me: &Peer, initial: &[(String, String)], new_cluster: bool) -> String {
+pub fn render_env(
+    layout: &Layout,
+    ud: &UserData,
+    me: &Peer,
+    initial: &[(String, String)],
+    new_cluster: bool,
+) -> String {
     let ic = initial.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(",");
     let mut vars: Vec<(&str, String)> = vec![
         ("ETCD_NAME", me.instance_id.clone()),
@@ -273,8 +313,14 @@ pub fn render_env(layout: &Layout, ud: &UserData, me: &Peer, initial: &[(String,
         ("ETCD_PEER_TRUSTED_CA_FILE", layout.shown(CA_CRT)),
         ("ETCD_PEER_CERT_FILE", layout.shown(PEER_CRT)),
         ("ETCD_PEER_KEY_FILE", layout.shown(PEER_KEY)),
-        ("ETCD_HEARTBEAT_INTERVAL", ud.etcd.heartbeat_interval_ms.unwrap_or(DEFAULT_HEARTBEAT_MS).to_string()),
-        ("ETCD_ELECTION_TIMEOUT", ud.etcd.election_timeout_ms.unwrap_or(DEFAULT_ELECTION_MS).to_string()),
+        (
+            "ETCD_HEARTBEAT_INTERVAL",
+            ud.etcd.heartbeat_interval_ms.unwrap_or(DEFAULT_HEARTBEAT_MS).to_string(),
+        ),
+        (
+            "ETCD_ELECTION_TIMEOUT",
+            ud.etcd.election_timeout_ms.unwrap_or(DEFAULT_ELECTION_MS).to_string(),
+        ),
     ];
     if let Some(q) = ud.etcd.quota_backend_bytes {
         vars.push(("ETCD_QUOTA_BACKEND_BYTES", q.to_string()));
@@ -291,11 +337,16 @@ pub fn render_env(layout: &Layout, ud: &UserData, me: &Peer, initial: &[(String,
 
 /// Creates the data directory (0700, owned by etcd) and writes the
 /// environment file.
-pub fn write_config(layout: &Layout, env: &str, owner: Option<(u32, u32)>) -> Result<(), EtcdError> {
+pub fn write_config(
+    layout: &Layout,
+    env: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), EtcdError> {
     let data = layout.path(layout::ETCD_DATA_DIR);
     let err = |source| EtcdError::Write { path: data.display().to_string(), source };
     std::fs::create_dir_all(&data).map_err(err)?;
-    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(err)?;
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(err)?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(err)?;
     }
@@ -310,21 +361,33 @@ mod tests {
         Peer { instance_id: id.into(), private_ip: ip.into(), private_dns: String::new() }
     }
     fn member(id: &str, name: &str, ip: &str) -> Member {
-        Member { id: id.into(), name: name.into(), peer_urls: vec![peer_url(ip)], client_urls: vec![] }
+        Member {
+            id: id.into(),
+            name: name.into(),
+            peer_urls: vec![peer_url(ip)],
+            client_urls: vec![],
+        }
     }
 
     #[test]
     fn reconcile_removes_gone_instances_and_adds_self_once() {
         let me = peer("i-new", "10.0.0.4");
         let peers = [peer("i-a", "10.0.0.1"), peer("i-b", "10.0.0.2"), me.clone()];
-        let members = [member("1", "i-a", "10.0.0.1"), member("2", "i-b", "10.0.0.2"), member("3", "i-dead", "10.0.0.3")];
+        let members = [
+            member("1", "i-a", "10.0.0.1"),
+            member("2", "i-b", "10.0.0.2"),
+            member("3", "i-dead", "10.0.0.3"),
+        ];
         let (remove, add) = reconcile(&me, &peers, &members);
         assert_eq!(remove.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3"]);
         assert!(add);
         let mut with_me = members.to_vec();
         with_me.push(member("4", "", "10.0.0.4"));
         assert!(!reconcile(&me, &peers, &with_me).1);
-        let ic = initial_cluster_of(&with_me[..2].iter().cloned().chain([with_me[3].clone()]).collect::<Vec<_>>(), &peers);
+        let ic = initial_cluster_of(
+            &with_me[..2].iter().cloned().chain([with_me[3].clone()]).collect::<Vec<_>>(),
+            &peers,
+        );
         assert_eq!(
             ic,
             [
@@ -341,7 +404,11 @@ mod tests {
         let layout = Layout::new(dir.path());
         assert_eq!(etcd_owner(&layout), None);
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\netcd:x:101:103::/var/lib/etcd:/usr/sbin/nologin\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\netcd:x:101:103::/var/lib/etcd:/usr/sbin/nologin\n",
+        )
+        .unwrap();
         assert_eq!(etcd_owner(&layout), Some((101, 103)));
     }
 }

@@ -26,10 +26,18 @@ pub enum Credential<'a> {
 }
 
 /// A kubeconfig (JSON) for one user against `server`.
-pub fn kubeconfig(layout: &Layout, cluster: &str, server: &str, user: &str, credential: &Credential<'_>) -> String {
+pub fn kubeconfig(
+    layout: &Layout,
+    cluster: &str,
+    server: &str,
+    user: &str,
+    credential: &Credential<'_>,
+) -> String {
     let user_entry = match credential {
         Credential::Token(t) => json!({ "token": t }),
-        Credential::Certificate { cert, key } => json!({ "client-certificate": cert, "client-key": key }),
+        Credential::Certificate { cert, key } => {
+            json!({ "client-certificate": cert, "client-key": key })
+        }
     };
     let doc = json!({
         "apiVersion": "v1",
@@ -73,7 +81,13 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
 }
 
 /// The kubelet's flags (`/etc/default/kubelet`, `KUBELET_ARGS`).
-pub fn kubelet_env(layout: &Layout, ud: &UserData, id: &Identity, bootstrap_kubeconfig: Option<&str>, kubeconfig: &str) -> String {
+pub fn kubelet_env(
+    layout: &Layout,
+    ud: &UserData,
+    id: &Identity,
+    bootstrap_kubeconfig: Option<&str>,
+    kubeconfig: &str,
+) -> String {
     let mut args = vec![
         format!("--config={}", layout.shown(KUBELET_CONFIG)),
         format!("--kubeconfig={kubeconfig}"),

@@ -62,7 +62,8 @@ pub enum WorkerError {
 /// The CNI network list: a bridge with host-local addresses from this
 /// node's /24 of the pod CIDR, and portmap.
 pub fn cni_conflist(ud: &UserData, id: &Identity) -> Result<String, WorkerError> {
-    let cidr = Ipv4Cidr::parse(ud.pod_cidr()).map_err(|message| WorkerError::PodCidr { cidr: ud.pod_cidr().into(), message })?;
+    let cidr = Ipv4Cidr::parse(ud.pod_cidr())
+        .map_err(|message| WorkerError::PodCidr { cidr: ud.pod_cidr().into(), message })?;
     let ip = id.private_ipv4.parse().map_err(|_| WorkerError::NodeIp(id.private_ipv4.clone()))?;
     let subnet = cidr.node_subnet(ip).ok_or_else(|| WorkerError::PodCidr {
         cidr: ud.pod_cidr().into(),
@@ -103,12 +104,34 @@ pub fn write_cni_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result
 
 /// The "kubelet config" step: the bootstrap kubeconfig with `token` (a
 /// secret: 0600), the KubeletConfiguration and the kubelet's flags.
-pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity, token: &str) -> Result<(), String> {
+pub fn write_kubelet_config(
+    layout: &Layout,
+    ud: &UserData,
+    id: &Identity,
+    token: &str,
+) -> Result<(), String> {
     check_token(token)?;
-    let kubeconfig = zeroize::Zeroizing::new(kube::kubeconfig(layout, &ud.cluster, &ud.api_endpoint, "kubelet-bootstrap", &kube::Credential::Token(token)));
+    let kubeconfig = zeroize::Zeroizing::new(kube::kubeconfig(
+        layout,
+        &ud.cluster,
+        &ud.api_endpoint,
+        "kubelet-bootstrap",
+        &kube::Credential::Token(token),
+    ));
     super::write(layout, BOOTSTRAP_KUBECONFIG, 0o600, kubeconfig.as_bytes())?;
-    super::write(layout, kube::KUBELET_CONFIG, 0o644, kube::kubelet_config(layout, ud, id).as_bytes())?;
-    let env = kube::kubelet_env(layout, ud, id, Some(&layout.shown(BOOTSTRAP_KUBECONFIG)), &layout.shown(kube::KUBELET_KUBECONFIG));
+    super::write(
+        layout,
+        kube::KUBELET_CONFIG,
+        0o644,
+        kube::kubelet_config(layout, ud, id).as_bytes(),
+    )?;
+    let env = kube::kubelet_env(
+        layout,
+        ud,
+        id,
+        Some(&layout.shown(BOOTSTRAP_KUBECONFIG)),
+        &layout.shown(kube::KUBELET_KUBECONFIG),
+    );
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 
@@ -116,7 +139,10 @@ pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity, token
 /// quotes it.
 fn check_token(token: &str) -> Result<(), String> {
     let ok = token.split_once('.').is_some_and(|(id, secret)| {
-        id.len() == 6 && secret.len() == 16 && (id.chars().chain(secret.chars())).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        id.len() == 6
+            && secret.len() == 16
+            && (id.chars().chain(secret.chars()))
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     });
     if ok {
         Ok(())

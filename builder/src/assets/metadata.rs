@@ -33,7 +33,8 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// The metadata of `bundle` sealed under `kms_key` (as KMS names it).
     pub fn of(bundle: &Bundle, kms_key: &str, fingerprint: String) -> ObjectMeta {
-        let mut files: Vec<(u32, String)> = bundle.files.iter().map(|f| (f.mode, f.path.clone())).collect();
+        let mut files: Vec<(u32, String)> =
+            bundle.files.iter().map(|f| (f.mode, f.path.clone())).collect();
         files.sort_by(|a, b| a.1.cmp(&b.1));
         let ca_sha256 = bundle
             .files
@@ -53,8 +54,10 @@ impl ObjectMeta {
     }
 
     pub fn to_map(&self) -> HashMap<String, String> {
-        let files = self.files.iter().map(|(m, p)| format!("{m:04o}:{p}")).collect::<Vec<_>>().join(" ");
-        let cas = self.ca_sha256.iter().map(|(p, h)| format!("{p}={h}")).collect::<Vec<_>>().join(" ");
+        let files =
+            self.files.iter().map(|(m, p)| format!("{m:04o}:{p}")).collect::<Vec<_>>().join(" ");
+        let cas =
+            self.ca_sha256.iter().map(|(p, h)| format!("{p}={h}")).collect::<Vec<_>>().join(" ");
         HashMap::from([
             (FORMAT.into(), self.format.to_string()),
             (CLUSTER.into(), self.cluster.clone()),
@@ -105,8 +108,16 @@ mod tests {
             cluster: "c1".into(),
             role: Role::Worker,
             files: vec![
-                BundleFile { path: "kubernetes/pki/ca.crt".into(), mode: 0o644, contents: Zeroizing::new(b"cert".to_vec()) },
-                BundleFile { path: "kubernetes/bootstrap-token".into(), mode: 0o600, contents: Zeroizing::new(b"t.s".to_vec()) },
+                BundleFile {
+                    path: "kubernetes/pki/ca.crt".into(),
+                    mode: 0o644,
+                    contents: Zeroizing::new(b"cert".to_vec()),
+                },
+                BundleFile {
+                    path: "kubernetes/bootstrap-token".into(),
+                    mode: 0o600,
+                    contents: Zeroizing::new(b"t.s".to_vec()),
+                },
             ],
         };
         let meta = ObjectMeta::of(&bundle, "arn:aws:kms:r:1:key/k", "hmac-sha256:00".into());

@@ -136,7 +136,11 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         );
     }
     println!("  {:<42} service-account signing key pair", pki::paths::SA_KEY);
-    println!("  {:<42} admin kubeconfig, server {}", pki::paths::ADMIN_KUBECONFIG, endpoints[0].url());
+    println!(
+        "  {:<42} admin kubeconfig, server {}",
+        pki::paths::ADMIN_KUBECONFIG,
+        endpoints[0].url()
+    );
     println!("  {:<42} secrets at rest: secretbox, one key", pki::paths::ENCRYPTION_CONFIG);
     println!(
         "  {:<42} worker bootstrap token id {}, expires {}",
@@ -144,10 +148,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         generated.token_id,
         rfc3339(generated.token_expires)
     );
-    println!(
-        "  {:<42} Secret for the token (kubectl apply)",
-        pki::paths::BOOTSTRAP_TOKEN_SECRET
-    );
+    println!("  {:<42} Secret for the token (kubectl apply)", pki::paths::BOOTSTRAP_TOKEN_SECRET);
     for role in keel_bootstrap::Role::ALL {
         println!("{role} bundle: {}", roles::files(role).join(", "));
     }

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use rand::Rng as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -161,7 +161,8 @@ struct Issued {
 }
 
 fn generate_key(what: &'static str) -> Result<KeyPair, PkiError> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Generate { what, source })
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| PkiError::Generate { what, source })
 }
 
 fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
@@ -187,7 +188,13 @@ struct Generator {
 }
 
 impl Generator {
-    fn ca(&mut self, what: &'static str, path: &'static str, key_path: &'static str, cn: &str) -> Result<Issued, PkiError> {
+    fn ca(
+        &mut self,
+        what: &'static str,
+        path: &'static str,
+        key_path: &'static str,
+        cn: &str,
+    ) -> Result<Issued, PkiError> {
         let key = generate_key(what)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(cn, None);
@@ -200,7 +207,8 @@ impl Generator {
         params.not_before = self.now - BACKDATE;
         params.not_after = self.now + CA_LIFETIME;
         let not_after = params.not_after;
-        let cert = params.self_signed(&key).map_err(|source| PkiError::Generate { what, source })?;
+        let cert =
+            params.self_signed(&key).map_err(|source| PkiError::Generate { what, source })?;
         self.push_pair(path, key_path, &cert, &key);
         self.certs.push(CertInfo {
             path,
@@ -248,23 +256,41 @@ impl Generator {
         Ok(Issued { cert, key })
     }
 
-    fn push_pair(&mut self, path: &'static str, key_path: &'static str, cert: &rcgen::Certificate, key: &KeyPair) {
+    fn push_pair(
+        &mut self,
+        path: &'static str,
+        key_path: &'static str,
+        cert: &rcgen::Certificate,
+        key: &KeyPair,
+    ) {
         self.public(path, cert.pem().into_bytes());
         self.secret(key_path, key.serialize_pem().into_bytes());
     }
 
     fn public(&mut self, path: &'static str, contents: Vec<u8>) {
-        self.files.push(GeneratedFile { path, mode: PUBLIC_MODE, contents: Zeroizing::new(contents) });
+        self.files.push(GeneratedFile {
+            path,
+            mode: PUBLIC_MODE,
+            contents: Zeroizing::new(contents),
+        });
     }
 
     fn secret(&mut self, path: &'static str, contents: Vec<u8>) {
-        self.files.push(GeneratedFile { path, mode: SECRET_MODE, contents: Zeroizing::new(contents) });
+        self.files.push(GeneratedFile {
+            path,
+            mode: SECRET_MODE,
+            contents: Zeroizing::new(contents),
+        });
     }
 }
 
 /// Generates a cluster's assets. `endpoints` are the API server addresses
 /// (the first one goes into the admin kubeconfig).
-pub fn generate(cluster: &str, endpoints: &[Endpoint], now: OffsetDateTime) -> Result<Pki, PkiError> {
+pub fn generate(
+    cluster: &str,
+    endpoints: &[Endpoint],
+    now: OffsetDateTime,
+) -> Result<Pki, PkiError> {
     check_cluster_name(cluster)?;
     let first = endpoints.first().ok_or(PkiError::NoEndpoint)?;
     let mut g = Generator { now, files: Vec::new(), certs: Vec::new() };
@@ -371,7 +397,12 @@ fn bootstrap_token() -> (String, Zeroizing<String>) {
 
 /// The Secret that makes the token valid, for `kubectl apply` on the
 /// cluster (bootstrap-token authentication, kube-system namespace).
-fn bootstrap_token_secret(cluster: &str, id: &str, secret: &str, expires: OffsetDateTime) -> String {
+fn bootstrap_token_secret(
+    cluster: &str,
+    id: &str,
+    secret: &str,
+    expires: OffsetDateTime,
+) -> String {
     let expiration = expires
         .replace_nanosecond(0)
         .unwrap_or(expires)
@@ -407,7 +438,10 @@ mod tests {
         }
         assert_eq!(Endpoint::parse("10.0.0.1").unwrap().url(), "https://10.0.0.1:6443");
         assert_eq!(Endpoint::parse("fd00::1").unwrap().url(), "https://[fd00::1]:6443");
-        assert_eq!(Endpoint::parse("API.example.com").unwrap().url(), "https://api.example.com:6443");
+        assert_eq!(
+            Endpoint::parse("API.example.com").unwrap().url(),
+            "https://api.example.com:6443"
+        );
         for bad in ["", "a..b", "https://x", "x:6443", "-x.com"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
         }

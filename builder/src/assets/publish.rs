@@ -23,9 +23,15 @@ use super::{fingerprint, roles, AwsArgs, PublishArgs};
 #[derive(Debug, PartialEq, Eq)]
 enum Action {
     Create,
-    Unchanged { etag: Option<String>, version: Option<String> },
+    Unchanged {
+        etag: Option<String>,
+        version: Option<String>,
+    },
     /// Replace the object that has this ETag (a conditional write).
-    Replace { rotated: Vec<String>, etag: Option<String> },
+    Replace {
+        rotated: Vec<String>,
+        etag: Option<String>,
+    },
 }
 
 /// The current state of an object, from HeadObject.
@@ -49,10 +55,12 @@ pub async fn run(args: &PublishArgs) -> anyhow::Result<()> {
     for role in Role::ALL {
         let bundle = roles::bundle(&store, role)?;
         let key = bundle::object_key(&args.prefix, role);
-        let plaintext = bundle.encode_files().with_context(|| format!("encoding the {role} bundle"))?;
+        let plaintext =
+            bundle.encode_files().with_context(|| format!("encoding the {role} bundle"))?;
         let fingerprint = fingerprint::content(&fp_key, &args.kms_key, &plaintext);
         let new = ObjectMeta::of(&bundle, &args.kms_key, fingerprint);
-        let current = if existing.contains(&key) { Some(head(&s3, &args.bucket, &key).await?) } else { None };
+        let current =
+            if existing.contains(&key) { Some(head(&s3, &args.bucket, &key).await?) } else { None };
         match decide(&cluster, &new, current, args.rotate) {
             Ok(action) => plans.push((role, bundle, key, new, action)),
             Err(why) => refusals.push(format!("s3://{}/{key}: {why}", args.bucket)),
@@ -120,7 +128,12 @@ fn describe(etag: &Option<String>, version: &Option<String>) -> String {
 }
 
 /// Decides what to do with one object, or why it must not be touched.
-fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: bool) -> Result<Action, String> {
+fn decide(
+    cluster: &str,
+    new: &ObjectMeta,
+    current: Option<Current>,
+    rotate: bool,
+) -> Result<Action, String> {
     let Some(current) = current else {
         return Ok(Action::Create);
     };
@@ -128,7 +141,10 @@ fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: boo
         if rotate {
             return Ok(Action::Replace { rotated: Vec::new(), etag: current.etag });
         }
-        return Err("exists but was not written by keel (no keel metadata); pass --rotate to replace it".into());
+        return Err(
+            "exists but was not written by keel (no keel metadata); pass --rotate to replace it"
+                .into(),
+        );
     };
     if old.cluster != cluster || old.role != new.role {
         return Err(format!(
@@ -140,14 +156,23 @@ fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: boo
         return Ok(Action::Unchanged { etag: current.etag, version: current.version });
     }
     let paths: BTreeSet<&String> = old.ca_sha256.keys().chain(new.ca_sha256.keys()).collect();
-    let rotated: Vec<String> =
-        paths.into_iter().filter(|p| old.ca_sha256.get(*p) != new.ca_sha256.get(*p)).cloned().collect();
+    let rotated: Vec<String> = paths
+        .into_iter()
+        .filter(|p| old.ca_sha256.get(*p) != new.ca_sha256.get(*p))
+        .cloned()
+        .collect();
     if !rotated.is_empty() && !rotate {
         let detail = rotated
             .iter()
             .map(|p| {
-                let short = |h: Option<&String>| h.map(|h| h[..12.min(h.len())].to_string()).unwrap_or("none".into());
-                format!("{p} (sha256 {} -> {})", short(old.ca_sha256.get(p)), short(new.ca_sha256.get(p)))
+                let short = |h: Option<&String>| {
+                    h.map(|h| h[..12.min(h.len())].to_string()).unwrap_or("none".into())
+                };
+                format!(
+                    "{p} (sha256 {} -> {})",
+                    short(old.ca_sha256.get(p)),
+                    short(new.ca_sha256.get(p))
+                )
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -161,7 +186,11 @@ fn decide(cluster: &str, new: &ObjectMeta, current: Option<Current>, rotate: boo
 
 /// The keys under `prefix` in `bucket` (one ListObjectsV2, paginated).
 /// A missing bucket or a denied list fails here, before any work.
-pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> anyhow::Result<BTreeSet<String>> {
+pub async fn list_keys(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<BTreeSet<String>> {
     let list_prefix = list_prefix(prefix);
     let pages = s3
         .list_objects_v2()
@@ -171,7 +200,9 @@ pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> a
         .send()
         .collect::<Result<Vec<_>, _>>()
         .await
-        .map_err(|e| anyhow::anyhow!("S3 ListObjectsV2 s3://{bucket}/{list_prefix}: {}", display_error(&e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!("S3 ListObjectsV2 s3://{bucket}/{list_prefix}: {}", display_error(&e))
+        })?;
     Ok(pages
         .iter()
         .flat_map(|p| p.contents())
@@ -190,13 +221,10 @@ pub fn list_prefix(prefix: &str) -> String {
 }
 
 async fn head(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Current> {
-    let reply = s3
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("S3 HeadObject s3://{bucket}/{key}: {}", display_error(&e)))?;
+    let reply =
+        s3.head_object().bucket(bucket).key(key).send().await.map_err(|e| {
+            anyhow::anyhow!("S3 HeadObject s3://{bucket}/{key}: {}", display_error(&e))
+        })?;
     let empty = HashMap::new();
     Ok(Current {
         meta: ObjectMeta::from_map(reply.metadata().unwrap_or(&empty)),
@@ -207,7 +235,11 @@ async fn head(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Resul
 
 impl AwsArgs {
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws::sdk_config(&aws::Target { region: self.region.clone(), endpoint_url: self.endpoint_url.clone() }).await
+        aws::sdk_config(&aws::Target {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        })
+        .await
     }
 }
 
@@ -236,7 +268,10 @@ mod tests {
     fn decisions() {
         let new = meta("c1", "aaa", "f1");
         assert_eq!(decide("c1", &new, None, false), Ok(Action::Create));
-        assert!(matches!(decide("c1", &new, current(Some(meta("c1", "aaa", "f1"))), false), Ok(Action::Unchanged { .. })));
+        assert!(matches!(
+            decide("c1", &new, current(Some(meta("c1", "aaa", "f1"))), false),
+            Ok(Action::Unchanged { .. })
+        ));
         assert_eq!(
             decide("c1", &new, current(Some(meta("c1", "aaa", "f0"))), false),
             Ok(Action::Replace { rotated: vec![], etag: Some("\"e\"".into()) })
@@ -245,7 +280,10 @@ mod tests {
         assert!(e.contains("--rotate") && e.contains("kubernetes/pki/ca.crt"), "{e}");
         assert_eq!(
             decide("c1", &new, current(Some(meta("c1", "bbb", "f0"))), true),
-            Ok(Action::Replace { rotated: vec!["kubernetes/pki/ca.crt".into()], etag: Some("\"e\"".into()) })
+            Ok(Action::Replace {
+                rotated: vec!["kubernetes/pki/ca.crt".into()],
+                etag: Some("\"e\"".into())
+            })
         );
         let e = decide("c1", &new, current(Some(meta("c2", "aaa", "f1"))), true).unwrap_err();
         assert!(e.contains("cluster \"c2\""), "{e}");

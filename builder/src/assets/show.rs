@@ -39,7 +39,9 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
             .range(HEADER_RANGE)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("S3 GetObject (header range) {url}: {}", display_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("S3 GetObject (header range) {url}: {}", display_error(&e))
+            })?;
         let first = ranged
             .body
             .collect()
@@ -80,4 +82,3 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -67,7 +67,8 @@ pub fn write(dir: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     }
-    let name = dir.file_name().with_context(|| format!("{} has no directory name", dir.display()))?;
+    let name =
+        dir.file_name().with_context(|| format!("{} has no directory name", dir.display()))?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -76,7 +77,8 @@ pub fn write(dir: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()> {
     let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = write_tree(&tmp, manifest, pki).and_then(|()| {
         // rename(2) replaces an empty directory.
-        fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        fs::rename(&tmp, dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
         fs::File::open(parent)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("syncing {}", parent.display()))
@@ -103,7 +105,8 @@ fn write_tree(root: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()>
         .with_context(|| format!("writing {}", root.join(FINGERPRINT_KEY).display()))?;
     for f in &pki.files {
         let path = root.join(f.path);
-        atomic_file::write(&path, f.mode, &f.contents).with_context(|| format!("writing {}", path.display()))?;
+        atomic_file::write(&path, f.mode, &f.contents)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let text = toml::to_string_pretty(manifest).context("encoding the asset manifest")?;
     atomic_file::write(&root.join(MANIFEST), 0o644, text.as_bytes())
@@ -115,9 +118,14 @@ impl Store {
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         let path = dir.join(MANIFEST);
         let text = fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (is {} an asset directory made by keel assets init?)", path.display(), dir.display())
+            format!(
+                "reading {} (is {} an asset directory made by keel assets init?)",
+                path.display(),
+                dir.display()
+            )
         })?;
-        let manifest: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let manifest: Manifest =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if manifest.format != LAYOUT_VERSION {
             bail!(
                 "{} has layout format {}, this keel reads format {LAYOUT_VERSION}",
@@ -125,7 +133,8 @@ impl Store {
                 manifest.format
             );
         }
-        super::pki::check_cluster_name(&manifest.cluster).with_context(|| format!("in {}", path.display()))?;
+        super::pki::check_cluster_name(&manifest.cluster)
+            .with_context(|| format!("in {}", path.display()))?;
         Ok(Store { dir: dir.to_path_buf(), manifest })
     }
 
@@ -136,7 +145,10 @@ impl Store {
         let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if secret && mode & 0o077 != 0 {
-            bail!("{} has mode {mode:04o}: a secret must not be readable by others (chmod 600)", path.display());
+            bail!(
+                "{} has mode {mode:04o}: a secret must not be readable by others (chmod 600)",
+                path.display()
+            );
         }
         let contents = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Zeroizing::new(contents))
@@ -145,7 +157,11 @@ impl Store {
     pub fn fingerprint_key(&self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         let key = self.read(FINGERPRINT_KEY, true)?;
         if key.len() != 32 {
-            bail!("{} is {} bytes, expected 32", self.dir.join(FINGERPRINT_KEY).display(), key.len());
+            bail!(
+                "{} is {} bytes, expected 32",
+                self.dir.join(FINGERPRINT_KEY).display(),
+                key.len()
+            );
         }
         Ok(key)
     }
@@ -171,10 +187,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("assets");
         fs::create_dir(&dir).unwrap();
-        let pki = generate("c1", &[Endpoint::parse("10.0.0.1").unwrap()], time::OffsetDateTime::now_utc()).unwrap();
+        let pki = generate(
+            "c1",
+            &[Endpoint::parse("10.0.0.1").unwrap()],
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
         write(&dir, &manifest(), &pki).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["assets"], "temporary directory left behind");
 
         let store = Store::open(&dir).unwrap();
@@ -193,14 +215,20 @@ mod tests {
     #[test]
     fn failure_leaves_no_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let pki = generate("c1", &[Endpoint::parse("10.0.0.1").unwrap()], time::OffsetDateTime::now_utc()).unwrap();
+        let pki = generate(
+            "c1",
+            &[Endpoint::parse("10.0.0.1").unwrap()],
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
         // A file where the parent directory must be: refused, nothing made.
         let dir = tmp.path().join("assets");
         let blocker = tmp.path().join("blocked");
         fs::write(&blocker, b"x").unwrap();
         assert!(write(&blocker.join("assets"), &manifest(), &pki).is_err());
         assert!(!dir.exists());
-        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["blocked"]);
     }
 }

@@ -66,7 +66,8 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
             Err(source) => return Err(FetchError::Io { path, source }),
         };
-        let actual = hash_reader(file, digest.algorithm()).map_err(|source| FetchError::Io { path: path.clone(), source })?;
+        let actual = hash_reader(file, digest.algorithm())
+            .map_err(|source| FetchError::Io { path: path.clone(), source })?;
         if actual == *digest {
             return Ok(Lookup::Hit(path));
         }
@@ -107,7 +108,8 @@ impl Pending {
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), FetchError> {
         if let (Some(out), Some(hasher)) = (self.out.as_mut(), self.hasher.as_mut()) {
             hasher.update(bytes);
-            out.write_all(bytes).map_err(|source| FetchError::Io { path: self.tmp.clone(), source })?;
+            out.write_all(bytes)
+                .map_err(|source| FetchError::Io { path: self.tmp.clone(), source })?;
         }
         Ok(())
     }
@@ -131,13 +133,19 @@ impl Pending {
         }
     }
 
-    fn finish(&mut self, expected: Option<&Digest>) -> Result<Result<(PathBuf, Digest), Digest>, FetchError> {
+    fn finish(
+        &mut self,
+        expected: Option<&Digest>,
+    ) -> Result<Result<(PathBuf, Digest), Digest>, FetchError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| FetchError::Io { path, source }
         };
         let (Some(out), Some(hasher)) = (self.out.take(), self.hasher.take()) else {
-            return Err(FetchError::Io { path: self.tmp.clone(), source: io::Error::other("entry already finished") });
+            return Err(FetchError::Io {
+                path: self.tmp.clone(),
+                source: io::Error::other("entry already finished"),
+            });
         };
         let actual = hasher.finish();
         if expected.is_some_and(|e| *e != actual) {
@@ -145,7 +153,9 @@ impl Pending {
             let _ = fs::remove_file(&self.tmp);
             return Ok(Err(actual));
         }
-        let file = out.into_inner().map_err(|e| FetchError::Io { path: self.tmp.clone(), source: e.into_error() })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| FetchError::Io { path: self.tmp.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io_err(&self.tmp))?;
         drop(file);
         let path = self.cache.path(&actual);

@@ -79,7 +79,11 @@ pub async fn fetch_into(
 
 /// The body of `url` as text (a checksum file), through the mirrors, with
 /// the same timeouts and retries as downloads.
-pub async fn get_text(client: &reqwest::Client, url: &str, opts: &FetchOptions) -> Result<String, FetchError> {
+pub async fn get_text(
+    client: &reqwest::Client,
+    url: &str,
+    opts: &FetchOptions,
+) -> Result<String, FetchError> {
     let from = match opts.mirrors.origin(url) {
         Origin::File(path) => {
             return std::fs::read_to_string(&path).map_err(|source| FetchError::MirrorMissing {
@@ -96,11 +100,13 @@ pub async fn get_text(client: &reqwest::Client, url: &str, opts: &FetchOptions) 
         return Err(FetchError::OfflineText { url: shown });
     }
     retry(&policy(opts), |_attempt| async {
-        let resp = client.get(&from).send().await.map_err(|e| Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown))?;
+        let resp = client.get(&from).send().await.map_err(|e| {
+            Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown)
+        })?;
         check_status(resp.status()).map_err(|f| f.into_fetch_error("checksum file", &shown))?;
-        resp.text()
-            .await
-            .map_err(|e| Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown))
+        resp.text().await.map_err(|e| {
+            Failure::Transport(error_chain(&e)).into_fetch_error("checksum file", &shown)
+        })
     })
     .await
 }
@@ -124,9 +130,15 @@ impl Failure {
     fn into_fetch_error(self, name: &str, url: &str) -> Attempt<FetchError> {
         let (name, url) = (name.to_string(), url.to_string());
         match self {
-            Failure::Status(status, true) => Attempt::Retry(FetchError::Status { name, url, status }),
-            Failure::Status(status, false) => Attempt::Fail(FetchError::Status { name, url, status }),
-            Failure::Transport(message) => Attempt::Retry(FetchError::Transport { name, url, message }),
+            Failure::Status(status, true) => {
+                Attempt::Retry(FetchError::Status { name, url, status })
+            }
+            Failure::Status(status, false) => {
+                Attempt::Fail(FetchError::Status { name, url, status })
+            }
+            Failure::Transport(message) => {
+                Attempt::Retry(FetchError::Transport { name, url, message })
+            }
             Failure::Fatal(e) => Attempt::Fail(e),
         }
     }
@@ -141,7 +153,12 @@ fn check_status(status: reqwest::StatusCode) -> Result<(), Failure> {
     Err(Failure::Status(status.as_u16(), transient))
 }
 
-async fn get(client: &reqwest::Client, url: &str, pending: &mut Pending, bar: &Bar) -> Result<(), Failure> {
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    pending: &mut Pending,
+    bar: &Bar,
+) -> Result<(), Failure> {
     let mut resp = client.get(url).send().await.map_err(|e| Failure::Transport(error_chain(&e)))?;
     check_status(resp.status())?;
     if let Some(len) = resp.content_length() {
@@ -154,7 +171,14 @@ async fn get(client: &reqwest::Client, url: &str, pending: &mut Pending, bar: &B
     Ok(())
 }
 
-fn copy_file(cache: &Cache, algorithm: Algorithm, name: &str, url: &str, path: &Path, bar: &Bar) -> Result<Pending, FetchError> {
+fn copy_file(
+    cache: &Cache,
+    algorithm: Algorithm,
+    name: &str,
+    url: &str,
+    path: &Path,
+    bar: &Bar,
+) -> Result<Pending, FetchError> {
     let missing = |source| FetchError::MirrorMissing {
         name: name.to_string(),
         url: url.to_string(),
@@ -168,7 +192,9 @@ fn copy_file(cache: &Cache, algorithm: Algorithm, name: &str, url: &str, path: &
     let mut pending = cache.pending(algorithm)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|source| FetchError::Io { path: path.to_path_buf(), source })?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|source| FetchError::Io { path: path.to_path_buf(), source })?;
         if n == 0 {
             return Ok(pending);
         }

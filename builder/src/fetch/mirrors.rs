@@ -49,7 +49,8 @@ struct MirrorsFile {
 
 impl Mirrors {
     pub fn load(path: &Path) -> Result<Mirrors, FetchError> {
-        let text = fs::read_to_string(path).map_err(|source| FetchError::Io { path: path.to_path_buf(), source })?;
+        let text = fs::read_to_string(path)
+            .map_err(|source| FetchError::Io { path: path.to_path_buf(), source })?;
         let file: MirrorsFile = toml::from_str(&text).map_err(|e| FetchError::Mirrors {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
@@ -78,7 +79,9 @@ impl Mirrors {
             if let Some(rest) = url.strip_prefix(prefix.as_str()) {
                 return match target {
                     Target::Url(base) => Origin::Http(replace(prefix, base, rest)),
-                    Target::Dir(dir) => Origin::File(PathBuf::from(replace(prefix, &dir.to_string_lossy(), rest))),
+                    Target::Dir(dir) => {
+                        Origin::File(PathBuf::from(replace(prefix, &dir.to_string_lossy(), rest)))
+                    }
                 };
             }
         }
@@ -110,8 +113,14 @@ mod tests {
         )
         .unwrap();
         let m = Mirrors::load(&file).unwrap();
-        assert_eq!(m.origin("https://a.example/x/y"), Origin::Http("http://m.example/a/x/y".into()));
-        assert_eq!(m.origin("https://a.example/deeper"), Origin::Http("http://m.example/a/deeper".into()));
+        assert_eq!(
+            m.origin("https://a.example/x/y"),
+            Origin::Http("http://m.example/a/x/y".into())
+        );
+        assert_eq!(
+            m.origin("https://a.example/deeper"),
+            Origin::Http("http://m.example/a/deeper".into())
+        );
         assert_eq!(m.origin("https://a.example/deep/z"), Origin::File(dir.path().join("local/z")));
         assert_eq!(m.origin("https://b.example/z"), Origin::Http("https://b.example/z".into()));
     }

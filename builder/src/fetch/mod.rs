@@ -108,12 +108,20 @@ fn list(errors: &[FetchError]) -> String {
 /// (Debian components are the base's business and are skipped). Components
 /// that share a digest share one download. All failures are reported
 /// together. The result is sorted by component name.
-pub async fn fetch_all(cache: &Cache, components: &[Component], opts: &FetchOptions) -> Result<Vec<Fetched>, FetchError> {
+pub async fn fetch_all(
+    cache: &Cache,
+    components: &[Component],
+    opts: &FetchOptions,
+) -> Result<Vec<Fetched>, FetchError> {
     // digest -> (url, names)
     let mut groups: BTreeMap<Digest, (String, Vec<String>)> = BTreeMap::new();
     for c in components {
         if let Source::Url { url, digest } = &c.source {
-            groups.entry(digest.clone()).or_insert_with(|| (url.clone(), Vec::new())).1.push(c.name.clone());
+            groups
+                .entry(digest.clone())
+                .or_insert_with(|| (url.clone(), Vec::new()))
+                .1
+                .push(c.name.clone());
         }
     }
     let client = download::client(opts.timeout)?;
@@ -134,7 +142,11 @@ pub async fn fetch_all(cache: &Cache, components: &[Component], opts: &FetchOpti
     let mut errors = Vec::new();
     for (digest, names, r) in results {
         match r {
-            Ok(path) => fetched.extend(names.into_iter().map(|name| Fetched { name, path: path.clone(), digest: digest.clone() })),
+            Ok(path) => fetched.extend(names.into_iter().map(|name| Fetched {
+                name,
+                path: path.clone(),
+                digest: digest.clone(),
+            })),
             Err(e) => errors.push(e),
         }
     }
@@ -172,22 +184,35 @@ async fn fetch_one(
         Lookup::Miss => {}
     }
     let bar = progress.bar(name);
-    let (pending, source) = download::fetch_into(client, cache, digest.algorithm(), (name, url), opts, &bar).await?;
+    let (pending, source) =
+        download::fetch_into(client, cache, digest.algorithm(), (name, url), opts, &bar).await?;
     let expected = digest.clone();
     match blocking(move || pending.commit(&expected)).await? {
         Ok(path) => Ok(path),
-        Err(actual) => Err(FetchError::Mismatch { name: name.to_string(), url: source, expected: digest.clone(), actual }),
+        Err(actual) => Err(FetchError::Mismatch {
+            name: name.to_string(),
+            url: source,
+            expected: digest.clone(),
+            actual,
+        }),
     }
 }
 
 /// Downloads `url` (through mirrors, with retries) into the cache without
 /// an expected digest, and returns the file and its `algorithm` digest
 /// (`keel pin --compute`).
-pub async fn fetch_and_hash(cache: &Cache, name: &str, url: &str, algorithm: Algorithm, opts: &FetchOptions) -> Result<Fetched, FetchError> {
+pub async fn fetch_and_hash(
+    cache: &Cache,
+    name: &str,
+    url: &str,
+    algorithm: Algorithm,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
     let client = download::client(opts.timeout)?;
     let progress = Progress::new(opts.progress);
     let bar = progress.bar(name);
-    let (pending, _) = download::fetch_into(&client, cache, algorithm, (name, url), opts, &bar).await?;
+    let (pending, _) =
+        download::fetch_into(&client, cache, algorithm, (name, url), opts, &bar).await?;
     let (path, digest) = blocking(move || pending.commit_any()).await?;
     Ok(Fetched { name: name.to_string(), path, digest })
 }
@@ -203,6 +228,9 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
 ) -> Result<T, FetchError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(FetchError::Io { path: PathBuf::new(), source: std::io::Error::other(format!("file task failed: {e}")) })
+        Err(FetchError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(format!("file task failed: {e}")),
+        })
     })
 }

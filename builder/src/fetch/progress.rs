@@ -8,13 +8,17 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(enabled: bool) -> Progress {
-        Progress { multi: enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
+        Progress {
+            multi: enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+        }
     }
 
     pub fn bar(&self, name: &str) -> Bar {
         let bar = self.multi.as_ref().map(|m| {
-            let style = ProgressStyle::with_template("{prefix:>24} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{prefix:>24} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             let bar = m.add(ProgressBar::new(0).with_style(style));
             bar.set_prefix(name.to_string());
             bar

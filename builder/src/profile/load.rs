@@ -59,14 +59,8 @@ pub struct ComponentSpec {
 
 #[derive(Debug, Clone)]
 pub enum SpecSource {
-    Url {
-        url: At<String>,
-        digest: At<Digest>,
-        checksum_url: Option<At<String>>,
-    },
-    Debian {
-        package: At<String>,
-    },
+    Url { url: At<String>, digest: At<Digest>, checksum_url: Option<At<String>> },
+    Debian { package: At<String> },
 }
 
 /// One file of the chain, kept to turn byte offsets into lines and columns.
@@ -130,7 +124,11 @@ fn read_chain(name: String, path: PathBuf) -> Result<Vec<Layer>, ProfileError> {
                 if !next_path.is_file() {
                     return Err(ProfileError::invalid(
                         at,
-                        format!("extends profile {:?}, but there is no file {}", ext.get_ref(), next_path.display()),
+                        format!(
+                            "extends profile {:?}, but there is no file {}",
+                            ext.get_ref(),
+                            next_path.display()
+                        ),
                     ));
                 }
                 let canonical = fs::canonicalize(&next_path).unwrap_or_else(|_| next_path.clone());
@@ -212,7 +210,10 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         let at = base_at.clone().unwrap_or_else(|| requested.loc(&(0..0)));
         ProfileError::invalid(
             at,
-            format!("missing field `{what}`: neither profile {:?} nor a profile it extends sets it", requested.name),
+            format!(
+                "missing field `{what}`: neither profile {:?} nor a profile it extends sets it",
+                requested.name
+            ),
         )
     };
     let suite = suite.ok_or_else(|| missing_at("base.suite"))?.value;
@@ -221,7 +222,10 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         None => ARCH.to_string(),
         Some(a) if a.value == ARCH => a.value,
         Some(a) => {
-            return Err(ProfileError::invalid(a.at, format!("unsupported arch {:?}: Keel builds {ARCH} images only", a.value)));
+            return Err(ProfileError::invalid(
+                a.at,
+                format!("unsupported arch {:?}: Keel builds {ARCH} images only", a.value),
+            ));
         }
     };
     let mut components = BTreeMap::new();
@@ -264,8 +268,12 @@ fn merge_component(
         ));
     }
     let new_digest = match (&t.sha256, &t.sha512) {
-        (Some(h), _) => Some(At { value: Digest::Sha256(h.get_ref().0.clone()), at: layer.loc(&h.span()) }),
-        (_, Some(h)) => Some(At { value: Digest::Sha512(h.get_ref().0.clone()), at: layer.loc(&h.span()) }),
+        (Some(h), _) => {
+            Some(At { value: Digest::Sha256(h.get_ref().0.clone()), at: layer.loc(&h.span()) })
+        }
+        (_, Some(h)) => {
+            Some(At { value: Digest::Sha512(h.get_ref().0.clone()), at: layer.loc(&h.span()) })
+        }
         _ => None,
     };
     // A new version of a downloaded artifact needs a new digest: the
@@ -343,7 +351,9 @@ fn validate_component(name: String, e: Entry) -> Result<ComponentSpec, ProfileEr
     let Some(url) = e.url else {
         return Err(ProfileError::invalid(
             at,
-            format!("component {name:?}: missing field `url` (with `sha256` or `sha512`) or `debian`"),
+            format!(
+                "component {name:?}: missing field `url` (with `sha256` or `sha512`) or `debian`"
+            ),
         ));
     };
     check_template(&name, &url)?;

@@ -41,14 +41,21 @@ impl Default for Paths {
 
 /// Resolves profile `profile_name_or_path` for `role`: the fully pinned
 /// manifest of what goes into that role's image.
-pub fn resolve(paths: &Paths, profile_name_or_path: &str, role: Role) -> Result<Resolved, ProfileError> {
+pub fn resolve(
+    paths: &Paths,
+    profile_name_or_path: &str,
+    role: Role,
+) -> Result<Resolved, ProfileError> {
     let profile = load::load(&paths.profiles, profile_name_or_path)?;
     let role_def = role::load(&paths.images, role)?;
     resolve_loaded(&profile, &role_def)
 }
 
 /// Resolves an already loaded profile and role definition.
-pub fn resolve_loaded(profile: &Profile, role_def: &role::RoleDef) -> Result<Resolved, ProfileError> {
+pub fn resolve_loaded(
+    profile: &Profile,
+    role_def: &role::RoleDef,
+) -> Result<Resolved, ProfileError> {
     let missing: Vec<&(String, Location)> =
         role_def.components.iter().filter(|(c, _)| !profile.components.contains_key(c)).collect();
     if let Some((_, at)) = missing.first() {

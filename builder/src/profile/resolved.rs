@@ -154,11 +154,7 @@ pub enum Install {
     /// whose stripped path equals an `include` item, or lies under one that
     /// ends with `/`, are kept. Entries left with an empty path are skipped.
     #[serde(rename_all = "kebab-case")]
-    Tarball {
-        dest: String,
-        strip_components: u32,
-        include: Vec<String>,
-    },
+    Tarball { dest: String, strip_components: u32, include: Vec<String> },
     /// Installed by the Debian package manager as part of the base.
     Package,
 }

@@ -18,7 +18,8 @@ use super::resolved::Algorithm;
 /// Reads and parses a profile or role file; returns its text too, to place
 /// later errors. Parse errors name the file, line and column.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<(String, T), ProfileError> {
-    let text = fs::read_to_string(path).map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
+    let text = fs::read_to_string(path)
+        .map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
     let value = toml::from_str(&text).map_err(|e| {
         let at = Location::at(path, &text, e.span().map_or(0, |s| s.start));
         ProfileError::invalid(at, e.message().trim_end().to_string())
@@ -68,7 +69,12 @@ pub struct ComponentTable {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", rename_all_fields = "kebab-case", tag = "kind")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    tag = "kind"
+)]
 pub enum InstallTable {
     Binary {
         path: String,

@@ -7,7 +7,11 @@ use super::resolved::{Install, Resolved, Source};
 
 pub fn render(r: &Resolved) -> String {
     let mut out = String::new();
-    let extends = if r.extends.is_empty() { String::new() } else { format!(" (extends {})", r.extends.join(" -> ")) };
+    let extends = if r.extends.is_empty() {
+        String::new()
+    } else {
+        format!(" (extends {})", r.extends.join(" -> "))
+    };
     let _ = writeln!(out, "profile   {}{extends}", r.profile);
     let _ = writeln!(out, "role      {}", r.role);
     let _ = writeln!(out, "arch      {}", r.arch);
@@ -17,7 +21,8 @@ pub fn render(r: &Resolved) -> String {
     let mirror = r.base.mirror.as_deref().unwrap_or("mmdebstrap's default mirror");
     let _ = writeln!(out, "base      debian {} from {mirror}", r.base.suite);
     let _ = writeln!(out, "packages  {}", wrap(&r.base.packages, 10, 78));
-    let name_w = r.components.iter().map(|c| c.name.len()).max().unwrap_or(0).max("COMPONENT".len());
+    let name_w =
+        r.components.iter().map(|c| c.name.len()).max().unwrap_or(0).max("COMPONENT".len());
     let ver_w = r
         .components
         .iter()
@@ -36,14 +41,20 @@ pub fn render(r: &Resolved) -> String {
                 let _ = writeln!(out, "{pad}{digest}");
             }
             Source::Debian { package } => {
-                let _ = writeln!(out, "{:name_w$}  {version:ver_w$}  debian package {package}", c.name);
+                let _ =
+                    writeln!(out, "{:name_w$}  {version:ver_w$}  debian package {package}", c.name);
             }
         }
         let install = match &c.install {
             Install::Binary { path, mode } => format!("-> {path} (mode {mode:04o})"),
             Install::Tarball { dest, strip_components, include } => {
-                let what = if include.is_empty() { "everything".to_string() } else { include.join(", ") };
-                let strip = if *strip_components > 0 { format!(" (strip {strip_components})") } else { String::new() };
+                let what =
+                    if include.is_empty() { "everything".to_string() } else { include.join(", ") };
+                let strip = if *strip_components > 0 {
+                    format!(" (strip {strip_components})")
+                } else {
+                    String::new()
+                };
                 format!("-> {dest}/{strip}: {what}")
             }
             Install::Package => continue,

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image as Ec2Image,
-    ImdsSupportValues, ResourceType, Tag, TagSpecification, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
+    Image as Ec2Image, ImdsSupportValues, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use keel_bootstrap::retry::{retry, Attempt, Policy};
 use keel_bootstrap::tags;
@@ -40,7 +40,9 @@ impl Ami {
         let snapshot_id = image
             .block_device_mappings()
             .iter()
-            .filter(|m| m.device_name() == Some(ROOT_DEVICE) || image.block_device_mappings().len() == 1)
+            .filter(|m| {
+                m.device_name() == Some(ROOT_DEVICE) || image.block_device_mappings().len() == 1
+            })
             .find_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string));
         Some(Ami {
             image_id: image.image_id()?.to_string(),
@@ -60,7 +62,11 @@ fn filter(name: &str, values: &[&str]) -> Filter {
 /// Our AMI of this image in the region, pending or available: first by
 /// the image-sha256 tag, then by name (an AMI registered by a run that
 /// died before tagging it). Failed and deregistered AMIs are ignored.
-pub async fn find(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image) -> Result<Option<Ami>, Error> {
+pub async fn find(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    image: &Image,
+) -> Result<Option<Ami>, Error> {
     let by_tag = filter(&tags::filter_name(tags::IMAGE_SHA256), &[image.sha256()]);
     let name = image.ami_name();
     let by_name = filter("name", &[&name]);
@@ -87,7 +93,11 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image) -> Res
 /// A completed snapshot of this image left by a run whose registration
 /// failed. Snapshots are tagged only once complete (see `ebs`), so a half
 /// upload is never found here.
-pub async fn find_snapshot(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image) -> Result<Option<String>, Error> {
+pub async fn find_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    image: &Image,
+) -> Result<Option<String>, Error> {
     let out = ec2
         .describe_snapshots()
         .owner_ids("self")
@@ -95,8 +105,16 @@ pub async fn find_snapshot(ec2: &aws_sdk_ec2::Client, region: &str, image: &Imag
         .filters(filter("status", &["completed"]))
         .send()
         .await
-        .map_err(|e| aws("DescribeSnapshots", region, format!("{}={}", tags::IMAGE_SHA256, image.sha256()), &e))?;
-    let mut ids: Vec<String> = out.snapshots().iter().filter_map(|s| s.snapshot_id().map(str::to_string)).collect();
+        .map_err(|e| {
+            aws(
+                "DescribeSnapshots",
+                region,
+                format!("{}={}", tags::IMAGE_SHA256, image.sha256()),
+                &e,
+            )
+        })?;
+    let mut ids: Vec<String> =
+        out.snapshots().iter().filter_map(|s| s.snapshot_id().map(str::to_string)).collect();
     ids.sort();
     Ok(ids.into_iter().next())
 }
@@ -106,7 +124,12 @@ fn ec2_tags(image: &Image) -> Vec<Tag> {
 }
 
 /// Puts the image's tags on AMIs and snapshots (idempotent).
-pub async fn tag(ec2: &aws_sdk_ec2::Client, region: &str, resources: &[&str], image: &Image) -> Result<(), Error> {
+pub async fn tag(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    resources: &[&str],
+    image: &Image,
+) -> Result<(), Error> {
     ec2.create_tags()
         .set_resources(Some(resources.iter().map(|r| r.to_string()).collect()))
         .set_tags(Some(ec2_tags(image)))
@@ -119,7 +142,12 @@ pub async fn tag(ec2: &aws_sdk_ec2::Client, region: &str, resources: &[&str], im
 /// Registers an AMI booting `snapshot_id`: hvm, x86_64, ENA, UEFI, IMDSv2
 /// only, gp3 root volume. The tags are given inline (so the AMI is never
 /// untagged on AWS) and the caller puts them on again with CreateTags.
-pub async fn register(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image, snapshot_id: &str) -> Result<String, Error> {
+pub async fn register(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    image: &Image,
+    snapshot_id: &str,
+) -> Result<String, Error> {
     let root = BlockDeviceMapping::builder()
         .device_name(ROOT_DEVICE)
         .ebs(
@@ -149,7 +177,9 @@ pub async fn register(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image, sn
         )
         .send()
         .await
-        .map_err(|e| aws("RegisterImage", region, format!("{} from {snapshot_id}", image.ami_name()), &e))?;
+        .map_err(|e| {
+            aws("RegisterImage", region, format!("{} from {snapshot_id}", image.ami_name()), &e)
+        })?;
     out.image_id().map(str::to_string).ok_or_else(|| Error::Incomplete {
         call: "RegisterImage",
         region: region.into(),
@@ -159,7 +189,11 @@ pub async fn register(ec2: &aws_sdk_ec2::Client, region: &str, image: &Image, sn
 }
 
 /// Waits until `image_id` is available.
-pub async fn wait_available(ec2: &aws_sdk_ec2::Client, region: &str, image_id: &str) -> Result<Ami, Error> {
+pub async fn wait_available(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    image_id: &str,
+) -> Result<Ami, Error> {
     retry(&AVAILABLE_WAIT, |_| async {
         let out = ec2
             .describe_images()

@@ -26,7 +26,8 @@ pub async fn copy_all(
     regions: &[String],
     image: &Image,
 ) -> Result<Vec<Placed>, Vec<Error>> {
-    let results = join_all(regions.iter().map(|r| copy_one(config, source_region, source, r, image))).await;
+    let results =
+        join_all(regions.iter().map(|r| copy_one(config, source_region, source, r, image))).await;
     let (ok, err): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
     if err.is_empty() {
         Ok(ok.into_iter().filter_map(Result::ok).collect())
@@ -35,7 +36,13 @@ pub async fn copy_all(
     }
 }
 
-async fn copy_one(config: &SdkConfig, source_region: &str, source: &Ami, region: &str, image: &Image) -> Result<Placed, Error> {
+async fn copy_one(
+    config: &SdkConfig,
+    source_region: &str,
+    source: &Ami,
+    region: &str,
+    image: &Image,
+) -> Result<Placed, Error> {
     let ec2 = aws_sdk_ec2::Client::new(&in_region(config, region));
     if let Some(found) = ami::find(&ec2, region, image).await? {
         let ami = ami::wait_available(&ec2, region, &found.image_id).await?;
@@ -51,7 +58,9 @@ async fn copy_one(config: &SdkConfig, source_region: &str, source: &Ami, region:
         .client_token(copy_token(&source.image_id, image.sha256()))
         .send()
         .await
-        .map_err(|e| aws("CopyImage", region, format!("{} from {source_region}", source.image_id), &e))?;
+        .map_err(|e| {
+            aws("CopyImage", region, format!("{} from {source_region}", source.image_id), &e)
+        })?;
     let image_id = out.image_id().ok_or_else(|| Error::Incomplete {
         call: "CopyImage",
         region: region.into(),
@@ -65,7 +74,12 @@ async fn copy_one(config: &SdkConfig, source_region: &str, source: &Ami, region:
     Ok(Placed { region: region.into(), ami, reused: false })
 }
 
-async fn tag_all(ec2: &aws_sdk_ec2::Client, region: &str, ami: &Ami, image: &Image) -> Result<(), Error> {
+async fn tag_all(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    ami: &Ami,
+    image: &Image,
+) -> Result<(), Error> {
     let mut resources = vec![ami.image_id.as_str()];
     resources.extend(ami.snapshot_id.as_deref());
     ami::tag(ec2, region, &resources, image).await

@@ -110,7 +110,8 @@ pub async fn upload(
         }
     }
 
-    let file = std::fs::File::open(&image.path).map_err(|source| Error::Read { path: image.path.clone(), source })?;
+    let file = std::fs::File::open(&image.path)
+        .map_err(|source| Error::Read { path: image.path.clone(), source })?;
     let file = Arc::new(file);
     let blocks = image.size.div_ceil(BLOCK_SIZE as u64);
     let results: Vec<Result<Option<(u64, [u8; 32])>, BlockFailure>> = stream::iter(0..blocks)
@@ -230,7 +231,9 @@ where
     R: std::fmt::Debug,
 {
     match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or_default();
             code.contains("Throttl")
@@ -261,7 +264,11 @@ fn client_token() -> String {
     format!("keel-{}", hex::encode(bytes))
 }
 
-async fn wait_completed(ec2: &aws_sdk_ec2::Client, region: &str, snapshot_id: &str) -> Result<(), Error> {
+async fn wait_completed(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    snapshot_id: &str,
+) -> Result<(), Error> {
     retry(&COMPLETION_WAIT, |_| async {
         let out = ec2
             .describe_snapshots()
@@ -270,7 +277,8 @@ async fn wait_completed(ec2: &aws_sdk_ec2::Client, region: &str, snapshot_id: &s
             .await
             .map_err(|e| Attempt::Retry(aws("DescribeSnapshots", region, snapshot_id, &e)))?;
         let snap = out.snapshots().first();
-        let state = snap.and_then(|s| s.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
+        let state =
+            snap.and_then(|s| s.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
         match state.as_str() {
             "completed" => Ok(()),
             "error" => Err(Attempt::Fail(Error::BadState {

@@ -74,7 +74,12 @@ impl fmt::Display for BlockList<'_> {
 /// An AWS SDK error as `Error::Aws`: the service's code and message
 /// (`AuthFailure: AWS was not able to validate ...`) when the service
 /// answered, the whole error chain otherwise (timeouts, connection errors).
-pub fn aws<E, R>(call: &'static str, region: &str, target: impl Into<String>, err: &SdkError<E, R>) -> Error
+pub fn aws<E, R>(
+    call: &'static str,
+    region: &str,
+    target: impl Into<String>,
+    err: &SdkError<E, R>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -58,7 +58,8 @@ impl Image {
     /// Reads the manifest beside `path` and checks the raw file's sha256
     /// against it (one sequential read of the image).
     pub fn open(path: &Path) -> Result<Image, Error> {
-        let meta = std::fs::metadata(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let meta =
+            std::fs::metadata(path).map_err(|source| Error::Read { path: path.into(), source })?;
         if !meta.is_file() {
             return Err(Error::Read {
                 path: path.into(),
@@ -66,7 +67,8 @@ impl Image {
             });
         }
         let mpath = manifest_path(path);
-        let text = std::fs::read_to_string(&mpath).map_err(|source| Error::Read { path: mpath.clone(), source })?;
+        let text = std::fs::read_to_string(&mpath)
+            .map_err(|source| Error::Read { path: mpath.clone(), source })?;
         let manifest: BuildManifest = serde_json::from_str(&text)
             .map_err(|e| Error::BuildManifest { path: mpath.clone(), message: e.to_string() })?;
         let expected = manifest.image_sha256.to_ascii_lowercase();
@@ -78,7 +80,12 @@ impl Image {
         }
         let actual = sha256_file(path)?;
         if actual != expected {
-            return Err(Error::ImageMismatch { image: path.into(), manifest: mpath, expected, actual });
+            return Err(Error::ImageMismatch {
+                image: path.into(),
+                manifest: mpath,
+                expected,
+                actual,
+            });
         }
         let mut manifest = manifest;
         manifest.image_sha256 = expected;
@@ -103,8 +110,10 @@ impl Image {
 
     pub fn description(&self) -> String {
         let m = &self.manifest;
-        let components: Vec<String> = m.components.iter().map(|c| format!("{} {}", c.name, c.version)).collect();
-        let text = format!("Keel {} node image, profile {}: {}", m.role, m.profile, components.join(", "));
+        let components: Vec<String> =
+            m.components.iter().map(|c| format!("{} {}", c.name, c.version)).collect();
+        let text =
+            format!("Keel {} node image, profile {}: {}", m.role, m.profile, components.join(", "));
         text.chars().take(DESCRIPTION_MAX).collect()
     }
 
@@ -173,6 +182,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = write_image(dir.path(), b"changed", &"0".repeat(64));
         let err = Image::open(&raw).unwrap_err().to_string();
-        assert!(err.contains(&"0".repeat(64)) && err.contains("changed after it was built"), "{err}");
+        assert!(
+            err.contains(&"0".repeat(64)) && err.contains("changed after it was built"),
+            "{err}"
+        );
     }
 }

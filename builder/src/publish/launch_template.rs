@@ -30,7 +30,9 @@ pub async fn new_version(
         .versions("$Default")
         .send()
         .await
-        .map_err(|e| aws("DescribeLaunchTemplateVersions", region, format!("launch template {name}"), &e))?;
+        .map_err(|e| {
+            aws("DescribeLaunchTemplateVersions", region, format!("launch template {name}"), &e)
+        })?;
     let found = versions.launch_template_versions();
     let missing = |what| Error::Incomplete {
         call: "DescribeLaunchTemplateVersions",
@@ -38,9 +40,16 @@ pub async fn new_version(
         target: format!("launch template {name}"),
         missing: what,
     };
-    let default = found.iter().find(|v| v.default_version() == Some(true)).ok_or_else(|| missing("a default version"))?;
-    let template_id = default.launch_template_id().ok_or_else(|| missing("a template id"))?.to_string();
-    let latest = found.iter().max_by_key(|v| v.version_number().unwrap_or(0)).ok_or_else(|| missing("a version"))?;
+    let default = found
+        .iter()
+        .find(|v| v.default_version() == Some(true))
+        .ok_or_else(|| missing("a default version"))?;
+    let template_id =
+        default.launch_template_id().ok_or_else(|| missing("a template id"))?.to_string();
+    let latest = found
+        .iter()
+        .max_by_key(|v| v.version_number().unwrap_or(0))
+        .ok_or_else(|| missing("a version"))?;
     let boots = |v: &aws_sdk_ec2::types::LaunchTemplateVersion| {
         v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id)
     };
@@ -57,15 +66,17 @@ pub async fn new_version(
             .launch_template_data(RequestLaunchTemplateData::builder().image_id(image_id).build())
             .send()
             .await
-            .map_err(|e| aws("CreateLaunchTemplateVersion", region, format!("launch template {name}"), &e))?;
-        let v = out
-            .launch_template_version()
-            .and_then(|v| v.version_number())
-            .ok_or_else(|| Error::Incomplete {
-                call: "CreateLaunchTemplateVersion",
-                region: region.into(),
-                target: format!("launch template {name}"),
-                missing: "a version number",
+            .map_err(|e| {
+                aws("CreateLaunchTemplateVersion", region, format!("launch template {name}"), &e)
+            })?;
+        let v =
+            out.launch_template_version().and_then(|v| v.version_number()).ok_or_else(|| {
+                Error::Incomplete {
+                    call: "CreateLaunchTemplateVersion",
+                    region: region.into(),
+                    target: format!("launch template {name}"),
+                    missing: "a version number",
+                }
             })?;
         (v, true)
     };
@@ -77,7 +88,14 @@ pub async fn new_version(
             .default_version(number.to_string())
             .send()
             .await
-            .map_err(|e| aws("ModifyLaunchTemplate", region, format!("launch template {name} default {number}"), &e))?;
+            .map_err(|e| {
+                aws(
+                    "ModifyLaunchTemplate",
+                    region,
+                    format!("launch template {name} default {number}"),
+                    &e,
+                )
+            })?;
         is_default = true;
     }
     Ok(Version { template_id, number, created, is_default })

@@ -77,7 +77,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         image.sha256()
     );
 
-    let config = sdk_config(&Target { region: args.regions.first().cloned(), endpoint_url: args.endpoint_url.clone() }).await;
+    let config = sdk_config(&Target {
+        region: args.regions.first().cloned(),
+        endpoint_url: args.endpoint_url.clone(),
+    })
+    .await;
     let regions: Vec<String> = if args.regions.is_empty() {
         let region = config
             .region()
@@ -109,7 +113,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         }
         Err(errors) => {
             let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-            anyhow::bail!("copying {} failed in {} region(s):\n{}", first.ami.image_id, errors.len(), lines.join("\n"));
+            anyhow::bail!(
+                "copying {} failed in {} region(s):\n{}",
+                first.ami.image_id,
+                errors.len(),
+                lines.join("\n")
+            );
         }
     }
 
@@ -120,13 +129,24 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             .await
             .context("sharing the AMI")?;
         if !args.share_with.is_empty() {
-            eprintln!("{}: {} launchable by {}", p.region, p.ami.image_id, args.share_with.join(", "));
+            eprintln!(
+                "{}: {} launchable by {}",
+                p.region,
+                p.ami.image_id,
+                args.share_with.join(", ")
+            );
         }
         let mut lt_version = None;
         if let Some(name) = &args.launch_template {
-            let v = launch_template::new_version(&ec2, &p.region, name, &p.ami.image_id, args.set_default)
-                .await
-                .context("updating the launch template")?;
+            let v = launch_template::new_version(
+                &ec2,
+                &p.region,
+                name,
+                &p.ami.image_id,
+                args.set_default,
+            )
+            .await
+            .context("updating the launch template")?;
             eprintln!(
                 "{}: launch template {name} ({}) version {} {} {}{}",
                 p.region,
@@ -150,7 +170,8 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     }
 
     if let Some(file) = &args.manifest_out {
-        out.write(file).with_context(|| format!("writing the publish manifest {}", file.display()))?;
+        out.write(file)
+            .with_context(|| format!("writing the publish manifest {}", file.display()))?;
     }
     print!("{}", out.to_json());
     Ok(())
@@ -158,7 +179,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
 
 /// The AMI in the first region: reused, or registered from a reused or
 /// freshly uploaded snapshot.
-async fn publish_home(config: &aws_types::SdkConfig, region: &str, image: &Image) -> anyhow::Result<Placed> {
+async fn publish_home(
+    config: &aws_types::SdkConfig,
+    region: &str,
+    image: &Image,
+) -> anyhow::Result<Placed> {
     let ec2 = aws_sdk_ec2::Client::new(config);
     if let Some(found) = ami::find(&ec2, region, image).await? {
         eprintln!("{region}: image already registered as {}: reusing it", found.image_id);
@@ -210,9 +235,9 @@ fn progress_bar(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    if let Ok(style) =
-        ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
         bar.set_style(style);
     }
     bar

@@ -6,7 +6,12 @@ use super::error::{aws, Error};
 
 /// Adds launch permissions for `accounts` (adding one that is already
 /// there is not an error, so reruns are fine).
-pub async fn share(ec2: &aws_sdk_ec2::Client, region: &str, image_id: &str, accounts: &[String]) -> Result<(), Error> {
+pub async fn share(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    image_id: &str,
+    accounts: &[String],
+) -> Result<(), Error> {
     if accounts.is_empty() {
         return Ok(());
     }
@@ -16,7 +21,14 @@ pub async fn share(ec2: &aws_sdk_ec2::Client, region: &str, image_id: &str, acco
         .launch_permission(LaunchPermissionModifications::builder().set_add(Some(add)).build())
         .send()
         .await
-        .map_err(|e| aws("ModifyImageAttribute", region, format!("{image_id} launchPermission {}", accounts.join(",")), &e))?;
+        .map_err(|e| {
+            aws(
+                "ModifyImageAttribute",
+                region,
+                format!("{image_id} launchPermission {}", accounts.join(",")),
+                &e,
+            )
+        })?;
     Ok(())
 }
 

@@ -36,7 +36,17 @@ impl Setup {
     }
 
     fn fetch(&self, extra: &[&str]) -> Output {
-        let mut args = vec!["fetch", "--profile", "p", "--cache-dir", self.cache.to_str().unwrap(), "--timeout", "2", "--attempts", "3"];
+        let mut args = vec![
+            "fetch",
+            "--profile",
+            "p",
+            "--cache-dir",
+            self.cache.to_str().unwrap(),
+            "--timeout",
+            "2",
+            "--attempts",
+            "3",
+        ];
         args.extend_from_slice(extra);
         self.ws.keel(&args)
     }
@@ -45,7 +55,8 @@ impl Setup {
 #[test]
 fn fetches_in_parallel_verifies_and_reuses_the_cache() {
     let server = FixtureServer::start().unwrap();
-    let items: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("tool{i}"), vec![i as u8; 100_000 + i])).collect();
+    let items: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("tool{i}"), vec![i as u8; 100_000 + i])).collect();
     for (name, content) in &items {
         server.serve(&path_of(name), content.clone());
     }
@@ -86,10 +97,7 @@ fn components_sharing_an_artifact_share_one_download() {
     let cache = ws.path().join("cache");
     let out = ok(&ws.keel(&["fetch", "--profile", "p", "--cache-dir", cache.to_str().unwrap()]));
     let entry = cache.join("sha256").join(&digest);
-    assert_eq!(
-        out,
-        format!("kube-apiserver\t{0}\nkube-scheduler\t{0}\n", entry.display())
-    );
+    assert_eq!(out, format!("kube-apiserver\t{0}\nkube-scheduler\t{0}\n", entry.display()));
     assert_eq!(server.hits("/server.tgz"), 1);
 }
 
@@ -119,7 +127,10 @@ fn not_found_fails_at_once() {
 fn service_unavailable_then_success_is_retried() {
     let server = FixtureServer::start().unwrap();
     let s = Setup::new(&server.base_url(), &[("tool", b"bytes")]);
-    server.script(&path_of("tool"), vec![Reply::Status(503), Reply::Status(503), Reply::Body(b"bytes".to_vec())]);
+    server.script(
+        &path_of("tool"),
+        vec![Reply::Status(503), Reply::Status(503), Reply::Body(b"bytes".to_vec())],
+    );
     ok(&s.fetch(&[]));
     assert_eq!(server.hits(&path_of("tool")), 3);
     assert_eq!(fs::read(s.cache.join("sha256").join(sha256(b"bytes"))).unwrap(), b"bytes");
@@ -139,7 +150,15 @@ fn a_stalled_server_times_out_and_leaves_nothing() {
     let s = Setup::new(&server.base_url(), &[("slow", &body)]);
     server.script(&path_of("slow"), vec![Reply::Stall(body.clone())]);
     let err = fails(&s.ws.keel(&[
-        "fetch", "--profile", "p", "--cache-dir", s.cache.to_str().unwrap(), "--timeout", "1", "--attempts", "2",
+        "fetch",
+        "--profile",
+        "p",
+        "--cache-dir",
+        s.cache.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--attempts",
+        "2",
     ]));
     assert!(err.contains(&server.url(&path_of("slow"))), "{err}");
     assert!(err.to_lowercase().contains("timed out") || err.contains("timeout"), "{err}");
@@ -153,7 +172,10 @@ fn a_reset_mid_body_is_retried_from_scratch() {
     let server = FixtureServer::start().unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let s = Setup::new(&server.base_url(), &[("big", &body)]);
-    server.script(&path_of("big"), vec![Reply::ResetMidBody(body.clone()), Reply::Body(body.clone())]);
+    server.script(
+        &path_of("big"),
+        vec![Reply::ResetMidBody(body.clone()), Reply::Body(body.clone())],
+    );
     ok(&s.fetch(&[]));
     assert_eq!(server.hits(&path_of("big")), 2);
     assert_eq!(fs::read(s.cache.join("sha256").join(sha256(&body))).unwrap(), body);
@@ -176,7 +198,11 @@ fn a_corrupt_cache_entry_is_evicted_and_fetched_again() {
 
     let out = s.fetch(&[]);
     ok(&out);
-    assert!(stderr(&out).contains("corrupt") && stderr(&out).contains("evicted"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("corrupt") && stderr(&out).contains("evicted"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(fs::read(&entry).unwrap(), b"good bytes");
     assert_eq!(server.hits(&path_of("tool")), 2);
 
@@ -231,7 +257,14 @@ fn mirrors_map_prefixes_to_directories_and_urls() {
     // the network and is refused.
     let s2 = Setup::new(upstream, &[("fromdir", b"dir bytes")]);
     let out = s2.ws.keel(&[
-        "fetch", "--profile", "p", "--cache-dir", s2.cache.to_str().unwrap(), "--offline", "--mirrors", mirrors.to_str().unwrap(),
+        "fetch",
+        "--profile",
+        "p",
+        "--cache-dir",
+        s2.cache.to_str().unwrap(),
+        "--offline",
+        "--mirrors",
+        mirrors.to_str().unwrap(),
     ]);
     assert!(stdout(&out).contains("fromdir"), "{}", stderr(&out));
 

@@ -5,8 +5,12 @@
 
 use super::*;
 
-const CASES: [(&str, &str); 4] =
-    [("production", "controller"), ("production", "etcd"), ("production", "worker"), ("local", "etcd")];
+const CASES: [(&str, &str); 4] = [
+    ("production", "controller"),
+    ("production", "etcd"),
+    ("production", "worker"),
+    ("local", "etcd"),
+];
 
 #[test]
 fn golden_resolved_manifests() {
@@ -22,6 +26,11 @@ fn golden_resolved_manifests() {
         }
         let expected = fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (KEEL_BLESS=1 writes it)", path.display()));
-        assert_eq!(out, expected, "{} differs (KEEL_BLESS=1 regenerates it after review)", path.display());
+        assert_eq!(
+            out,
+            expected,
+            "{} differs (KEEL_BLESS=1 regenerates it after review)",
+            path.display()
+        );
     }
 }

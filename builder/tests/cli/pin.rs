@@ -63,7 +63,10 @@ fn pin_picks_its_file_from_a_sha256sum_list_and_handles_sha512() {
     );
     ok(&ws.keel(&["pin", "tool", "2.0", "--profile", "p"]));
     let after = ws.read_profile("p");
-    assert!(after.contains(&format!("sha512 = \"{new}\"")) && after.contains("version = \"2.0\""), "{after}");
+    assert!(
+        after.contains(&format!("sha512 = \"{new}\"")) && after.contains("version = \"2.0\""),
+        "{after}"
+    );
 }
 
 #[test]
@@ -73,7 +76,16 @@ fn pin_compute_hashes_the_artifact() {
     ws.profile("p", &profile(&server.base_url(), &format!("sha256 = \"{}\"", sha256(b"old"))));
     server.serve("/v3.0/tool-amd64.tgz", b"computed".to_vec());
     let cache = ws.path().join("cache");
-    ok(&ws.keel(&["pin", "tool", "3.0", "--profile", "p", "--compute", "--cache-dir", cache.to_str().unwrap()]));
+    ok(&ws.keel(&[
+        "pin",
+        "tool",
+        "3.0",
+        "--profile",
+        "p",
+        "--compute",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]));
     assert!(ws.read_profile("p").contains(&sha256(b"computed")));
     assert!(cache.join("sha256").join(sha256(b"computed")).is_file(), "the artifact stays cached");
     assert_eq!(server.hits("/v3.0/tool-amd64.tgz.sha256"), 0);

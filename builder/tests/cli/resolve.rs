@@ -11,7 +11,12 @@ fn resolve_json(cwd: &Path, profile: &str, role: &str) -> Value {
 }
 
 fn names(v: &Value) -> Vec<String> {
-    v["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -32,7 +37,10 @@ fn production_resolves_for_every_role() {
         ]
     );
     let kubelet = &controller["components"][6];
-    assert_eq!(kubelet["source"]["url"], "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet");
+    assert_eq!(
+        kubelet["source"]["url"],
+        "https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet"
+    );
     assert_eq!(kubelet["source"]["digest"]["algorithm"], "sha256");
     assert_eq!(kubelet["install"]["mode"], 0o755);
     assert_eq!(controller["components"][3]["source"]["digest"]["algorithm"], "sha512");
@@ -54,7 +62,10 @@ fn production_resolves_for_every_role() {
 fn local_profile_builds_etcd_from_debian_and_names_kubelet_missing() {
     let repo = repo();
     let etcd = resolve_json(&repo, "local", "etcd");
-    assert_eq!(etcd["components"][0]["source"], serde_json::json!({"kind": "debian", "package": "etcd-server"}));
+    assert_eq!(
+        etcd["components"][0]["source"],
+        serde_json::json!({"kind": "debian", "package": "etcd-server"})
+    );
     let packages = etcd["base"]["packages"].as_array().unwrap();
     assert!(packages.contains(&Value::from("etcd-server")), "{packages:?}");
     assert!(packages.contains(&Value::from("etcd-client")), "{packages:?}");
@@ -152,8 +163,20 @@ fn assert_error_at(ws: &Workspace, file: &str, text: &str, at: &str, needle: &st
 #[test]
 fn bad_profiles_are_errors_with_file_line_and_column() {
     let ws = workspace_with_roles();
-    assert_error_at(&ws, "child", "extends = \"base\"\n[components.tool]\nverison = \"2\"\n", "3:1", "unknown field `verison`");
-    assert_error_at(&ws, "child", "extends = \"base\"\nbogus = 1\n", "2:1", "unknown field `bogus`");
+    assert_error_at(
+        &ws,
+        "child",
+        "extends = \"base\"\n[components.tool]\nverison = \"2\"\n",
+        "3:1",
+        "unknown field `verison`",
+    );
+    assert_error_at(
+        &ws,
+        "child",
+        "extends = \"base\"\nbogus = 1\n",
+        "2:1",
+        "unknown field `bogus`",
+    );
     assert_error_at(
         &ws,
         "child",
@@ -175,7 +198,13 @@ fn bad_profiles_are_errors_with_file_line_and_column() {
         "3:11",
         "missing field `mode`",
     );
-    assert_error_at(&ws, "child", "extends = \"base\"\n[roles.master]\npackages = []\n", "2:8", "unknown variant `master`");
+    assert_error_at(
+        &ws,
+        "child",
+        "extends = \"base\"\n[roles.master]\npackages = []\n",
+        "2:8",
+        "unknown variant `master`",
+    );
     assert_error_at(
         &ws,
         "child",

@@ -9,8 +9,21 @@ use super::{keel, ok, repo};
 fn userdata_renders_what_the_node_parses() {
     let repo = repo();
     let args = [
-        "userdata", "--role", "worker", "--cluster", "prod", "--bucket", "prod-assets", "--prefix", "prod",
-        "--api-endpoint", "https://api.prod.example.com:6443", "--max-pods", "58", "--node-label", "tier=general",
+        "userdata",
+        "--role",
+        "worker",
+        "--cluster",
+        "prod",
+        "--bucket",
+        "prod-assets",
+        "--prefix",
+        "prod",
+        "--api-endpoint",
+        "https://api.prod.example.com:6443",
+        "--max-pods",
+        "58",
+        "--node-label",
+        "tier=general",
     ];
     let text = ok(&keel(&repo, &args));
     let ud = UserData::parse(text.as_bytes(), Role::Worker).unwrap();
@@ -31,7 +44,20 @@ fn userdata_renders_what_the_node_parses() {
 #[test]
 fn userdata_refuses_values_the_node_would_refuse() {
     let repo = repo();
-    let out = keel(&repo, &["userdata", "--role", "etcd", "--cluster", "prod", "--bucket", "b", "--api-endpoint", "http://api:6443"]);
+    let out = keel(
+        &repo,
+        &[
+            "userdata",
+            "--role",
+            "etcd",
+            "--cluster",
+            "prod",
+            "--bucket",
+            "b",
+            "--api-endpoint",
+            "http://api:6443",
+        ],
+    );
     assert!(!out.status.success());
     let err = super::stderr(&out);
     assert!(err.contains("checking the rendered user data") && err.contains("https://"), "{err}");

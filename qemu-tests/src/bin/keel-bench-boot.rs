@@ -77,10 +77,11 @@ fn run() -> Result<()> {
             (img.path, img.manifest)
         }
     };
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&manifest).with_context(|| format!("reading {} (the Keel image's manifest)", manifest.display()))?,
-    )
-    .with_context(|| format!("{}: not JSON", manifest.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).with_context(|| {
+            format!("reading {} (the Keel image's manifest)", manifest.display())
+        })?)
+        .with_context(|| format!("{}: not JSON", manifest.display()))?;
     let kernel = stock::kernel_package(&manifest)?;
     let stock_path = stock::ensure(&kernel, rebuild)?;
     let subjects = [
@@ -128,11 +129,18 @@ fn run() -> Result<()> {
 }
 
 fn boot(s: &Subject, state: &Path) -> Result<Run> {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut vm = Vm::start(&Config::new(&s.image, state))?;
-    vm.wait_for("] Linux version ", DEADLINE).with_context(|| format!("booting {}: no kernel", s.name))?;
+    vm.wait_for("] Linux version ", DEADLINE)
+        .with_context(|| format!("booting {}: no kernel", s.name))?;
     let firmware = vm.uptime();
-    vm.wait_for(s.milestone, DEADLINE).with_context(|| format!("booting {} ({})", s.name, s.image.display()))?;
+    vm.wait_for(s.milestone, DEADLINE)
+        .with_context(|| format!("booting {} ({})", s.name, s.image.display()))?;
     let wall = vm.uptime();
     let console = vm.console();
     drop(vm);
@@ -188,7 +196,8 @@ mod tests {
 
     #[test]
     fn stamps_are_read_past_escapes_and_unit_names() {
-        let console = "\x1b[!p]104[?7h[   17.207582] systemd[1]: systemd 257 running in system mode\n\
+        let console =
+            "\x1b[!p]104[?7h[   17.207582] systemd[1]: systemd 257 running in system mode\n\
                        [    4.817783] systemd[1]: systemd 257 running in system mode\n\
                        [   61.395582] keel-bootstrap[447]: keel-bootstrap: image role: ok\n";
         assert_eq!(stamp(console, " running in system mode", false), Some(17.207582));

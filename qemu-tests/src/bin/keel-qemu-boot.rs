@@ -50,8 +50,9 @@ fn run() -> Result<()> {
     let state = state.unwrap_or_else(|| image.with_extension("boot"));
     let mut vm = Vm::start(&Config::new(&image, &state))?;
     eprintln!("booting {} (console: {})", image.display(), vm.console_path().display());
-    vm.wait_for(MILESTONE, deadline)
-        .with_context(|| format!("waiting for {MILESTONE:?} on the console ({})", vm.console_path().display()))?;
+    vm.wait_for(MILESTONE, deadline).with_context(|| {
+        format!("waiting for {MILESTONE:?} on the console ({})", vm.console_path().display())
+    })?;
     eprintln!("keel-bootstrap.service started after {:.0?}", vm.uptime());
     // Read on for a while to show what the bootstrap did; stop early when
     // it has said its last word.

@@ -74,19 +74,24 @@ async fn run(args: &Args) -> Result<()> {
         }
     }
     if !args.assets.join("keel-assets.toml").is_file() {
-        bail!("--assets {}: not an asset directory (make one with `keel assets init`)", args.assets.display());
+        bail!(
+            "--assets {}: not an asset directory (make one with `keel assets init`)",
+            args.assets.display()
+        );
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("run as root: the VMs' network needs a network namespace and tap devices");
     }
-    let logs = std::path::absolute(&args.logs).with_context(|| format!("resolving {}", args.logs.display()))?;
+    let logs = std::path::absolute(&args.logs)
+        .with_context(|| format!("resolving {}", args.logs.display()))?;
     rundir::create_at(&logs)?;
     eprintln!("cluster: accelerator {:?}; logs in {}", vm::accel(), logs.display());
     let mut cluster = Cluster::start_in(logs.clone(), &args.cluster).await?;
     cluster.use_keel(args.keel.clone());
     let deadline = Duration::from_secs(args.deadline);
-    let (ec, timings) = EtcdCluster::form(cluster, &args.image, Some(&args.assets), args.nodes, deadline).await?;
+    let (ec, timings) =
+        EtcdCluster::form(cluster, &args.image, Some(&args.assets), args.nodes, deadline).await?;
 
     let etcdctl = ec.etcdctl();
     println!("== etcd member list (etcdctl from the host, TLS with a client certificate of the cluster's etcd CA)");
@@ -102,7 +107,12 @@ async fn run(args: &Args) -> Result<()> {
     println!("cluster healthy {:.1} s after the first VM started", timings.healthy.as_secs_f64());
     println!("== logs in {}", logs.display());
     for n in ec.cluster.nodes() {
-        println!("{}: {} (user data: {})", n.name, ec.cluster.console_log(&n.name).display(), logs.join(format!("{}.user-data.toml", n.name)).display());
+        println!(
+            "{}: {} (user data: {})",
+            n.name,
+            ec.cluster.console_log(&n.name).display(),
+            logs.join(format!("{}.user-data.toml", n.name)).display()
+        );
     }
     eprintln!("cluster: tearing down (VMs, moto, dnsmasq, network namespace)");
     drop(ec);

@@ -53,7 +53,8 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
         home.join(".cache/keel")
     });
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let images_dir = paths.images.clone();
     let out_dir = args.out.clone();
     let force = args.force;
@@ -104,9 +105,13 @@ pub struct InspectArgs {
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let mut m = manifest::read_from_image(&args.image)?;
     if !args.no_hash {
-        let f = std::fs::File::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
-        let digest = crate::fetch::hash_reader(std::io::BufReader::with_capacity(1 << 20, f), crate::profile::Algorithm::Sha256)
-            .with_context(|| format!("hashing {}", args.image.display()))?;
+        let f = std::fs::File::open(&args.image)
+            .with_context(|| format!("opening {}", args.image.display()))?;
+        let digest = crate::fetch::hash_reader(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            crate::profile::Algorithm::Sha256,
+        )
+        .with_context(|| format!("hashing {}", args.image.display()))?;
         m.image_sha256 = Some(digest.hex().to_string());
     }
     println!("{}", serde_json::to_string_pretty(&m)?);

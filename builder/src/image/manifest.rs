@@ -56,7 +56,10 @@ pub struct ComponentEntry {
 }
 
 /// One entry per component, Debian ones with the version actually installed.
-pub fn components(components: &[Component], packages: &[Package]) -> Result<Vec<ComponentEntry>, String> {
+pub fn components(
+    components: &[Component],
+    packages: &[Package],
+) -> Result<Vec<ComponentEntry>, String> {
     components
         .iter()
         .map(|c| match &c.source {
@@ -74,10 +77,12 @@ pub fn components(components: &[Component], packages: &[Package]) -> Result<Vec<
                 })
             }
             Source::Debian { package } => {
-                let installed = packages
-                    .iter()
-                    .find(|p| &p.name == package)
-                    .ok_or_else(|| format!("component {}: Debian package {package} is not installed in the base", c.name))?;
+                let installed = packages.iter().find(|p| &p.name == package).ok_or_else(|| {
+                    format!(
+                        "component {}: Debian package {package} is not installed in the base",
+                        c.name
+                    )
+                })?;
                 Ok(ComponentEntry {
                     name: c.name.clone(),
                     version: installed.version.clone(),
@@ -100,7 +105,9 @@ pub enum InspectError {
     Gpt { path: String, source: gpt::GptError },
     #[error("{path}: no EFI system partition in its partition table")]
     NoEsp { path: String },
-    #[error("{path}: no Keel manifest in the EFI system partition ({source}); is it a Keel image?")]
+    #[error(
+        "{path}: no Keel manifest in the EFI system partition ({source}); is it a Keel image?"
+    )]
     NoManifest { path: String, source: std::io::Error },
     #[error("{path}: the manifest in the EFI system partition is not valid: {source}")]
     Invalid { path: String, source: serde_json::Error },
@@ -111,8 +118,13 @@ pub fn read_from_image(path: &Path) -> Result<Manifest, InspectError> {
     let shown = path.display().to_string();
     let io = |source| InspectError::Io { path: shown.clone(), source };
     let mut file = File::open(path).map_err(io)?;
-    let table = Table::read(&mut file).map_err(|source| InspectError::Gpt { path: shown.clone(), source })?;
-    let esp = table.partitions.iter().find(|p| p.type_guid == gpt::types::ESP).ok_or_else(|| InspectError::NoEsp { path: shown.clone() })?;
+    let table = Table::read(&mut file)
+        .map_err(|source| InspectError::Gpt { path: shown.clone(), source })?;
+    let esp = table
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == gpt::types::ESP)
+        .ok_or_else(|| InspectError::NoEsp { path: shown.clone() })?;
     let bytes = esp::read_file(Slice::new(file, esp.offset, esp.size), esp::MANIFEST_PATH)
         .map_err(|source| InspectError::NoManifest { path: shown.clone(), source })?;
     serde_json::from_slice(&bytes).map_err(|source| InspectError::Invalid { path: shown, source })

@@ -32,10 +32,9 @@ pub const WORK: &str = "/work";
 /// Fails with the Debian package to install unless `program` is on PATH.
 pub fn require_host(program: &str, package: &str) -> Result<PathBuf, BuildError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .ok_or_else(|| BuildError::MissingTool { program: program.to_string(), package: package.to_string() })
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file()).ok_or_else(|| {
+        BuildError::MissingTool { program: program.to_string(), package: package.to_string() }
+    })
 }
 
 pub struct Tools {
@@ -66,7 +65,14 @@ impl Tools {
         let tmp = dir.join(format!(".{key}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let mut cmd = Command::new(mmdebstrap);
-        cmd.args(["--variant=apt", "--format=directory", "--quiet", &format!("--include={}", PACKAGES.join(","))]).arg(SUITE).arg(&tmp);
+        cmd.args([
+            "--variant=apt",
+            "--format=directory",
+            "--quiet",
+            &format!("--include={}", PACKAGES.join(",")),
+        ])
+        .arg(SUITE)
+        .arg(&tmp);
         if let Some(m) = mirror {
             cmd.arg(m);
         }
@@ -83,14 +89,24 @@ impl Tools {
 
     /// Runs `program` (an absolute path inside the tools tree) with `args`,
     /// chrooted into the tree with `work` at /work, and returns its output.
-    pub fn run(&self, work: &Path, program: &str, args: &[String], env: &[(&str, String)]) -> Result<Output, BuildError> {
+    pub fn run(
+        &self,
+        work: &Path,
+        program: &str,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<Output, BuildError> {
         let root = cstring(&self.root)?;
         let work_c = cstring(work)?;
         let target = cstring(&self.root.join(WORK.trim_start_matches('/')))?;
         let dev = cstring(&self.root.join("dev"))?;
         let proc_ = cstring(&self.root.join("proc"))?;
         let mut cmd = Command::new(program);
-        cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin").env("LC_ALL", "C.UTF-8").current_dir("/");
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin")
+            .env("LC_ALL", "C.UTF-8")
+            .current_dir("/");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -98,12 +114,42 @@ impl Tools {
         unsafe {
             cmd.pre_exec(move || {
                 let none = std::ptr::null::<libc::c_char>();
-                let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                let check = |r: libc::c_int| {
+                    if r == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
                 check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-                check(libc::mount(work_c.as_ptr(), target.as_ptr(), none, libc::MS_BIND, std::ptr::null()))?;
-                check(libc::mount(c"/dev".as_ptr(), dev.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
-                check(libc::mount(c"/proc".as_ptr(), proc_.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                check(libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    work_c.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c"/dev".as_ptr(),
+                    dev.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c"/proc".as_ptr(),
+                    proc_.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
                 check(libc::chroot(root.as_ptr()))?;
                 check(libc::chdir(c"/work".as_ptr()))?;
                 Ok(())
@@ -114,17 +160,23 @@ impl Tools {
 }
 
 fn cstring(p: &Path) -> Result<CString, BuildError> {
-    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| BuildError::Other(format!("path with a NUL byte: {}", p.display())))
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| BuildError::Other(format!("path with a NUL byte: {}", p.display())))
 }
 
 /// Runs `cmd`, failing with its stderr when it exits non-zero.
 pub fn run_checked(mut cmd: Command, what: &str) -> Result<Output, BuildError> {
-    let out = cmd.output().map_err(|e| BuildError::Tool { what: what.to_string(), message: e.to_string() })?;
+    let out = cmd
+        .output()
+        .map_err(|e| BuildError::Tool { what: what.to_string(), message: e.to_string() })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(BuildError::Tool { what: what.to_string(), message: format!("{}\n{}", out.status, tail.join("\n")) });
+        return Err(BuildError::Tool {
+            what: what.to_string(),
+            message: format!("{}\n{}", out.status, tail.join("\n")),
+        });
     }
     Ok(out)
 }

@@ -114,7 +114,8 @@ impl Table {
         disk.write_all(&entries)?;
 
         let backup_entries_lba = last_lba - ENTRY_SECTORS;
-        let backup = self.header(last_lba, 1, backup_entries_lba, first_usable, last_usable, entries_crc);
+        let backup =
+            self.header(last_lba, 1, backup_entries_lba, first_usable, last_usable, entries_crc);
         disk.seek(SeekFrom::Start(backup_entries_lba * SECTOR))?;
         disk.write_all(&entries)?;
         disk.write_all(&backup)?;
@@ -137,7 +138,15 @@ impl Table {
         out
     }
 
-    fn header(&self, my_lba: u64, alt_lba: u64, entries_lba: u64, first: u64, last: u64, entries_crc: u32) -> [u8; SECTOR as usize] {
+    fn header(
+        &self,
+        my_lba: u64,
+        alt_lba: u64,
+        entries_lba: u64,
+        first: u64,
+        last: u64,
+        entries_crc: u32,
+    ) -> [u8; SECTOR as usize] {
         let mut h = [0u8; SECTOR as usize];
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
@@ -174,7 +183,9 @@ impl Table {
         let count = u32le(&h[80..84]) as usize;
         let size = u32le(&h[84..88]) as usize;
         if size < 128 || count > 1024 {
-            return Err(GptError::Invalid(format!("implausible entry array ({count} entries of {size} bytes)")));
+            return Err(GptError::Invalid(format!(
+                "implausible entry array ({count} entries of {size} bytes)"
+            )));
         }
         let mut entries = vec![0u8; count * size];
         disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
@@ -191,7 +202,11 @@ impl Table {
             }
             let first = u64le(&e[32..40]);
             let last = u64le(&e[40..48]);
-            let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+            let name: Vec<u16> = e[56..128]
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
             partitions.push(Partition {
                 number: i as u32 + 1,
                 name: String::from_utf16_lossy(&name),
@@ -245,8 +260,20 @@ mod tests {
         let table = plan(
             Uuid::from_u128(1),
             &[
-                Request { name: "esp", type_guid: types::ESP, partition_guid: Uuid::from_u128(2), size: 3 << 20, flags: 0 },
-                Request { name: "root", type_guid: types::ROOT_X86_64, partition_guid: Uuid::from_u128(3), size: 1000, flags: FLAG_GROWFS },
+                Request {
+                    name: "esp",
+                    type_guid: types::ESP,
+                    partition_guid: Uuid::from_u128(2),
+                    size: 3 << 20,
+                    flags: 0,
+                },
+                Request {
+                    name: "root",
+                    type_guid: types::ROOT_X86_64,
+                    partition_guid: Uuid::from_u128(3),
+                    size: 1000,
+                    flags: FLAG_GROWFS,
+                },
             ],
         );
         assert_eq!(table.partitions[1].offset, 4 << 20);

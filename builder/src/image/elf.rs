@@ -22,10 +22,16 @@ pub enum ElfError {
 /// Fails unless the file at `path` is a static x86-64 ELF executable.
 pub fn check_static(path: &Path) -> Result<(), ElfError> {
     let shown = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| ElfError::Read { path: shown.clone(), source })?;
+    let data =
+        std::fs::read(path).map_err(|source| ElfError::Read { path: shown.clone(), source })?;
     let not_elf = || ElfError::NotElf { path: shown.clone() };
     // ELF64, little-endian, machine x86-64 (62).
-    if data.len() < 64 || &data[0..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 || u16at(&data, 18) != 62 {
+    if data.len() < 64
+        || &data[0..4] != b"\x7fELF"
+        || data[4] != 2
+        || data[5] != 1
+        || u16at(&data, 18) != 62
+    {
         return Err(not_elf());
     }
     let phoff = u64at(&data, 32) as usize;

@@ -4,8 +4,8 @@
 //! files, keel-bootstrap) -> /usr as erofs + dm-verity -> UKI with the root
 //! hash on its command line -> ESP -> GPT disk -> manifest.
 
-pub mod command;
 mod base;
+pub mod command;
 mod elf;
 mod esp;
 mod gpt;
@@ -89,7 +89,10 @@ impl Scratch {
     pub fn new(resolved: &Resolved, cache_dir: &Path, out_dir: &Path) -> Scratch {
         let stem = file_stem(resolved);
         let pid = std::process::id();
-        Scratch { work: cache_dir.join("work").join(format!("{stem}-{pid}")), image_tmp: out_dir.join(format!(".{stem}.raw.tmp-{pid}")) }
+        Scratch {
+            work: cache_dir.join("work").join(format!("{stem}-{pid}")),
+            image_tmp: out_dir.join(format!(".{stem}.raw.tmp-{pid}")),
+        }
     }
 
     pub fn remove(&self) {
@@ -129,7 +132,11 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
 
     stage.start("tools tree (trixie: ukify, mkfs.erofs, veritysetup)");
     let tools = tools::Tools::ensure(req.cache_dir, r.base.mirror.as_deref())?;
-    stage.start(&format!("Debian {} base ({} packages)", r.base.suite, base::packages(&r.base).len()));
+    stage.start(&format!(
+        "Debian {} base ({} packages)",
+        r.base.suite,
+        base::packages(&r.base).len()
+    ));
     let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
 
     stage.start("file tree");
@@ -147,7 +154,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         rootfs::add_files(&d.join("files"), &tree)?;
     }
     rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
-    let bootstrap = fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
+    let bootstrap =
+        fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
     rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
     rootfs::write_file(&tree, "usr/lib/keel/role", format!("{}\n", r.role).as_bytes(), 0o644)?;
     rootfs::make_factory_etc(&tree)?;
@@ -155,7 +163,15 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
 
     stage.start("/usr as erofs + dm-verity");
     let seed = Seed(key.clone());
-    let usr = usr::make(&tools, work, "tree", epoch, seed.uuid("erofs"), seed.uuid("verity"), &seed.bytes("verity-salt"))?;
+    let usr = usr::make(
+        &tools,
+        work,
+        "tree",
+        epoch,
+        seed.uuid("erofs"),
+        seed.uuid("verity"),
+        &seed.bytes("verity-salt"),
+    )?;
     let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
     let root_uuid = seed.uuid("root-partition");
 
@@ -169,18 +185,48 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     stage.start("unified kernel image");
     let cmdline = uki::cmdline(&usr.root_hash, &root_uuid);
     uki::make(&tools, work, "vmlinuz", "initrd", os_release, &cmdline, &kernel)?;
-    let uki_bytes = fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
+    let uki_bytes =
+        fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
 
     stage.start("disk image");
     let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
-    let (usr_img, verity_img, root_img, esp_img) = (work.join("usr.erofs"), work.join("usr.verity"), work.join("root.img"), work.join("esp.img"));
+    let (usr_img, verity_img, root_img, esp_img) = (
+        work.join("usr.erofs"),
+        work.join("usr.verity"),
+        work.join("root.img"),
+        work.join("esp.img"),
+    );
     let table = gpt::plan(
         seed.uuid("disk"),
         &[
-            gpt::Request { name: "esp", type_guid: gpt::types::ESP, partition_guid: seed.uuid("esp"), size: esp::size_for(uki_bytes.len() as u64), flags: 0 },
-            gpt::Request { name: "usr", type_guid: gpt::types::USR_X86_64, partition_guid: usr_uuid, size: len(&usr_img)?, flags: gpt::FLAG_READ_ONLY },
-            gpt::Request { name: "usr-verity", type_guid: gpt::types::USR_VERITY_X86_64, partition_guid: verity_uuid, size: len(&verity_img)?, flags: gpt::FLAG_READ_ONLY },
-            gpt::Request { name: "root", type_guid: gpt::types::ROOT_X86_64, partition_guid: root_uuid, size: ROOT_SIZE, flags: gpt::FLAG_GROWFS },
+            gpt::Request {
+                name: "esp",
+                type_guid: gpt::types::ESP,
+                partition_guid: seed.uuid("esp"),
+                size: esp::size_for(uki_bytes.len() as u64),
+                flags: 0,
+            },
+            gpt::Request {
+                name: "usr",
+                type_guid: gpt::types::USR_X86_64,
+                partition_guid: usr_uuid,
+                size: len(&usr_img)?,
+                flags: gpt::FLAG_READ_ONLY,
+            },
+            gpt::Request {
+                name: "usr-verity",
+                type_guid: gpt::types::USR_VERITY_X86_64,
+                partition_guid: verity_uuid,
+                size: len(&verity_img)?,
+                flags: gpt::FLAG_READ_ONLY,
+            },
+            gpt::Request {
+                name: "root",
+                type_guid: gpt::types::ROOT_X86_64,
+                partition_guid: root_uuid,
+                size: ROOT_SIZE,
+                flags: gpt::FLAG_GROWFS,
+            },
         ],
     );
     let mut manifest = Manifest {
@@ -199,19 +245,33 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         disk_guid: table.disk_guid,
         partitions: table.partitions.clone(),
     };
-    let inner = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
-    let esp_part = table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
-    let volume_id = u32::from_le_bytes(seed.bytes("fat-volume-id")[..4].try_into().unwrap_or([0; 4]));
-    esp::make(&esp_img, esp_part.size, volume_id, &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)])?;
-    let sha = assemble(&scratch.image_tmp, &table, &[("esp", &esp_img), ("usr", &usr_img), ("usr-verity", &verity_img), ("root", &root_img)])?;
+    let inner = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+    let esp_part =
+        table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
+    let volume_id =
+        u32::from_le_bytes(seed.bytes("fat-volume-id")[..4].try_into().unwrap_or([0; 4]));
+    esp::make(
+        &esp_img,
+        esp_part.size,
+        volume_id,
+        &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)],
+    )?;
+    let sha = assemble(
+        &scratch.image_tmp,
+        &table,
+        &[("esp", &esp_img), ("usr", &usr_img), ("usr-verity", &verity_img), ("root", &root_img)],
+    )?;
     manifest.image_sha256 = Some(sha);
 
-    let outer = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+    let outer = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
     // The manifest describes the image: replace it first so that a crash
     // between the two renames never leaves an old manifest beside a new image.
     let _ = fs::remove_file(&manifest_path);
     fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
-    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer).map_err(|e| BuildError::io(&manifest_path, e))?;
+    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
+        .map_err(|e| BuildError::io(&manifest_path, e))?;
     stage.finish();
     Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
 }
@@ -275,7 +335,15 @@ impl Seed {
 
 /// Makes an ext4 file system of `size` bytes at `work/<name>` from
 /// `work/<skel>`, with fixed UUID, hash seed and time.
-fn make_ext4(tools: &tools::Tools, work: &Path, name: &str, skel: &str, size: u64, fs_uuid: Uuid, epoch: u64) -> Result<(), BuildError> {
+fn make_ext4(
+    tools: &tools::Tools,
+    work: &Path,
+    name: &str,
+    skel: &str,
+    size: u64,
+    fs_uuid: Uuid,
+    epoch: u64,
+) -> Result<(), BuildError> {
     let img = work.join(name);
     let f = File::create(&img).map_err(|e| BuildError::io(&img, e))?;
     f.set_len(size).map_err(|e| BuildError::io(&img, e))?;
@@ -308,23 +376,42 @@ fn make_ext4(tools: &tools::Tools, work: &Path, name: &str, skel: &str, size: u6
 
 /// Writes the disk image at `path`: the partition table, then each
 /// partition's contents; fsyncs it and returns its sha256.
-fn assemble(path: &Path, table: &gpt::Table, parts: &[(&str, &Path)]) -> Result<String, BuildError> {
+fn assemble(
+    path: &Path,
+    table: &gpt::Table,
+    parts: &[(&str, &Path)],
+) -> Result<String, BuildError> {
     let ctx = |e: std::io::Error| BuildError::io(path, e);
-    let mut disk = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(ctx)?;
+    let mut disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(ctx)?;
     disk.set_len(table.disk_size).map_err(ctx)?;
-    table.write(&mut disk).map_err(|e| BuildError::Other(format!("{}: writing the partition table: {e}", path.display())))?;
+    table.write(&mut disk).map_err(|e| {
+        BuildError::Other(format!("{}: writing the partition table: {e}", path.display()))
+    })?;
     for (name, src) in parts {
-        let p = table.get(name).ok_or_else(|| BuildError::Other(format!("no partition {name} in the plan")))?;
+        let p = table
+            .get(name)
+            .ok_or_else(|| BuildError::Other(format!("no partition {name} in the plan")))?;
         let mut input = File::open(src).map_err(|e| BuildError::io(src, e))?;
         disk.seek(SeekFrom::Start(p.offset)).map_err(ctx)?;
         let n = std::io::copy(&mut input, &mut disk).map_err(ctx)?;
         if n > p.size {
-            return Err(BuildError::Other(format!("{}: {n} bytes do not fit partition {name} ({} bytes)", src.display(), p.size)));
+            return Err(BuildError::Other(format!(
+                "{}: {n} bytes do not fit partition {name} ({} bytes)",
+                src.display(),
+                p.size
+            )));
         }
     }
     disk.sync_all().map_err(ctx)?;
     disk.seek(SeekFrom::Start(0)).map_err(ctx)?;
-    let digest = crate::fetch::hash_reader(&mut disk, crate::profile::Algorithm::Sha256).map_err(ctx)?;
+    let digest =
+        crate::fetch::hash_reader(&mut disk, crate::profile::Algorithm::Sha256).map_err(ctx)?;
     Ok(digest.hex().to_string())
 }
 
@@ -338,7 +425,10 @@ impl Stage {
     fn new(progress: bool) -> Stage {
         let bar = progress.then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
@@ -351,7 +441,9 @@ impl Stage {
                 b.println(format!("  {what}"));
                 b.set_message(what.to_string());
             }
-            None => eprintln!("keel build: [{:>5.1}s] {what}", self.started.elapsed().as_secs_f64()),
+            None => {
+                eprintln!("keel build: [{:>5.1}s] {what}", self.started.elapsed().as_secs_f64())
+            }
         }
     }
 

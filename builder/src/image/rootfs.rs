@@ -67,12 +67,16 @@ pub fn unpack_base(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
         let mut entry = entry.map_err(ctx)?;
         let path = entry.path().map_err(ctx)?.into_owned();
         let kind = entry.header().entry_type();
-        if path.starts_with("./dev/") || path.starts_with("dev/") || kind.is_character_special() || kind.is_block_special() {
+        if path.starts_with("./dev/")
+            || path.starts_with("dev/")
+            || kind.is_character_special()
+            || kind.is_block_special()
+        {
             continue;
         }
-        entry
-            .unpack_in(root)
-            .map_err(|e| BuildError::Other(format!("{}: unpacking {}: {e}", tar_path.display(), path.display())))?;
+        entry.unpack_in(root).map_err(|e| {
+            BuildError::Other(format!("{}: unpacking {}: {e}", tar_path.display(), path.display()))
+        })?;
     }
     Ok(())
 }
@@ -83,8 +87,12 @@ pub fn debian_packages(root: &Path) -> Result<Vec<Package>, BuildError> {
     let text = fs::read_to_string(&status).map_err(|e| BuildError::io(&status, e))?;
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
-        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
-        if let (Some(name), Some(version), Some(state)) = (field("Package:"), field("Version:"), field("Status:")) {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        if let (Some(name), Some(version), Some(state)) =
+            (field("Package:"), field("Version:"), field("Status:"))
+        {
             if state.ends_with(" installed") {
                 out.push(Package { name, version });
             }
@@ -97,7 +105,9 @@ pub fn debian_packages(root: &Path) -> Result<Vec<Package>, BuildError> {
 /// A path in the image (absolute, under /usr) as a path under `root`.
 fn image_path(root: &Path, component: &str, path: &str) -> Result<PathBuf, BuildError> {
     let p = Path::new(path);
-    let ok = p.is_absolute() && p.starts_with("/usr/") && p.components().all(|c| matches!(c, PathPart::RootDir | PathPart::Normal(_)));
+    let ok = p.is_absolute()
+        && p.starts_with("/usr/")
+        && p.components().all(|c| matches!(c, PathPart::RootDir | PathPart::Normal(_)));
     if !ok {
         return Err(BuildError::Other(format!(
             "component {component}: install path {path} must be an absolute path under /usr (the rest of the image is not kept)"
@@ -107,21 +117,25 @@ fn image_path(root: &Path, component: &str, path: &str) -> Result<PathBuf, Build
 }
 
 /// Installs each URL component's artifact as its `install` says.
-pub fn add_components(root: &Path, components: &[Component], fetched: &[Fetched]) -> Result<(), BuildError> {
+pub fn add_components(
+    root: &Path,
+    components: &[Component],
+    fetched: &[Fetched],
+) -> Result<(), BuildError> {
     for c in components {
         if !matches!(c.source, Source::Url { .. }) {
             continue;
         }
-        let artifact = fetched
-            .iter()
-            .find(|f| f.name == c.name)
-            .ok_or_else(|| BuildError::Other(format!("component {}: its artifact was not fetched", c.name)))?;
+        let artifact = fetched.iter().find(|f| f.name == c.name).ok_or_else(|| {
+            BuildError::Other(format!("component {}: its artifact was not fetched", c.name))
+        })?;
         match &c.install {
             Install::Binary { path, mode } => {
                 let dest = image_path(root, &c.name, path)?;
                 mkdir_parent(&dest)?;
                 fs::copy(&artifact.path, &dest).map_err(|e| BuildError::io(&dest, e))?;
-                fs::set_permissions(&dest, fs::Permissions::from_mode(*mode)).map_err(|e| BuildError::io(&dest, e))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| BuildError::io(&dest, e))?;
             }
             Install::Tarball { dest, strip_components, include } => {
                 let dest = image_path(root, &c.name, dest)?;
@@ -136,16 +150,26 @@ pub fn add_components(root: &Path, components: &[Component], fetched: &[Fetched]
 /// Unpacks a gzip tarball into `dest`, dropping `strip` leading path
 /// elements and keeping entries whose remaining path is in `include`, or
 /// lies under one of them (all entries when `include` is empty).
-fn unpack_layer(tarball: &Path, dest: &Path, strip: usize, include: &[String], name: &str) -> Result<(), BuildError> {
+fn unpack_layer(
+    tarball: &Path,
+    dest: &Path,
+    strip: usize,
+    include: &[String],
+    name: &str,
+) -> Result<(), BuildError> {
     let file = fs::File::open(tarball).map_err(|e| BuildError::io(tarball, e))?;
-    let mut archive = tar::Archive::new(GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file)));
-    let ctx = |e: std::io::Error| BuildError::Other(format!("component {name}: unpacking {}: {e}", tarball.display()));
+    let mut archive =
+        tar::Archive::new(GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file)));
+    let ctx = |e: std::io::Error| {
+        BuildError::Other(format!("component {name}: unpacking {}: {e}", tarball.display()))
+    };
     let mut matched = vec![false; include.len()];
     fs::create_dir_all(dest).map_err(|e| BuildError::io(dest, e))?;
     for entry in archive.entries().map_err(ctx)? {
         let mut entry = entry.map_err(ctx)?;
         let path = entry.path().map_err(ctx)?.into_owned();
-        let parts: Vec<_> = path.components().filter(|c| matches!(c, PathPart::Normal(_))).collect();
+        let parts: Vec<_> =
+            path.components().filter(|c| matches!(c, PathPart::Normal(_))).collect();
         if parts.len() <= strip {
             continue;
         }
@@ -208,8 +232,11 @@ pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {
 /// Every path under `dir`, sorted, parents before children.
 pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> =
-        fs::read_dir(dir).map_err(|e| BuildError::io(dir, e))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(|e| BuildError::io(dir, e))?;
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| BuildError::io(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BuildError::io(dir, e))?;
     entries.sort();
     for p in entries {
         out.push(p.clone());
@@ -305,7 +332,8 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
     let dest = root.join(path);
     mkdir_parent(&dest)?;
     fs::write(&dest, contents).map_err(|e| BuildError::io(&dest, e))?;
-    fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io(&dest, e))
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+        .map_err(|e| BuildError::io(&dest, e))
 }
 
 /// Moves the base's /etc to /usr/share/factory/etc and writes the
@@ -328,7 +356,9 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
         .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
         .collect();
     names.sort();
-    let mut conf = String::from("# Written by keel build: /etc is made from /usr/share/factory/etc on first boot.\n");
+    let mut conf = String::from(
+        "# Written by keel build: /etc is made from /usr/share/factory/etc on first boot.\n",
+    );
     for n in names {
         let p = factory.join(&n);
         let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
@@ -387,10 +417,21 @@ fn hoist_enablement(etc_units: &Path, usr_units: &Path) -> Result<(), BuildError
 /// The root file system's skeleton: mount points, /etc (filled on first
 /// boot) and the merged-/usr links.
 pub fn make_skeleton(dir: &Path) -> Result<(), BuildError> {
-    for (d, mode) in [("dev", 0o755), ("etc", 0o755), ("proc", 0o555), ("run", 0o755), ("sys", 0o555), ("tmp", 0o1777), ("usr", 0o755), ("var", 0o755), ("root", 0o700)] {
+    for (d, mode) in [
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o555),
+        ("run", 0o755),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("usr", 0o755),
+        ("var", 0o755),
+        ("root", 0o700),
+    ] {
         let p = dir.join(d);
         fs::create_dir_all(&p).map_err(|e| BuildError::io(&p, e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io(&p, e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(|e| BuildError::io(&p, e))?;
     }
     // /etc and /var are as new as /usr: ConditionNeedsUpdate= units
     // (ldconfig, journal catalog, ...) have nothing to do on first boot.
@@ -398,7 +439,9 @@ pub fn make_skeleton(dir: &Path) -> Result<(), BuildError> {
         let p = dir.join(f);
         fs::write(&p, b"").map_err(|e| BuildError::io(&p, e))?;
     }
-    for (l, t) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+    for (l, t) in
+        [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]
+    {
         let p = dir.join(l);
         symlink(t, &p).map_err(|e| BuildError::io(&p, e))?;
     }
@@ -413,9 +456,12 @@ pub fn clamp_times(dir: &Path, epoch: u64) -> Result<(), BuildError> {
     let ts = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
     let times = [ts, ts];
     for p in paths {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| BuildError::Other(format!("path with NUL: {}", p.display())))?;
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| BuildError::Other(format!("path with NUL: {}", p.display())))?;
         // SAFETY: valid C string and a two-element timespec array.
-        let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        let r = unsafe {
+            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        };
         if r != 0 {
             return Err(BuildError::io(&p, std::io::Error::last_os_error()));
         }
@@ -437,7 +483,10 @@ pub fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String), BuildError> {
     })?;
     let initrd = boot.join(format!("initrd.img-{version}"));
     if !initrd.is_file() {
-        return Err(BuildError::Other(format!("the base has no {} (is dracut in the base packages?)", initrd.display())));
+        return Err(BuildError::Other(format!(
+            "the base has no {} (is dracut in the base packages?)",
+            initrd.display()
+        )));
     }
     Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
 }
@@ -451,7 +500,11 @@ mod tests {
         let unit = "[Unit]\nWantedBy=nope.target\n[Install]\nWantedBy=multi-user.target other.target\nRequiredBy=x.target\n";
         assert_eq!(
             install_targets(unit),
-            vec![("wants", "multi-user.target".into()), ("wants", "other.target".into()), ("requires", "x.target".into())]
+            vec![
+                ("wants", "multi-user.target".into()),
+                ("wants", "other.target".into()),
+                ("requires", "x.target".into())
+            ]
         );
     }
 
@@ -464,11 +517,22 @@ mod tests {
         fs::write(root.join("etc/hostname"), "x").unwrap();
         fs::write(root.join("etc/machine-id"), "").unwrap();
         symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
-        symlink("/usr/lib/systemd/system/a.service", root.join("etc/systemd/system/multi-user.target.wants/a.service")).unwrap();
+        symlink(
+            "/usr/lib/systemd/system/a.service",
+            root.join("etc/systemd/system/multi-user.target.wants/a.service"),
+        )
+        .unwrap();
         fs::create_dir_all(root.join("etc/systemd/system/timers.target.wants")).unwrap();
-        symlink("/usr/lib/systemd/system/apt-daily.timer", root.join("etc/systemd/system/timers.target.wants/apt-daily.timer")).unwrap();
+        symlink(
+            "/usr/lib/systemd/system/apt-daily.timer",
+            root.join("etc/systemd/system/timers.target.wants/apt-daily.timer"),
+        )
+        .unwrap();
         make_factory_etc(root).unwrap();
-        for gone in ["usr/lib/systemd/system/timers.target.wants/apt-daily.timer", "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer"] {
+        for gone in [
+            "usr/lib/systemd/system/timers.target.wants/apt-daily.timer",
+            "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer",
+        ] {
             assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
         }
         let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
@@ -481,14 +545,15 @@ mod tests {
         assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
     }
 
-
     #[test]
     fn a_unit_shared_by_a_relative_link_counts_with_its_content() {
         let dir = tempfile::tempdir().unwrap();
-        let (worker, controller) = (dir.path().join("worker/units"), dir.path().join("controller/units"));
+        let (worker, controller) =
+            (dir.path().join("worker/units"), dir.path().join("controller/units"));
         fs::create_dir_all(&worker).unwrap();
         fs::create_dir_all(&controller).unwrap();
-        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet\n").unwrap();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet\n")
+            .unwrap();
         symlink("../../worker/units/kubelet.service", controller.join("kubelet.service")).unwrap();
         let key = || {
             let mut all = Vec::new();
@@ -500,13 +565,21 @@ mod tests {
             all
         };
         let before = key();
-        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet --v=2\n").unwrap();
-        assert_ne!(key(), before, "a change behind the link must change the controller's build key");
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet --v=2\n")
+            .unwrap();
+        assert_ne!(
+            key(),
+            before,
+            "a change behind the link must change the controller's build key"
+        );
         let root = dir.path().join("root");
         fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
         add_units(&[controller.clone()], &root).unwrap();
         let installed = root.join("usr/lib/systemd/system/kubelet.service");
-        assert!(!fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(), "the image gets the unit, not the link");
+        assert!(
+            !fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(),
+            "the image gets the unit, not the link"
+        );
         assert!(fs::read_to_string(installed).unwrap().contains("--v=2"));
     }
     #[test]

@@ -20,7 +20,8 @@ const RECIPE: &str = "keel-base-1";
 /// Packages every image needs whatever the profile says: dm-verity set-up
 /// in the initrd (systemd-cryptsetup), the initrd generator, partition
 /// growth on first boot, DHCP and DNS.
-pub const IMAGE_PACKAGES: &[&str] = &["dracut", "systemd", "systemd-cryptsetup", "systemd-repart", "systemd-resolved", "udev"];
+pub const IMAGE_PACKAGES: &[&str] =
+    &["dracut", "systemd", "systemd-cryptsetup", "systemd-repart", "systemd-resolved", "udev"];
 
 /// A small host-independent initrd: systemd, udev, the veritysetup
 /// generator, and only the drivers these disks need (virtio for QEMU, NVMe
@@ -61,7 +62,9 @@ pub fn packages(base: &Base) -> Vec<String> {
 /// The cache key of a base: every input that changes its contents.
 pub fn key(base: &Base, epoch: u64) -> String {
     let mut h = Sha256::new();
-    for part in [RECIPE, &base.suite, base.mirror.as_deref().unwrap_or(""), DRACUT_CONF, &epoch.to_string()] {
+    for part in
+        [RECIPE, &base.suite, base.mirror.as_deref().unwrap_or(""), DRACUT_CONF, &epoch.to_string()]
+    {
         h.update(part);
         h.update("\0");
     }

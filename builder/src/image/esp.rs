@@ -23,11 +23,26 @@ pub fn size_for(uki_len: u64) -> u64 {
 
 /// Writes a FAT file system of `size` bytes to `path` holding `files`
 /// (path in the ESP, contents).
-pub fn make(path: &Path, size: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<(), BuildError> {
+pub fn make(
+    path: &Path,
+    size: u64,
+    volume_id: u32,
+    files: &[(&str, &[u8])],
+) -> Result<(), BuildError> {
     let ctx = |e: std::io::Error| BuildError::io(path, e);
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(ctx)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(ctx)?;
     file.set_len(size).map_err(ctx)?;
-    fatfs::format_volume(&mut file, fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(*b"ESP        ")).map_err(ctx)?;
+    fatfs::format_volume(
+        &mut file,
+        fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(*b"ESP        "),
+    )
+    .map_err(ctx)?;
     file.seek(SeekFrom::Start(0)).map_err(ctx)?;
     {
         let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).map_err(ctx)?;
@@ -82,7 +97,10 @@ impl Read for Slice {
 
 impl Write for Slice {
     fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the image is opened read-only"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the image is opened read-only",
+        ))
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -97,7 +115,10 @@ impl Seek for Slice {
             SeekFrom::Current(d) => self.pos as i64 + d,
         };
         if pos < 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start of the partition"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the partition",
+            ));
         }
         self.pos = pos as u64;
         Ok(self.pos)

@@ -35,7 +35,15 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid) -> String {
 }
 
 /// Makes `work/uki.efi` from files under `work` (paths relative to it).
-pub fn make(tools: &Tools, work: &Path, linux: &str, initrd: &str, os_release: &str, cmdline: &str, uname: &str) -> Result<(), BuildError> {
+pub fn make(
+    tools: &Tools,
+    work: &Path,
+    linux: &str,
+    initrd: &str,
+    os_release: &str,
+    cmdline: &str,
+    uname: &str,
+) -> Result<(), BuildError> {
     let cmdline_file = work.join("cmdline");
     std::fs::write(&cmdline_file, cmdline).map_err(|e| BuildError::io(&cmdline_file, e))?;
     tools.run(

@@ -16,7 +16,15 @@ pub struct Usr {
 }
 
 /// Makes `work/usr.erofs` from `work/<tree>/usr` and `work/usr.verity`.
-pub fn make(tools: &Tools, work: &Path, tree: &str, epoch: u64, fs_uuid: Uuid, verity_uuid: Uuid, salt: &[u8; 32]) -> Result<Usr, BuildError> {
+pub fn make(
+    tools: &Tools,
+    work: &Path,
+    tree: &str,
+    epoch: u64,
+    fs_uuid: Uuid,
+    verity_uuid: Uuid,
+    salt: &[u8; 32],
+) -> Result<Usr, BuildError> {
     tools.run(
         work,
         "/usr/bin/mkfs.erofs",
@@ -48,14 +56,17 @@ pub fn make(tools: &Tools, work: &Path, tree: &str, epoch: u64, fs_uuid: Uuid, v
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:").map(|h| h.trim().to_string()))
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| BuildError::Other(format!("veritysetup format printed no root hash:\n{stdout}")))?;
+        .ok_or_else(|| {
+            BuildError::Other(format!("veritysetup format printed no root hash:\n{stdout}"))
+        })?;
     Ok(Usr { root_hash })
 }
 
 /// The partition UUIDs systemd derives from a root hash: the first 128 bits
 /// name the data partition, the last 128 bits the hash partition.
 pub fn partition_uuids(root_hash: &str) -> Result<(Uuid, Uuid), BuildError> {
-    let bytes = hex::decode(root_hash).map_err(|e| BuildError::Other(format!("root hash {root_hash}: {e}")))?;
+    let bytes = hex::decode(root_hash)
+        .map_err(|e| BuildError::Other(format!("root hash {root_hash}: {e}")))?;
     let half = |b: &[u8]| -> Result<Uuid, BuildError> {
         Uuid::from_slice(b).map_err(|e| BuildError::Other(format!("root hash {root_hash}: {e}")))
     };
