@@ -7,11 +7,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod assets;
 mod fetch;
 mod image;
+mod man;
 mod pin;
 mod profile;
 mod publish;
@@ -44,6 +45,8 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// Write a man page for keel and each of its subcommands.
+    Man(man::ManArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Man(args) => man::run(&args, Cli::command()),
     }
 }
 
