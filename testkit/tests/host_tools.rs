@@ -58,7 +58,7 @@ fn the_rust_check_names_the_hidden_tool_and_its_package() {
     present_before();
     let dir = tempfile::tempdir().unwrap();
     let path = path_without(&[HIDDEN, "cargo"], dir.path());
-    assert_eq!(host_tools::missing_in(&path), vec![Tool { name: HIDDEN, package: HIDDEN_PACKAGE }],);
+    assert_eq!(host_tools::missing_in(&path), vec![Tool { name: HIDDEN, package: HIDDEN_PACKAGE }]);
 }
 
 #[test]
