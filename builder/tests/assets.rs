@@ -19,9 +19,9 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use keel_bootstrap::aws::{s3_client, sdk_config_with_keys, Target};
-use keel_bootstrap::bundle::{BundleError, Header};
 use keel_bootstrap::envelope::{self, EnvelopeError};
-use keel_bootstrap::Role;
+use keel_contract::bundle::{BundleError, Header};
+use keel_contract::Role;
 use keel_testkit::moto::Moto;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -172,7 +172,7 @@ impl Env {
         prefix: &str,
         cluster: &str,
         role: Role,
-    ) -> Result<keel_bootstrap::bundle::Bundle, EnvelopeError> {
+    ) -> Result<keel_contract::bundle::Bundle, EnvelopeError> {
         envelope::fetch(&self.s3, &self.kms, BUCKET, prefix, cluster, role).await
     }
 

@@ -14,7 +14,8 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use keel_bootstrap::aws::{display_error, s3_client, sdk_config_with_keys, Target};
-use keel_bootstrap::{discovery, tags, Role};
+use keel_bootstrap::discovery;
+use keel_contract::{tags, Role};
 use keel_testkit::moto::Moto;
 
 /// The region of every test account.

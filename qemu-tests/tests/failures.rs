@@ -17,8 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use keel_bootstrap::aws::{sdk_config_with_keys, Target};
-use keel_bootstrap::userdata::UserData;
-use keel_bootstrap::Role;
+use keel_contract::userdata::UserData;
+use keel_contract::Role;
 use keel_qemu_tests::aws::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::images::{self, Image};

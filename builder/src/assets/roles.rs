@@ -12,8 +12,8 @@
 //! Never in any bundle: the admin credentials and kubeconfig, the bootstrap
 //! token's Secret manifest and the fingerprint key.
 
-use keel_bootstrap::bundle::{Bundle, BundleFile};
-use keel_bootstrap::Role;
+use keel_contract::bundle::{Bundle, BundleFile};
+use keel_contract::Role;
 
 use super::pki::{paths, PUBLIC_MODE, SECRET_MODE};
 use super::store::Store;
@@ -78,7 +78,7 @@ mod tests {
         for role in Role::ALL {
             for p in files(role) {
                 assert!(!p.contains("admin"), "{role} gets {p}");
-                assert!(keel_bootstrap::bundle::check_path(p).is_ok());
+                assert!(keel_contract::bundle::check_path(p).is_ok());
             }
         }
         assert!(!files(Role::Etcd).contains(&paths::CA_KEY));

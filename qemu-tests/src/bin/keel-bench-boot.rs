@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use keel_qemu_tests::vm::{self, Config, Vm};
 use keel_qemu_tests::{images, stock};
 
