@@ -6,7 +6,10 @@
 //! no network, no AWS (the KMS and S3 envelope is keel-bootstrap's
 //! `envelope`).
 
+pub mod assets;
 pub mod bundle;
+pub mod kubeconfig;
+pub mod names;
 pub mod net;
 pub mod role;
 pub mod tags;
