@@ -74,7 +74,7 @@ async fn aws_env() -> Aws {
     let moto = Moto::start().expect("moto");
     let target =
         aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) };
-    let sdk = aws::sdk_config_with_keys(&target, "testing", "testing").await;
+    let sdk = keel_testkit::moto::with_test_keys(aws::sdk_config(&target).await);
     aws::s3_client(&sdk).create_bucket().bucket(BUCKET).send().await.expect("create bucket");
     let key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.expect("create key");
     let key_id = key.key_metadata().unwrap().key_id().to_string();

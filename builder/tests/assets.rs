@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use keel_bootstrap::aws::{s3_client, sdk_config_with_keys, Target};
+use keel_bootstrap::aws::{s3_client, sdk_config, Target};
 use keel_bootstrap::envelope::{self, EnvelopeError};
 use keel_contract::bundle::{BundleError, Header};
 use keel_contract::Role;
@@ -32,7 +32,7 @@ const BUCKET: &str = "keel-assets";
 /// S3 and KMS clients for `endpoint`, with moto's dummy credentials.
 async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
     let target = Target { region: Some(REGION.into()), endpoint_url: Some(endpoint.to_string()) };
-    let config = sdk_config_with_keys(&target, "testing", "testing").await;
+    let config = keel_testkit::moto::with_test_keys(sdk_config(&target).await);
     (s3_client(&config), aws_sdk_kms::Client::new(&config))
 }
 
