@@ -87,19 +87,9 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// Formats an SDK error as its chain of messages, with the service's code
 /// and message (`service error: NoSuchBucket: The specified bucket does not
 /// exist`), not `ServiceError { .. }` and not the raw HTTP response that
-/// `DisplayErrorContext` appends.
-pub fn display_error<E: std::error::Error>(err: &E) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
+/// `DisplayErrorContext` appends. The one error-chain printer,
+/// [`crate::error_chain::chain`], under the name AWS call sites use.
+pub use crate::error_chain::chain as display_error;
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
 /// each binary's `main`, before any HTTP client is built (and again, doing
@@ -133,25 +123,5 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::display_error;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("service error")]
-    struct Outer(#[source] Inner);
-    #[derive(Debug, thiserror::Error)]
-    #[error("NoSuchBucket: The specified bucket does not exist")]
-    struct Inner;
-
-    #[test]
-    fn error_chain_without_debug_noise() {
-        assert_eq!(
-            display_error(&Outer(Inner)),
-            "service error: NoSuchBucket: The specified bucket does not exist"
-        );
     }
 }

@@ -7,6 +7,7 @@ pub mod atomic_file;
 pub mod aws;
 pub mod discovery;
 pub mod envelope;
+pub mod error_chain;
 pub mod etcd_api;
 pub mod imds;
 pub mod layout;
