@@ -26,9 +26,9 @@ pub fn check_static(path: &Path) -> Result<(), ElfError> {
     let read = |source| ElfError::Read { path: shown.clone(), source };
     let mut file = std::fs::File::open(path).map_err(read)?;
     match interpreter(&mut file).map_err(read)? {
-        Elf::NotElf => Err(ElfError::NotElf { path: shown }),
-        Elf::Static => Ok(()),
-        Elf::Dynamic(interp) => Err(ElfError::Dynamic { path: shown, interp }),
+        Linking::NotElf => Err(ElfError::NotElf { path: shown }),
+        Linking::Static => Ok(()),
+        Linking::Dynamic(interp) => Err(ElfError::Dynamic { path: shown, interp }),
     }
 }
 
@@ -39,7 +39,7 @@ const MAX_INTERP: u64 = 4096;
 
 /// What [`interpreter`] found.
 #[derive(Debug, PartialEq, Eq)]
-enum Elf {
+enum Linking {
     NotElf,
     Static,
     Dynamic(String),
@@ -48,11 +48,11 @@ enum Elf {
 /// Reads the ELF header and program headers of `r` (every offset and size
 /// checked against the file's length, at most 64 KiB program headers and
 /// 4 KiB of interpreter path read) and reports its PT_INTERP, if any.
-fn interpreter(r: &mut (impl Read + Seek)) -> std::io::Result<Elf> {
+fn interpreter(r: &mut (impl Read + Seek)) -> std::io::Result<Linking> {
     let len = r.seek(SeekFrom::End(0))?;
     let mut h = [0u8; 64];
     if len < h.len() as u64 {
-        return Ok(Elf::NotElf);
+        return Ok(Linking::NotElf);
     }
     r.seek(SeekFrom::Start(0))?;
     r.read_exact(&mut h)?;
@@ -63,14 +63,14 @@ fn interpreter(r: &mut (impl Read + Seek)) -> std::io::Result<Elf> {
         || u16at(&h, 18) != 62
         || usize::from(u16at(&h, 54)) != PHDR_SIZE
     {
-        return Ok(Elf::NotElf);
+        return Ok(Linking::NotElf);
     }
     let phoff = u64at(&h, 32);
     let phnum = usize::from(u16at(&h, 56));
     // phnum * 56 is at most 65535 * 56 bytes: bounded.
     let table = (phnum * PHDR_SIZE) as u64;
     if phoff.checked_add(table).is_none_or(|end| end > len) {
-        return Ok(Elf::NotElf);
+        return Ok(Linking::NotElf);
     }
     let mut phdrs = vec![0u8; phnum * PHDR_SIZE];
     r.seek(SeekFrom::Start(phoff))?;
@@ -90,9 +90,9 @@ fn interpreter(r: &mut (impl Read + Seek)) -> std::io::Result<Elf> {
             }
             _ => String::new(),
         };
-        return Ok(Elf::Dynamic(interp));
+        return Ok(Linking::Dynamic(interp));
     }
-    Ok(Elf::Static)
+    Ok(Linking::Static)
 }
 
 fn u16at(d: &[u8], at: usize) -> u16 {
@@ -155,14 +155,14 @@ mod tests {
         d
     }
 
-    fn check(d: &[u8]) -> Elf {
+    fn check(d: &[u8]) -> Linking {
         interpreter(&mut std::io::Cursor::new(d)).unwrap()
     }
 
     #[test]
     fn hand_made_static_and_dynamic_headers_are_told_apart() {
-        assert_eq!(check(&elf(false)), Elf::Static);
-        assert_eq!(check(&elf(true)), Elf::Dynamic("/lib64/ld-linux-x86-64.so.2".into()));
+        assert_eq!(check(&elf(false)), Linking::Static);
+        assert_eq!(check(&elf(true)), Linking::Dynamic("/lib64/ld-linux-x86-64.so.2".into()));
     }
 
     #[test]
@@ -171,7 +171,7 @@ mod tests {
             for n in 0..full.len() {
                 let got = check(&full[..n]);
                 // Cut inside the interpreter path, the header still says dynamic.
-                assert!(matches!(got, Elf::NotElf | Elf::Dynamic(_)), "{n} bytes: {got:?}");
+                assert!(matches!(got, Linking::NotElf | Linking::Dynamic(_)), "{n} bytes: {got:?}");
             }
         }
     }
@@ -183,23 +183,23 @@ mod tests {
         for phoff in [u64::MAX, u64::MAX - 10, 1 << 40] {
             let mut d = elf(false);
             set(&mut d, 32, &phoff.to_le_bytes());
-            assert_eq!(check(&d), Elf::NotElf, "phoff {phoff}");
+            assert_eq!(check(&d), Linking::NotElf, "phoff {phoff}");
         }
         // The most program headers a header can claim, in a small file.
         let mut d = elf(false);
         set(&mut d, 56, &u16::MAX.to_le_bytes());
-        assert_eq!(check(&d), Elf::NotElf);
+        assert_eq!(check(&d), Linking::NotElf);
         // Another program header size.
         let mut d = elf(false);
         set(&mut d, 54, &1u16.to_le_bytes());
-        assert_eq!(check(&d), Elf::NotElf);
+        assert_eq!(check(&d), Linking::NotElf);
         // An interpreter at an overflowing offset or of an absurd size:
         // still dynamic, nothing read.
         for (off, size) in [(u64::MAX, 2), (64, u64::MAX), (u64::MAX, u64::MAX)] {
             let mut d = elf(true);
             set(&mut d, 64 + 56 + 8, &off.to_le_bytes());
             set(&mut d, 64 + 56 + 32, &size.to_le_bytes());
-            assert_eq!(check(&d), Elf::Dynamic(String::new()), "{off} {size}");
+            assert_eq!(check(&d), Linking::Dynamic(String::new()), "{off} {size}");
         }
     }
 }
