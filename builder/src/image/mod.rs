@@ -43,8 +43,36 @@ pub enum BuildError {
     Tool { what: String, message: String },
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
-    #[error("{0}")]
-    Other(String),
+    #[error("path with a NUL byte: {path}")]
+    NulInPath { path: String },
+    #[error("{archive}: unpacking {entry}: {source}")]
+    Unpack { archive: String, entry: String, source: std::io::Error },
+    #[error("component {component}: install path {path} must be an absolute path under /usr (the rest of the image is not kept)")]
+    InstallPath { component: String, path: String },
+    #[error("component {component}: its artifact was not fetched")]
+    NotFetched { component: String },
+    #[error("component {component}: unpacking {archive}: {source}")]
+    UnpackComponent { component: String, archive: String, source: std::io::Error },
+    #[error("component {component}: {archive} has no entry {entry} after stripping {strip} path elements")]
+    MissingEntry { component: String, archive: String, entry: String, strip: usize },
+    #[error("component {component}: Debian package {package} is not installed in the base")]
+    PackageNotInstalled { component: String, package: String },
+    #[error("the base has no kernel in /boot: add a kernel package (linux-image-cloud-amd64) to the profile's base packages")]
+    NoKernel,
+    #[error("the base has no {initrd} (is dracut in the base packages?)")]
+    NoInitrd { initrd: String },
+    #[error("veritysetup format printed no root hash:\n{stdout}")]
+    NoRootHash { stdout: String },
+    #[error("root hash {hash}: {source}")]
+    BadRootHash { hash: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("serializing {what}: {source}")]
+    Serialize { what: &'static str, source: serde_json::Error },
+    #[error("no partition {name} in the plan")]
+    NoPartition { name: String },
+    #[error("{path}: writing the partition table: {source}")]
+    PartitionTable { path: String, source: gpt::GptError },
+    #[error("{path}: {size} bytes do not fit partition {name} ({capacity} bytes)")]
+    TooBig { path: String, size: u64, name: String, capacity: u64 },
 }
 
 impl BuildError {
@@ -240,15 +268,15 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         kernel,
         cmdline,
         verity_root_hash: usr.root_hash.clone(),
-        components: manifest::components(&r.components, &packages).map_err(BuildError::Other)?,
+        components: manifest::components(&r.components, &packages)?,
         debian_packages: packages,
         disk_guid: table.disk_guid,
         partitions: table.partitions.clone(),
     };
     let inner = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
     let esp_part =
-        table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
+        table.get("esp").ok_or_else(|| BuildError::NoPartition { name: "esp".into() })?;
     let volume_id =
         u32::from_le_bytes(seed.bytes("fat-volume-id")[..4].try_into().unwrap_or([0; 4]));
     esp::make(
@@ -265,7 +293,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     manifest.image_sha256 = Some(sha);
 
     let outer = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
     // The manifest describes the image: replace it first so that a crash
     // between the two renames never leaves an old manifest beside a new image.
     let _ = fs::remove_file(&manifest_path);
@@ -292,7 +320,9 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     };
     field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
     field(&mut h, RECIPE.as_bytes());
-    field(&mut h, &serde_json::to_vec(req.resolved).map_err(|e| BuildError::Other(e.to_string()))?);
+    let resolved = serde_json::to_vec(req.resolved)
+        .map_err(|source| BuildError::Serialize { what: "the resolved profile", source })?;
+    field(&mut h, &resolved);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
     field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
@@ -390,22 +420,23 @@ fn assemble(
         .open(path)
         .map_err(ctx)?;
     disk.set_len(table.disk_size).map_err(ctx)?;
-    table.write(&mut disk).map_err(|e| {
-        BuildError::Other(format!("{}: writing the partition table: {e}", path.display()))
+    table.write(&mut disk).map_err(|source| BuildError::PartitionTable {
+        path: path.display().to_string(),
+        source,
     })?;
     for (name, src) in parts {
-        let p = table
-            .get(name)
-            .ok_or_else(|| BuildError::Other(format!("no partition {name} in the plan")))?;
+        let p =
+            table.get(name).ok_or_else(|| BuildError::NoPartition { name: name.to_string() })?;
         let mut input = File::open(src).map_err(|e| BuildError::io(src, e))?;
         disk.seek(SeekFrom::Start(p.offset)).map_err(ctx)?;
         let n = std::io::copy(&mut input, &mut disk).map_err(ctx)?;
         if n > p.size {
-            return Err(BuildError::Other(format!(
-                "{}: {n} bytes do not fit partition {name} ({} bytes)",
-                src.display(),
-                p.size
-            )));
+            return Err(BuildError::TooBig {
+                path: src.display().to_string(),
+                size: n,
+                name: name.to_string(),
+                capacity: p.size,
+            });
         }
     }
     disk.sync_all().map_err(ctx)?;

@@ -74,8 +74,10 @@ pub fn unpack_base(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
         {
             continue;
         }
-        entry.unpack_in(root).map_err(|e| {
-            BuildError::Other(format!("{}: unpacking {}: {e}", tar_path.display(), path.display()))
+        entry.unpack_in(root).map_err(|source| BuildError::Unpack {
+            archive: tar_path.display().to_string(),
+            entry: path.display().to_string(),
+            source,
         })?;
     }
     Ok(())
@@ -109,9 +111,7 @@ fn image_path(root: &Path, component: &str, path: &str) -> Result<PathBuf, Build
         && p.starts_with("/usr/")
         && p.components().all(|c| matches!(c, PathPart::RootDir | PathPart::Normal(_)));
     if !ok {
-        return Err(BuildError::Other(format!(
-            "component {component}: install path {path} must be an absolute path under /usr (the rest of the image is not kept)"
-        )));
+        return Err(BuildError::InstallPath { component: component.into(), path: path.into() });
     }
     Ok(root.join(p.strip_prefix("/").unwrap_or(p)))
 }
@@ -126,9 +126,10 @@ pub fn add_components(
         if !matches!(c.source, Source::Url { .. }) {
             continue;
         }
-        let artifact = fetched.iter().find(|f| f.name == c.name).ok_or_else(|| {
-            BuildError::Other(format!("component {}: its artifact was not fetched", c.name))
-        })?;
+        let artifact = fetched
+            .iter()
+            .find(|f| f.name == c.name)
+            .ok_or_else(|| BuildError::NotFetched { component: c.name.clone() })?;
         match &c.install {
             Install::Binary { path, mode } => {
                 let dest = image_path(root, &c.name, path)?;
@@ -160,8 +161,10 @@ fn unpack_layer(
     let file = fs::File::open(tarball).map_err(|e| BuildError::io(tarball, e))?;
     let mut archive =
         tar::Archive::new(GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file)));
-    let ctx = |e: std::io::Error| {
-        BuildError::Other(format!("component {name}: unpacking {}: {e}", tarball.display()))
+    let ctx = |source: std::io::Error| BuildError::UnpackComponent {
+        component: name.into(),
+        archive: tarball.display().to_string(),
+        source,
     };
     let mut matched = vec![false; include.len()];
     fs::create_dir_all(dest).map_err(|e| BuildError::io(dest, e))?;
@@ -189,11 +192,12 @@ fn unpack_layer(
         entry.unpack(&out).map_err(ctx)?;
     }
     if let Some(i) = matched.iter().position(|m| !m) {
-        return Err(BuildError::Other(format!(
-            "component {name}: {} has no entry {} after stripping {strip} path elements",
-            tarball.display(),
-            include[i]
-        )));
+        return Err(BuildError::MissingEntry {
+            component: name.into(),
+            archive: tarball.display().to_string(),
+            entry: include[i].to_string(),
+            strip,
+        });
     }
     Ok(())
 }
@@ -453,18 +457,12 @@ pub fn make_skeleton(dir: &Path) -> Result<(), BuildError> {
 pub fn clamp_times(dir: &Path, epoch: u64) -> Result<(), BuildError> {
     let mut paths = walk(dir)?;
     paths.push(dir.to_path_buf());
-    let ts = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
-    let times = [ts, ts];
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    let ts = Timespec { tv_sec: epoch as i64, tv_nsec: 0 };
+    let times = Timestamps { last_access: ts, last_modification: ts };
     for p in paths {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| BuildError::Other(format!("path with NUL: {}", p.display())))?;
-        // SAFETY: valid C string and a two-element timespec array.
-        let r = unsafe {
-            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-        };
-        if r != 0 {
-            return Err(BuildError::io(&p, std::io::Error::last_os_error()));
-        }
+        utimensat(CWD, &p, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| BuildError::io(&p, e.into()))?;
     }
     Ok(())
 }
@@ -478,15 +476,10 @@ pub fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String), BuildError> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
         .collect();
     versions.sort();
-    let version = versions.pop().ok_or_else(|| {
-        BuildError::Other("the base has no kernel in /boot: add a kernel package (linux-image-cloud-amd64) to the profile's base packages".into())
-    })?;
+    let version = versions.pop().ok_or(BuildError::NoKernel)?;
     let initrd = boot.join(format!("initrd.img-{version}"));
     if !initrd.is_file() {
-        return Err(BuildError::Other(format!(
-            "the base has no {} (is dracut in the base packages?)",
-            initrd.display()
-        )));
+        return Err(BuildError::NoInitrd { initrd: initrd.display().to_string() });
     }
     Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
 }
