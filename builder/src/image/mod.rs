@@ -11,7 +11,7 @@ mod esp;
 mod gpt;
 pub mod manifest;
 mod rootfs;
-mod tools;
+pub(crate) mod tools;
 mod uki;
 mod usr;
 
