@@ -15,12 +15,12 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// exponential backoff between them.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Connecting to an AWS endpoint.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of one call; large enough for a 512 KiB EBS block or a
 /// bundle object on a slow link.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// One call, all attempts included.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Where to reach AWS. Both fields default to the standard chain
 /// (environment, profile, IMDS).
@@ -38,7 +38,7 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
 /// On a node: the same configuration, with the standard credential chain
 /// reading the instance profile's credentials from the metadata service at
 /// `imds_url` (injectable so tests and the QEMU harness can serve it).
-pub async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
+pub(crate) async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
     let imds = aws_config::imds::Client::builder()
         .endpoint(imds_url)
         .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
@@ -102,7 +102,7 @@ pub fn install_crypto_provider() {
 /// included), for the status file and the benchmarks. Add it with
 /// `config.to_builder().interceptor(counter.clone())`.
 #[derive(Debug, Clone, Default)]
-pub struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU32>);
+pub(crate) struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU32>);
 
 impl RequestCounter {
     pub fn get(&self) -> u32 {
