@@ -35,13 +35,24 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     loader(target).load().await
 }
 
+/// The metadata service URL given to [`node_sdk_config`] is not a URL.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata service URL {url:?}: {source}")]
+pub(crate) struct ImdsUrlError {
+    url: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// On a node: the same configuration, with the standard credential chain
 /// reading the instance profile's credentials from the metadata service at
 /// `imds_url` (injectable so tests and the QEMU harness can serve it).
-pub(crate) async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
+pub(crate) async fn node_sdk_config(
+    target: &Target,
+    imds_url: &str,
+) -> Result<SdkConfig, ImdsUrlError> {
     let imds = aws_config::imds::Client::builder()
         .endpoint(imds_url)
-        .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
+        .map_err(|source| ImdsUrlError { url: imds_url.to_string(), source })?
         .build();
     let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
         .imds_client(imds);
