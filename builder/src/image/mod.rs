@@ -157,6 +157,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         }
     }
     let stage = Stage::new(req.progress);
+    let seed = Seed(key.clone());
+    let work = &scratch.work;
 
     stage.start("tools tree (trixie: ukify, mkfs.erofs, veritysetup)");
     let tools = tools::Tools::ensure(req.cache_dir, r.base.mirror.as_deref())?;
@@ -166,64 +168,177 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         base::packages(&r.base).len()
     ));
     let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
-
     stage.start("file tree");
-    let work = &scratch.work;
-    let tree = work.join("tree");
-    fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
-    rootfs::unpack_base(&base_tar, &tree)?;
-    let packages = rootfs::debian_packages(&tree)?;
-    let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
-    for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
-        fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
-    }
-    rootfs::add_components(&tree, &r.components, req.fetched)?;
-    for d in &role_dirs {
-        rootfs::add_files(&d.join("files"), &tree)?;
-    }
-    rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
-    let bootstrap =
-        fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
-    rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
-    rootfs::write_file(&tree, "usr/lib/keel/role", format!("{}\n", r.role).as_bytes(), 0o644)?;
-    rootfs::make_factory_etc(&tree)?;
-    let os_release = "tree/usr/lib/os-release";
-
+    let tree = FileTree::assemble(req, &base_tar, work, &role_dirs)?;
     stage.start("/usr as erofs + dm-verity");
-    let seed = Seed(key.clone());
-    let usr = usr::make(
-        &tools,
-        work,
-        "tree",
-        epoch,
-        seed.uuid("erofs"),
-        seed.uuid("verity"),
-        &seed.bytes("verity-salt"),
-    )?;
-    let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
-    let root_uuid = seed.uuid("root-partition");
-
+    let usr = UsrImage::make(&tools, work, epoch, &seed)?;
     stage.start("root file system");
-    let skel = work.join("skel");
-    fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
-    rootfs::make_skeleton(&skel)?;
-    rootfs::clamp_times(&skel, epoch)?;
-    make_ext4(&tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
-
+    let root = RootImage::make(&tools, work, epoch, &seed)?;
     stage.start("unified kernel image");
-    let cmdline = uki::cmdline(&usr.root_hash, &root_uuid);
-    uki::make(&tools, work, "vmlinuz", "initrd", os_release, &cmdline, &kernel)?;
-    let uki_bytes =
-        fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
-
+    let uki = Uki::make(&tools, work, &tree, &usr, &root)?;
     stage.start("disk image");
+    let manifest = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
+
+    let outer = serde_json::to_vec_pretty(&manifest)
+        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
+    // The manifest describes the image: replace it first so that a crash
+    // between the two renames never leaves an old manifest beside a new image.
+    let _ = fs::remove_file(&manifest_path);
+    fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
+    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
+        .map_err(|e| BuildError::io(&manifest_path, e))?;
+    stage.finish();
+    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+}
+
+/// Stage 1: the image's file tree in `work/tree` (base, components, role
+/// files and units, keel-bootstrap, the factory /etc), with the base's
+/// kernel and initrd moved out to `work/vmlinuz` and `work/initrd`.
+struct FileTree {
+    /// The Debian packages installed in the base.
+    packages: Vec<rootfs::Package>,
+    /// The kernel's version (`uname -r`).
+    kernel: String,
+}
+
+impl FileTree {
+    /// The tree's directory under `work`.
+    const DIR: &str = "tree";
+    /// The tree's os-release, as named under `work`.
+    const OS_RELEASE: &str = "tree/usr/lib/os-release";
+
+    fn assemble(
+        req: &Request,
+        base_tar: &Path,
+        work: &Path,
+        role_dirs: &[PathBuf],
+    ) -> Result<FileTree, BuildError> {
+        let tree = work.join(Self::DIR);
+        fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
+        rootfs::unpack_base(base_tar, &tree)?;
+        let packages = rootfs::debian_packages(&tree)?;
+        let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
+        for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
+            fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
+        }
+        rootfs::add_components(&tree, &req.resolved.components, req.fetched)?;
+        for d in role_dirs {
+            rootfs::add_files(&d.join("files"), &tree)?;
+        }
+        rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
+        let bootstrap =
+            fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
+        rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
+        let role = format!("{}\n", req.resolved.role);
+        rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
+        rootfs::make_factory_etc(&tree)?;
+        Ok(FileTree { packages, kernel })
+    }
+}
+
+/// Stage 2: the tree's /usr as erofs (`work/usr.erofs`) and its dm-verity
+/// hash tree (`work/usr.verity`), with the partition UUIDs the root hash
+/// names.
+struct UsrImage {
+    root_hash: String,
+    usr_uuid: Uuid,
+    verity_uuid: Uuid,
+    data: PathBuf,
+    hash: PathBuf,
+}
+
+impl UsrImage {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        epoch: u64,
+        seed: &Seed,
+    ) -> Result<Self, BuildError> {
+        let usr = usr::make(
+            tools,
+            work,
+            FileTree::DIR,
+            epoch,
+            seed.uuid("erofs"),
+            seed.uuid("verity"),
+            &seed.bytes("verity-salt"),
+        )?;
+        let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
+        Ok(UsrImage {
+            root_hash: usr.root_hash,
+            usr_uuid,
+            verity_uuid,
+            data: work.join("usr.erofs"),
+            hash: work.join("usr.verity"),
+        })
+    }
+}
+
+/// Stage 3: the writable root file system (`work/root.img`, ext4): a
+/// skeleton that grows to fill the disk on first boot.
+struct RootImage {
+    image: PathBuf,
+    partition_uuid: Uuid,
+}
+
+impl RootImage {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        epoch: u64,
+        seed: &Seed,
+    ) -> Result<Self, BuildError> {
+        let skel = work.join("skel");
+        fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
+        rootfs::make_skeleton(&skel)?;
+        rootfs::clamp_times(&skel, epoch)?;
+        make_ext4(tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
+        Ok(RootImage { image: work.join("root.img"), partition_uuid: seed.uuid("root-partition") })
+    }
+}
+
+/// Stage 4: the unified kernel image: kernel, initrd and a command line
+/// that names the verity root hash and the root partition.
+struct Uki {
+    bytes: Vec<u8>,
+    cmdline: String,
+}
+
+impl Uki {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        tree: &FileTree,
+        usr: &UsrImage,
+        root: &RootImage,
+    ) -> Result<Self, BuildError> {
+        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid);
+        let os_release = FileTree::OS_RELEASE;
+        uki::make(tools, work, "vmlinuz", "initrd", os_release, &cmdline, &tree.kernel)?;
+        let path = work.join("uki.efi");
+        let bytes = fs::read(&path).map_err(|e| BuildError::io(&path, e))?;
+        Ok(Uki { bytes, cmdline })
+    }
+}
+
+/// Stage 5: the GPT disk image in `scratch.image_tmp` (ESP with the UKI
+/// and the manifest, /usr, its hash tree, root) and its manifest, with the
+/// image's sha256.
+#[allow(clippy::too_many_arguments)]
+fn disk_image(
+    req: &Request,
+    key: &str,
+    epoch: u64,
+    seed: &Seed,
+    tree: FileTree,
+    usr: &UsrImage,
+    root: &RootImage,
+    uki: &Uki,
+    scratch: &Scratch,
+) -> Result<Manifest, BuildError> {
+    let r = req.resolved;
     let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
-    let (usr_img, verity_img, root_img, esp_img) = (
-        work.join("usr.erofs"),
-        work.join("usr.verity"),
-        work.join("root.img"),
-        work.join("esp.img"),
-    );
+    let esp_img = scratch.work.join("esp.img");
     let table = gpt::plan(
         seed.uuid("disk"),
         &[
@@ -231,27 +346,27 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
                 name: "esp",
                 type_guid: gpt::types::ESP,
                 partition_guid: seed.uuid("esp"),
-                size: esp::size_for(uki_bytes.len() as u64),
+                size: esp::size_for(uki.bytes.len() as u64),
                 flags: 0,
             },
             gpt::Request {
                 name: "usr",
                 type_guid: gpt::types::USR_X86_64,
-                partition_guid: usr_uuid,
-                size: len(&usr_img)?,
+                partition_guid: usr.usr_uuid,
+                size: len(&usr.data)?,
                 flags: gpt::FLAG_READ_ONLY,
             },
             gpt::Request {
                 name: "usr-verity",
                 type_guid: gpt::types::USR_VERITY_X86_64,
-                partition_guid: verity_uuid,
-                size: len(&verity_img)?,
+                partition_guid: usr.verity_uuid,
+                size: len(&usr.hash)?,
                 flags: gpt::FLAG_READ_ONLY,
             },
             gpt::Request {
                 name: "root",
                 type_guid: gpt::types::ROOT_X86_64,
-                partition_guid: root_uuid,
+                partition_guid: root.partition_uuid,
                 size: ROOT_SIZE,
                 flags: gpt::FLAG_GROWFS,
             },
@@ -263,13 +378,13 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         image_sha256: None,
         image_size: table.disk_size,
         keel_version: env!("CARGO_PKG_VERSION").to_string(),
-        build_key: key.clone(),
+        build_key: key.to_string(),
         source_date_epoch: epoch,
-        kernel,
-        cmdline,
+        kernel: tree.kernel,
+        cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
-        components: manifest::components(&r.components, &packages)?,
-        debian_packages: packages,
+        components: manifest::components(&r.components, &tree.packages)?,
+        debian_packages: tree.packages,
         disk_guid: table.disk_guid,
         partitions: table.partitions.clone(),
     };
@@ -283,25 +398,15 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         &esp_img,
         esp_part.size,
         volume_id,
-        &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)],
+        &[(esp::BOOT_PATH, &uki.bytes), (esp::MANIFEST_PATH, &inner)],
     )?;
     let sha = assemble(
         &scratch.image_tmp,
         &table,
-        &[("esp", &esp_img), ("usr", &usr_img), ("usr-verity", &verity_img), ("root", &root_img)],
+        &[("esp", &esp_img), ("usr", &usr.data), ("usr-verity", &usr.hash), ("root", &root.image)],
     )?;
     manifest.image_sha256 = Some(sha);
-
-    let outer = serde_json::to_vec_pretty(&manifest)
-        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
-    // The manifest describes the image: replace it first so that a crash
-    // between the two renames never leaves an old manifest beside a new image.
-    let _ = fs::remove_file(&manifest_path);
-    fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
-    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
-        .map_err(|e| BuildError::io(&manifest_path, e))?;
-    stage.finish();
-    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+    Ok(manifest)
 }
 
 /// Bump when what the build puts into an image changes in a way that its
