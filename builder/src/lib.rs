@@ -7,11 +7,12 @@
 //! Besides the command line, the public API is [`Tools`], the build's
 //! tools tree, which the QEMU benchmark harness uses too.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod assets;
 mod fetch;
 mod image;
+mod man;
 mod pin;
 mod profile;
 mod publish;
@@ -47,6 +48,8 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// Write a man page for keel and each of its subcommands.
+    Man(man::ManArgs),
 }
 
 /// Runs one `keel` command.
@@ -60,5 +63,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Man(args) => man::run(&args, Cli::command()),
     }
 }
