@@ -9,6 +9,8 @@ pub mod bundle;
 pub mod discovery;
 pub mod envelope;
 pub mod etcd_api;
+pub mod etcd_data;
+pub mod formation;
 pub mod imds;
 pub mod layout;
 pub mod net;

@@ -20,6 +20,10 @@ struct Args {
     /// The instance metadata service.
     #[arg(long, default_value = imds::DEFAULT_BASE_URL, env = "KEEL_IMDS_URL")]
     imds_url: String,
+    /// After etcd started: promote this learner once it is in sync, then
+    /// free the join lock (keel-etcd-promote.service runs this).
+    #[arg(long)]
+    etcd_promote: bool,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    if args.etcd_promote {
+        let layout = keel_bootstrap::layout::Layout::new(&args.root);
+        return match runtime
+            .block_on(node::etcd::promote_node(&layout, node::etcd::PROMOTE_DEADLINE))
+        {
+            Ok(()) => {
+                println!("keel-bootstrap: etcd member is a voting member");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("keel-bootstrap: etcd promote: failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = node::Options {
         root: args.root,
         imds_url: args.imds_url,

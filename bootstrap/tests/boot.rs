@@ -350,7 +350,10 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     ids.sort();
     for (n, r) in nodes.iter().zip(results) {
         let done = r.unwrap_or_else(|e| panic!("{}: {e}\n{}", n.id, n.console.text()));
-        assert_eq!(done.etcd_plan, Some(Plan::New { members: ids.clone() }));
+        assert_eq!(
+            done.etcd_plan,
+            Some(Plan::New { generation: 1, members: ids.clone(), moved_aside: None })
+        );
         let console = n.console.text();
         assert!(console.contains("keel-bootstrap: etcd membership: ok"), "{console}");
         assert_no_secrets(&console);
@@ -398,7 +401,7 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let done =
         replacement.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", replacement.console.text()));
     match done.etcd_plan {
-        Some(Plan::Join { via, removed }) => {
+        Some(Plan::Join { via, removed, moved_aside: None }) => {
             assert!(
                 via == "https://127.61.0.1:2379" || via == "https://127.61.0.2:2379",
                 "joined through {via}"
@@ -413,6 +416,14 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     client.health("https://127.61.0.4:2379").await.unwrap_or_else(|e| {
         panic!("{e}\n{}", std::fs::read_to_string(replacement.path("etcd.log")).unwrap_or_default())
     });
+    // It joined as a learner; keel-etcd-promote.service makes it a voter.
+    let learner = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    assert!(learner.iter().any(|m| m.is_learner), "{learner:?}");
+    node::etcd::promote_node(&Layout::new(replacement.root.path()), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let voters = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    assert!(voters.iter().all(|m| !m.is_learner), "{voters:?}");
     let mut names: Vec<String> = client
         .member_list("https://127.61.0.4:2379")
         .await
@@ -425,10 +436,11 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     want.sort();
     assert_eq!(names, want);
 
-    // A reboot of the replacement: data present, so it just starts.
+    // A reboot of the replacement: its data names a member the cluster
+    // still lists, so it just starts (one look at EC2 to ask a peer).
     let again = replacement.boot().await.unwrap();
     assert_eq!(again.etcd_plan, Some(Plan::Restart));
-    assert_eq!(again.status.aws_requests.ec2_describe_instances, 0);
+    assert_eq!(again.status.aws_requests.ec2_describe_instances, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,7 +749,10 @@ fn golden_files() {
         key: layout.shown("etc/kubernetes/pki/scheduler.key"),
     };
     let cases: Vec<(&str, String)> = vec![
-        ("etcd.env", etcd::render_env(&layout, &ud, &me, &initial, true)),
+        (
+            "etcd.env",
+            etcd::render_env(&layout, &ud, &me, &initial, true, "keel-prod-0123456789abcdef"),
+        ),
         ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers)),
         ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud)),
         ("kube-scheduler.env", controller::scheduler_env(&layout)),

@@ -22,7 +22,7 @@ use crate::pki::Ca;
 use crate::retry::Policy;
 use crate::status::Reporter;
 use crate::userdata::{self, UserData};
-use crate::{aws, envelope, Role};
+use crate::{aws, envelope, formation, Role};
 
 use self::assets::Assets;
 
@@ -154,7 +154,14 @@ impl Boot<'_> {
         let assets = assets?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let plan = match role {
-            Role::Etcd => Some(self.etcd(rep, &ud, &id, &assets, &ec2, etcd_owner).await?),
+            Role::Etcd => {
+                let store = formation::Store {
+                    s3: aws::s3_client(&sdk),
+                    bucket: ud.assets.bucket.clone(),
+                    prefix: ud.assets.prefix.clone(),
+                };
+                Some(self.etcd(rep, &ud, &id, &assets, &ec2, &store, etcd_owner).await?)
+            }
             Role::Controller => {
                 self.controller(rep, &ud, &id, &assets, &ec2).await?;
                 None
@@ -192,6 +199,7 @@ impl Boot<'_> {
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn etcd(
         &self,
         rep: &mut Reporter,
@@ -199,9 +207,13 @@ impl Boot<'_> {
         id: &Identity,
         assets: &Assets,
         ec2: &aws_sdk_ec2::Client,
+        store: &formation::Store,
         owner: Option<(u32, u32)>,
     ) -> Result<etcd::Plan, BootError> {
         let layout = self.layout;
+        // One deadline for every wait of this role (peers, a cluster that
+        // answers, the join lock); it stays below the unit's start timeout.
+        let deadline = tokio::time::Instant::now() + ud.discovery_timeout();
         let me = Peer {
             instance_id: id.instance_id.clone(),
             private_ip: id.private_ipv4.clone(),
@@ -217,19 +229,35 @@ impl Boot<'_> {
             etcd::issue_certificates(layout, &ca, &me, owner).map_err(|e| e.to_string())
         })
         .await?;
-        // A reboot with data present needs no peers: etcd knows its cluster.
-        let peers = if etcd::has_data(layout) {
-            vec![me.clone()]
-        } else {
-            self.discover(rep, ud, ec2, "etcd discovery").await?
+        // A reboot with data present needs no waiting for peers: etcd's
+        // data decides, checked against the cluster if one answers.
+        if !etcd::has_data(layout) {
+            self.discover(rep, ud, ec2, "etcd discovery").await?;
+        }
+        let cluster = etcd::Cluster {
+            name: &ud.cluster,
+            ec2,
+            store,
+            expected: ud.etcd.expected_members as usize,
+            deadline,
+            pages: &self.pages,
         };
-        let (plan, initial, new) =
-            step(rep, "etcd membership", etcd::plan(layout, &api, &me, &peers)).await?;
+        let decision = step(rep, "etcd membership", etcd::plan(layout, &api, &me, &cluster)).await;
+        rep.status.aws_requests.ec2_describe_instances = self.pages.get();
+        let decision = decision?;
         step(rep, "etcd config", async {
-            let env = etcd::render_env(layout, ud, &me, &initial, new);
+            let env = etcd::render_env(
+                layout,
+                ud,
+                &me,
+                &decision.initial,
+                decision.new_cluster,
+                &decision.token,
+            );
             etcd::write_config(layout, &env, owner)
         })
         .await?;
+        let plan = decision.plan;
         Ok(plan)
     }
 
