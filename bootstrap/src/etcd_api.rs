@@ -344,8 +344,11 @@ impl EtcdApi {
                 Attempt::Retry(EtcdApiError::Request { url: url.clone(), source })
             })?;
             if status != 200 {
+                // A learner refuses most calls (503): asking it again will
+                // not help; the caller asks another member.
+                let learner = text.contains("not supported for learner");
                 let err = EtcdApiError::Status { url: url.clone(), status, body: text };
-                return Err(if status >= 500 || status == 429 {
+                return Err(if (status >= 500 || status == 429) && !learner {
                     Attempt::Retry(err)
                 } else {
                     Attempt::Fail(err)

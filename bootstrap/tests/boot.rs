@@ -874,3 +874,357 @@ async fn bench_time_to_configured() {
     }
     drop(guards);
 }
+
+/// One simulated etcd instance of the randomized test: its node (root file
+/// system, metadata service) and its etcd process while it runs.
+struct Member {
+    node: Node,
+    etcd: Option<Guard>,
+}
+
+/// Boots `n` as keel-bootstrap.service would, starts etcd as etcd.service
+/// would, then promotes it as keel-etcd-promote.service would.
+async fn bring_up(n: &Node) -> Result<Guard, String> {
+    n.boot().await.map_err(|e| format!("{} boot: {e}\n{}", n.id, n.console.text()))?;
+    let guard = n.start_etcd();
+    node::etcd::promote_node(&Layout::new(n.root.path()), Duration::from_secs(120)).await.map_err(
+        |e| {
+            let log = std::fs::read_to_string(n.path("etcd.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+            format!(
+                "{} promote: {e}\n{}\netcd log (last lines, newest first):\n{tail}",
+                n.id,
+                n.console.text()
+            )
+        },
+    )?;
+    Ok(guard)
+}
+
+/// The randomized test's world: emulated AWS, the instances, a writer.
+struct Chaos {
+    aws: Aws,
+    cluster: &'static str,
+    ud: Option<Vec<u8>>,
+    members: Vec<Member>,
+    /// Stopped instances (etcd down, data kept), by instance id.
+    stopped: Vec<Member>,
+    next_ip: u32,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    writer_error: Arc<Mutex<Option<String>>>,
+    client: EtcdApi,
+}
+
+const CHAOS_MEMBERS: usize = 5;
+const COUNTER: &str = "chaos/counter";
+
+impl Chaos {
+    fn fresh_ip(&mut self) -> String {
+        self.next_ip += 1;
+        format!("127.70.{}.{}", self.next_ip / 250, self.next_ip % 250 + 1)
+    }
+
+    async fn launch(&mut self, ip: Option<String>) -> Node {
+        let ip = match ip {
+            Some(ip) => ip,
+            None => self.fresh_ip(),
+        };
+        let inst = self.aws.launch(self.cluster, Role::Etcd, Some(&ip), 1).await.remove(0);
+        node(Role::Etcd, &inst, self.ud.clone())
+    }
+
+    /// Kills etcd and terminates the instance (its data goes with it).
+    async fn terminate(&mut self, i: usize) -> Member {
+        let mut m = self.members.remove(i);
+        m.etcd = None;
+        self.aws.ec2().terminate_instances().instance_ids(&m.node.id).send().await.unwrap();
+        m
+    }
+
+    fn publish_endpoints(&self) {
+        *self.endpoints.lock().unwrap() =
+            self.members.iter().map(|m| node::etcd::client_url(&m.node.ip)).collect();
+    }
+
+    /// Exactly one cluster id, the member list equals the live instances
+    /// (all voting), and the counter never went backwards.
+    async fn check(&self, event: usize, what: &str) {
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        let mut want: Vec<String> = self.members.iter().map(|m| m.node.id.clone()).collect();
+        want.sort();
+        let mut cluster_ids = std::collections::BTreeSet::new();
+        for m in &self.members {
+            let endpoint = node::etcd::client_url(&m.node.ip);
+            let ms = self
+                .client
+                .membership(&endpoint)
+                .await
+                .unwrap_or_else(|e| panic!("event {event} ({what}): {endpoint}: {e}"));
+            cluster_ids.insert(ms.cluster_id.clone());
+            let mut names: Vec<String> = ms.members.iter().map(|m| m.name.clone()).collect();
+            names.sort();
+            assert_eq!(names, want, "event {event} ({what}): members seen by {endpoint}");
+            assert!(
+                ms.members.iter().all(|m| !m.is_learner),
+                "event {event} ({what}): a learner is left: {:?}",
+                ms.members
+            );
+        }
+        assert_eq!(cluster_ids.len(), 1, "event {event} ({what}): cluster ids {cluster_ids:?}");
+        let endpoint = node::etcd::client_url(&self.members[0].node.ip);
+        let value: u64 = self
+            .client
+            .get(&endpoint, COUNTER)
+            .await
+            .unwrap()
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        assert!(value >= acked, "event {event} ({what}): counter {value} < acknowledged {acked}");
+        if let Some(e) = self.writer_error.lock().unwrap().clone() {
+            panic!("event {event} ({what}): writer: {e}");
+        }
+        let store = keel_bootstrap::formation::Store {
+            s3: aws::s3_client(&self.aws.sdk),
+            bucket: BUCKET.into(),
+            prefix: PREFIX.into(),
+        };
+        let record = store.latest().await.unwrap().unwrap();
+        assert_eq!(record.generation, 1, "event {event} ({what}): the cluster was re-formed");
+    }
+}
+
+/// Increments the counter through any live member until stopped; records
+/// the last acknowledged value, and an error if the counter ever reads
+/// lower than that.
+fn spawn_writer(chaos: &Chaos) -> tokio::task::JoinHandle<()> {
+    let (endpoints, acked, error) =
+        (chaos.endpoints.clone(), chaos.acked.clone(), chaos.writer_error.clone());
+    let api = {
+        let ca = Ca::load("test etcd CA", &chaos.aws.cas.etcd.0, &chaos.aws.cas.etcd.1).unwrap();
+        let c = ca
+            .issue(&pki::Request {
+                what: "test writer",
+                common_name: "writer",
+                organization: None,
+                dns_names: vec![],
+                ips: vec![],
+                usage: Usage::Client,
+            })
+            .unwrap();
+        let quick = Policy {
+            initial: Duration::from_millis(100),
+            max_delay: Duration::from_millis(100),
+            deadline: Duration::from_secs(2),
+            max_attempts: 1,
+        };
+        EtcdApi::new(&chaos.aws.cas.etcd.0, &c.cert_pem, &c.key_pem, quick).unwrap()
+    };
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let list = endpoints.lock().unwrap().clone();
+            if list.is_empty() {
+                continue;
+            }
+            turn += 1;
+            let endpoint = &list[turn % list.len()];
+            let Ok(value) = api.get(endpoint, COUNTER).await else { continue };
+            let value: u64 = value.map(|v| v.parse().unwrap_or(0)).unwrap_or(0);
+            let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+            if value < before {
+                *error.lock().unwrap() =
+                    Some(format!("{endpoint} read {value} after {before} was acknowledged"));
+                return;
+            }
+            if api.put(endpoint, COUNTER, &(value + 1).to_string()).await.is_ok() {
+                acked.fetch_max(value + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+}
+
+/// The randomized test of issue 14: a five-member etcd cluster, each member
+/// a real etcd started from what keel-bootstrap wrote for it, with its own
+/// loopback address (127.70.x.y), and at least 50 random events of what an
+/// Auto Scaling group does. `KEEL_CHAOS_SEED` replays a seed;
+/// `KEEL_CHAOS_EVENTS` sets the number of events (default 50).
+#[test]
+fn etcd_randomized_asg_events_keep_one_cluster() {
+    // The event loop's future is large in a debug build: run it on a
+    // thread with room for it.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .thread_stack_size(16 << 20)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(randomized_asg_events())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+async fn randomized_asg_events() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("KEEL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let events: usize =
+        std::env::var("KEEL_CHAOS_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    println!("chaos seed {seed} (replay: KEEL_CHAOS_SEED={seed}), {events} events");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let started = std::time::Instant::now();
+
+    let aws = aws_env().await;
+    let cluster = "chaos";
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, CHAOS_MEMBERS as u32, 300));
+    let client = etcd_client(&aws);
+    let mut c = Chaos {
+        aws,
+        cluster,
+        ud,
+        members: Vec::new(),
+        stopped: Vec::new(),
+        next_ip: 0,
+        endpoints: Arc::default(),
+        acked: Arc::default(),
+        writer_error: Arc::default(),
+        client,
+    };
+    // Formation: all five at once.
+    let mut nodes = Vec::new();
+    for _ in 0..CHAOS_MEMBERS {
+        nodes.push(c.launch(None).await);
+    }
+    let guards = futures::future::join_all(nodes.iter().map(bring_up)).await;
+    for (n, g) in nodes.into_iter().zip(guards) {
+        let g = g.unwrap_or_else(|e| panic!("seed {seed}: formation: {e}"));
+        if std::env::var_os("KEEL_CHAOS_VERBOSE").is_some() {
+            println!("{}:\n{}", n.id, n.console.text());
+        }
+        c.members.push(Member { node: n, etcd: Some(g) });
+    }
+    c.publish_endpoints();
+    let writer = spawn_writer(&c);
+    c.check(0, "formation").await;
+    println!("formation of {CHAOS_MEMBERS} members: {} ms", started.elapsed().as_millis());
+
+    for event in 1..=events {
+        let t = std::time::Instant::now();
+        let can_stop = c.members.len() == CHAOS_MEMBERS;
+        let kind = rng.gen_range(0..if can_stop { 6 } else { 5 });
+        let what = match kind {
+            0 => {
+                // Terminate a member; a replacement at a new address joins.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "terminate + replace"
+            }
+            1 => {
+                // Two members terminated at once, two replacements boot together.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                let j = rng.gen_range(0..c.members.len());
+                c.terminate(j).await;
+                c.publish_endpoints();
+                let (a, b) = (c.launch(None).await, c.launch(None).await);
+                let (ga, gb) = futures::future::join(bring_up(&a), bring_up(&b)).await;
+                for (n, g) in [(a, ga), (b, gb)] {
+                    let g = g.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    c.members.push(Member { node: n, etcd: Some(g) });
+                }
+                "replace two at once"
+            }
+            2 => {
+                // The replacement gets the dead member's address.
+                let i = rng.gen_range(0..c.members.len());
+                let dead = c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(Some(dead.node.ip.clone())).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "replacement gets the dead member's IP"
+            }
+            3 => {
+                // One member reboots while a replacement joins.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                let j = rng.gen_range(0..c.members.len());
+                c.members[j].etcd = None;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let (gr, gn) =
+                    futures::future::join(bring_up(&c.members[j].node), bring_up(&n)).await;
+                c.members[j].etcd = Some(gr.unwrap_or_else(|e| panic!("seed {seed}: reboot: {e}")));
+                c.members.push(Member {
+                    node: n,
+                    etcd: Some(gn.unwrap_or_else(|e| panic!("seed {seed}: {e}"))),
+                });
+                "reboot a member while another joins"
+            }
+            4 => {
+                // keel-bootstrap killed in the middle of a join, then run again.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let cut = Duration::from_millis(rng.gen_range(100..3000));
+                let _ = tokio::time::timeout(cut, n.boot()).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: rerun: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "kill keel-bootstrap mid-join and rerun"
+            }
+            _ => {
+                // A member is stopped, a replacement removes it, then the
+                // stopped instance starts again: it moves its data aside
+                // and joins as new (the cluster then has one more member).
+                let i = rng.gen_range(0..c.members.len());
+                let mut m = c.members.remove(i);
+                m.etcd = None;
+                c.aws.ec2().stop_instances().instance_ids(&m.node.id).send().await.unwrap();
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                c.aws.ec2().start_instances().instance_ids(&m.node.id).send().await.unwrap();
+                c.stopped.push(m);
+                let m = c.stopped.pop().unwrap();
+                let g =
+                    bring_up(&m.node).await.unwrap_or_else(|e| panic!("seed {seed}: removed: {e}"));
+                let aside = std::fs::read_dir(m.node.path("var/lib/etcd"))
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("member.removed-"));
+                assert!(aside, "seed {seed}: the removed member's data was not moved aside");
+                c.members.push(Member { node: m.node, etcd: Some(g) });
+                "start a member after it was removed"
+            }
+        };
+        c.publish_endpoints();
+        c.check(event, what).await;
+        println!(
+            "event {event:2}: {what} ({} members, counter >= {}, {} ms)",
+            c.members.len(),
+            c.acked.load(std::sync::atomic::Ordering::SeqCst),
+            t.elapsed().as_millis()
+        );
+    }
+    writer.abort();
+    assert!(
+        events == 0 || c.acked.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the writer never wrote"
+    );
+    println!("chaos seed {seed}: {events} events in {} s", started.elapsed().as_secs());
+}

@@ -404,7 +404,7 @@ async fn attempt(api: &EtcdApi, me: &Peer, cluster: &Cluster<'_>) -> Step {
         return form(me, cluster, &peers, 1).await;
     };
     if record.member(&me.instance_id).is_some_and(|m| m.peer_url == peer_url(&me.private_ip)) {
-        return initial_member(api, me, &peers, &record).await;
+        return initial_member(api, me, cluster, &peers, &record).await;
     }
     if let Some(endpoint) = healthy_endpoint(api, me, &peers).await {
         return join(api, me, cluster, &peers, &record, &endpoint).await;
@@ -485,10 +485,12 @@ fn new_from(record: &formation::Record) -> Decision {
 }
 
 /// An initial member without data: start with the record's membership,
-/// unless the running cluster no longer counts this node as unstarted.
+/// unless a running cluster no longer lists this node as unstarted (it
+/// started before and lost its data, or was removed): then join it.
 async fn initial_member(
     api: &EtcdApi,
     me: &Peer,
+    cluster: &Cluster<'_>,
     peers: &[Peer],
     record: &formation::Record,
 ) -> Step {
@@ -500,8 +502,7 @@ async fn initial_member(
     let url = peer_url(&me.private_ip);
     match members.iter().find(|m| m.peer_urls.contains(&url)) {
         Some(m) if m.name.is_empty() => Ok(new_from(record)),
-        // Started before and its data is gone, or removed: join anew.
-        _ => Err(Attempt::Retry(EtcdError::NotInFormation { generation: record.generation })),
+        _ => join(api, me, cluster, peers, record, &endpoint).await,
     }
 }
 
@@ -626,6 +627,25 @@ pub async fn promote(
     Ok(())
 }
 
+/// Waits until the member at `endpoint` serves the member list (a learner
+/// refuses it; a promoted member does once it applied its promotion).
+pub async fn wait_voting(
+    api: &EtcdApi,
+    endpoint: &str,
+    deadline: Duration,
+) -> Result<(), EtcdError> {
+    let policy = Policy {
+        initial: Duration::from_millis(200),
+        max_delay: Duration::from_secs(2),
+        deadline,
+        max_attempts: u32::MAX,
+    };
+    retry(&policy, |_| async {
+        api.member_list(endpoint).await.map(|_| ()).map_err(|e| Attempt::Retry(e.into()))
+    })
+    .await
+}
+
 /// How long `promote_node` keeps trying: etcd must start and catch up
 /// first (a large snapshot takes a while to send).
 pub const PROMOTE_DEADLINE: Duration = Duration::from_secs(600);
@@ -660,7 +680,12 @@ pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), Str
     };
     let api = EtcdApi::new(&read(CA_CRT)?, &read(SERVER_CRT)?, &read(SERVER_KEY)?, PROBE)
         .map_err(|e| e.to_string())?;
-    promote(&api, &name, &my_url, &endpoints, deadline).await.map_err(|e| e.to_string())
+    let started = std::time::Instant::now();
+    promote(&api, &name, &my_url, &endpoints, deadline).await.map_err(|e| e.to_string())?;
+    let mine = var("ETCD_ADVERTISE_CLIENT_URLS")?;
+    wait_voting(&api, &mine, deadline.saturating_sub(started.elapsed()))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The environment file Debian's etcd-server unit reads (`/etc/default/etcd`,
