@@ -206,15 +206,18 @@ pub fn has_data(layout: &Layout) -> bool {
 }
 
 /// Which members to remove and whether this node is already a member (an
-/// unstarted one, from an earlier run that was cut short), given the
-/// cluster's membership and the live instances `peers`. This node has no
-/// data when this is asked. Removed are:
+/// unstarted one, from an earlier run that was cut short, or an initial
+/// member of the formation), given the cluster's membership and the live
+/// instances `peers`. This node has no data when this is asked. A member
+/// has started once it published its client URLs; initial members carry
+/// their names from the start, members added later only once started.
+/// Removed are:
 /// - a started member whose instance is not live (found by its name, the
 ///   instance id, never by address: EC2 reuses addresses);
-/// - a started member that holds this node's peer URL under another name
-///   (the address's previous owner);
+/// - a member that holds this node's peer URL under another name (the
+///   address's previous owner);
 /// - a started member named after this node (its data is gone);
-/// - an unstarted member whose peer URL is no live instance's.
+/// - an unstarted member that is no live instance's (by name or address).
 pub fn reconcile(me: &Peer, peers: &[Peer], members: &[Member]) -> (Vec<Member>, bool) {
     let my_url = peer_url(&me.private_ip);
     let live = |name: &str| peers.iter().any(|p| p.instance_id == name);
@@ -225,10 +228,13 @@ pub fn reconcile(me: &Peer, peers: &[Peer], members: &[Member]) -> (Vec<Member>,
     let mut present = false;
     for m in members {
         let holds_my_url = m.peer_urls.contains(&my_url);
-        if m.name.is_empty() {
-            if holds_my_url {
+        let named_other = !m.name.is_empty() && m.name != me.instance_id;
+        if !is_started(m) {
+            if holds_my_url && !named_other {
                 present = true;
-            } else if !m.peer_urls.iter().any(live_url) {
+            } else if holds_my_url
+                || !(m.peer_urls.iter().any(live_url) || (named_other && live(&m.name)))
+            {
                 remove.push(m.clone());
             }
         } else if m.name == me.instance_id || holds_my_url || !live(&m.name) {
@@ -236,6 +242,11 @@ pub fn reconcile(me: &Peer, peers: &[Peer], members: &[Member]) -> (Vec<Member>,
         }
     }
     (remove, present)
+}
+
+/// A member has started once it has published its client URLs.
+pub fn is_started(m: &Member) -> bool {
+    !m.client_urls.is_empty()
 }
 
 /// `name=peer-url` pairs for ETCD_INITIAL_CLUSTER from a membership; an
@@ -501,7 +512,9 @@ async fn initial_member(
     let members = api.member_list(&endpoint).await.map_err(join_err)?;
     let url = peer_url(&me.private_ip);
     match members.iter().find(|m| m.peer_urls.contains(&url)) {
-        Some(m) if m.name.is_empty() => Ok(new_from(record)),
+        Some(m) if !is_started(m) && (m.name.is_empty() || m.name == me.instance_id) => {
+            Ok(new_from(record))
+        }
         _ => join(api, me, cluster, peers, record, &endpoint).await,
     }
 }
@@ -769,7 +782,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             peer_urls: vec![peer_url(ip)],
-            client_urls: vec![],
+            client_urls: if name.is_empty() { vec![] } else { vec![client_url(ip)] },
             is_learner: false,
         }
     }
@@ -794,9 +807,19 @@ mod tests {
         let (remove, present) = reconcile(&me, &peers, &members);
         assert_eq!(remove.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3", "6", "7"]);
         assert!(!present);
-        // An unstarted member at this node's address is this node.
+        // An unstarted member at this node's address is this node, also an
+        // unstarted initial member, which carries its name from the start.
         let (remove, present) = reconcile(&me, &peers, &[member("8", "", "10.0.0.3")]);
         assert!(remove.is_empty() && present);
+        let mut initial = member("9", "i-new", "10.0.0.3");
+        initial.client_urls.clear();
+        let (remove, present) = reconcile(&me, &peers, &[initial.clone()]);
+        assert!(remove.is_empty() && present);
+        // ... but an unstarted initial member of another name at this
+        // address is the dead previous owner.
+        initial.name = "i-dead".into();
+        let (remove, present) = reconcile(&me, &peers, &[initial]);
+        assert!(remove.len() == 1 && !present);
     }
 
     #[test]
