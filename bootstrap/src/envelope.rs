@@ -47,11 +47,23 @@ pub async fn seal(
     key_id: &str,
     bundle: &Bundle,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    let context = bundle::encryption_context(&bundle.cluster, bundle.role);
+    seal_with_context(kms, key_id, bundle, context).await
+}
+
+/// `seal` under another encryption context (etcd snapshots use the
+/// cluster and "etcd-snapshot", so no role's bundle context opens them).
+pub async fn seal_with_context(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    bundle: &Bundle,
+    context: std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>, EnvelopeError> {
     let reply = kms
         .generate_data_key()
         .key_id(key_id)
         .key_spec(DataKeySpec::Aes256)
-        .set_encryption_context(Some(bundle::encryption_context(&bundle.cluster, bundle.role)))
+        .set_encryption_context(Some(context))
         .send()
         .await
         .map_err(|e| EnvelopeError::GenerateDataKey {
@@ -82,6 +94,17 @@ pub async fn open(
     cluster: &str,
     role: Role,
 ) -> Result<Bundle, EnvelopeError> {
+    open_with_context(kms, bytes, cluster, role, bundle::encryption_context(cluster, role)).await
+}
+
+/// `open` under another encryption context (see `seal_with_context`).
+pub async fn open_with_context(
+    kms: &aws_sdk_kms::Client,
+    bytes: &[u8],
+    cluster: &str,
+    role: Role,
+    context: std::collections::HashMap<String, String>,
+) -> Result<Bundle, EnvelopeError> {
     let (header, _) = Header::parse(bytes).map_err(EnvelopeError::Header)?;
     let open_error = |source| EnvelopeError::Open {
         cluster: cluster.to_string(),
@@ -93,7 +116,7 @@ pub async fn open(
     let reply = kms
         .decrypt()
         .ciphertext_blob(Blob::new(header.encrypted_data_key.clone()))
-        .set_encryption_context(Some(bundle::encryption_context(cluster, role)))
+        .set_encryption_context(Some(context))
         .send()
         .await
         .map_err(|e| EnvelopeError::Decrypt {

@@ -8,11 +8,14 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::retry::{retry, Attempt, Policy};
 
 /// One etcd request; a healthy member answers in milliseconds.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// A whole backend snapshot (etcd's default quota is 2 GiB).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdApiError {
@@ -318,6 +321,58 @@ impl EtcdApi {
         let answer: serde_json::Value =
             self.post(endpoint, "kv/range", serde_json::json!({ "key": b64(key) })).await?;
         Ok(answer.pointer("/kvs/0/value").and_then(|v| v.as_str()).and_then(unb64))
+    }
+
+    /// Whether the member at `endpoint` is the leader (`Maintenance/Status`).
+    pub async fn is_leader(&self, endpoint: &str) -> Result<bool, EtcdApiError> {
+        let st: serde_json::Value =
+            self.post(endpoint, "maintenance/status", serde_json::json!({})).await?;
+        let me = st.pointer("/header/member_id").cloned().map(id_text).unwrap_or_default();
+        let leader = st.get("leader").cloned().map(id_text).unwrap_or_default();
+        Ok(!me.is_empty() && me == leader)
+    }
+
+    /// A snapshot of the member's backend (`Maintenance/Snapshot`, which
+    /// the gateway streams as one JSON object a line with a base64 blob).
+    pub async fn snapshot(&self, endpoint: &str) -> Result<Zeroizing<Vec<u8>>, EtcdApiError> {
+        use base64::Engine;
+        let url = format!("{}/v3/maintenance/snapshot", endpoint.trim_end_matches('/'));
+        let request = |source| EtcdApiError::Request { url: url.clone(), source };
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(SNAPSHOT_TIMEOUT)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .map_err(request)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(EtcdApiError::Status { url, status, body });
+        }
+        let text = Zeroizing::new(resp.text().await.map_err(request)?);
+        let mut db = Zeroizing::new(Vec::new());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| EtcdApiError::Decode { url: url.clone(), message: e.to_string() })?;
+            if let Some(err) = v.get("error") {
+                return Err(EtcdApiError::Decode {
+                    url: url.clone(),
+                    message: format!("the snapshot stream failed: {err}"),
+                });
+            }
+            let blob = v.pointer("/result/blob").and_then(|b| b.as_str()).unwrap_or_default();
+            let chunk = base64::engine::general_purpose::STANDARD.decode(blob).map_err(|e| {
+                EtcdApiError::Decode { url: url.clone(), message: format!("blob: {e}") }
+            })?;
+            db.extend_from_slice(&chunk);
+        }
+        if db.is_empty() {
+            return Err(EtcdApiError::Decode { url, message: "an empty snapshot".into() });
+        }
+        Ok(db)
     }
 
     async fn post<T: serde::de::DeserializeOwned>(

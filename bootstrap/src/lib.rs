@@ -18,6 +18,7 @@ pub mod node;
 pub mod pki;
 pub mod retry;
 pub mod role;
+pub mod snapshot;
 pub mod status;
 pub mod tags;
 pub mod userdata;

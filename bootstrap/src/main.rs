@@ -24,6 +24,10 @@ struct Args {
     /// free the join lock (keel-etcd-promote.service runs this).
     #[arg(long)]
     etcd_promote: bool,
+    /// On the etcd leader: seal a snapshot into S3 and prune old ones
+    /// (keel-etcd-snapshot.timer runs this).
+    #[arg(long, conflicts_with = "etcd_promote")]
+    etcd_snapshot: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,18 @@ fn main() -> ExitCode {
         imds_policy: retry::Policy::quick(),
         console: Box::new(std::io::stdout()),
     };
+    if args.etcd_snapshot {
+        return match runtime.block_on(node::etcd_snapshot(&opts)) {
+            Ok(line) => {
+                println!("keel-bootstrap: {line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("keel-bootstrap: etcd snapshot: failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(node::run(opts)) {
         Ok(done) => {
             if let Err(e) = status::notify_ready() {

@@ -1228,3 +1228,137 @@ async fn randomized_asg_events() {
     );
     println!("chaos seed {seed}: {events} events in {} s", started.elapsed().as_secs());
 }
+
+#[test]
+fn etcd_snapshot_is_sealed_and_restored_when_every_member_is_replaced() {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .thread_stack_size(16 << 20)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(snapshot_then_restore())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// `KEEL_SNAPSHOT_KEYS` keys (default 200; the benchmark uses 10000) are
+/// written, the leader seals a snapshot into S3, every member is
+/// terminated, and three new instances form a cluster restored from it.
+async fn snapshot_then_restore() {
+    use keel_bootstrap::snapshot::Snapshots;
+    let keys: usize =
+        std::env::var("KEEL_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let aws = aws_env().await;
+    let cluster = "backup";
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 120));
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        let inst =
+            aws.launch(cluster, Role::Etcd, Some(&format!("127.66.0.{n}")), 1).await.remove(0);
+        nodes.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let guards: Vec<Guard> = futures::future::join_all(nodes.iter().map(bring_up))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let client = etcd_client(&aws);
+    let endpoint = "https://127.66.0.1:2379";
+    const MARKER: &str = "written-before-the-backup";
+    client.put(endpoint, "restore/marker", MARKER).await.unwrap();
+    let filler = "x".repeat(100);
+    for k in 0..keys {
+        client.put(endpoint, &format!("bench/{k:06}"), &filler).await.unwrap();
+    }
+
+    // Every member runs the timer; only the leader takes the snapshot.
+    let mut lines = Vec::new();
+    for n in &nodes {
+        let opts = node::Options {
+            root: n.root.path().to_path_buf(),
+            imds_url: n.imds.base_url(),
+            imds_policy: Policy::quick(),
+            console: Box::new(std::io::sink()),
+        };
+        lines.push(node::etcd_snapshot(&opts).await.unwrap());
+    }
+    println!("{lines:#?}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("etcd snapshot of")).count(), 1, "{lines:?}");
+    let store = |cluster: &str| Snapshots {
+        s3: aws::s3_client(&aws.sdk),
+        kms: aws_sdk_kms::Client::new(&aws.sdk),
+        bucket: BUCKET.into(),
+        prefix: PREFIX.into(),
+        cluster: cluster.into(),
+    };
+    let listed = store(cluster).list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let key = listed[0].key.clone();
+    assert!(key.starts_with("test/etcd/snapshots/") && key.ends_with(".snap"), "{key}");
+
+    // The object holds no plaintext: no bbolt page magic, no key or value.
+    let raw = aws::s3_client(&aws.sdk)
+        .get_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(&0xED0CDAEDu32.to_le_bytes()), "bbolt magic in the sealed snapshot");
+    assert!(!has(MARKER.as_bytes()) && !has(b"restore/marker"), "plaintext in the snapshot");
+    let opened = store(cluster).fetch(&key).await.unwrap();
+    assert!(opened.windows(4).any(|w| w == 0xED0CDAEDu32.to_le_bytes()), "not a bbolt file");
+    println!("snapshot of {keys} keys: {} bytes in etcd, {} bytes sealed", opened.len(), raw.len());
+
+    // Sealed for another cluster: refused with a clear line.
+    let err = store("someone-else").fetch(&key).await.unwrap_err().to_string();
+    assert!(
+        err.contains("was sealed for cluster \"backup\", not \"someone-else\": refused"),
+        "{err}"
+    );
+
+    // The Auto Scaling group replaces every member: the data goes with them.
+    drop(guards);
+    for n in &nodes {
+        aws.ec2().terminate_instances().instance_ids(&n.id).send().await.unwrap();
+    }
+    drop(nodes);
+    let mut fresh = Vec::new();
+    for n in 4..=6 {
+        let inst =
+            aws.launch(cluster, Role::Etcd, Some(&format!("127.66.0.{n}")), 1).await.remove(0);
+        fresh.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let t = std::time::Instant::now();
+    let _guards: Vec<Guard> = futures::future::join_all(fresh.iter().map(bring_up))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    println!("three new members restored and serving in {} ms", t.elapsed().as_millis());
+    for n in &fresh {
+        let console = n.console.text();
+        assert!(
+            console.contains(&format!("keel-bootstrap: etcd restore of s3://{BUCKET}/{key}: ok")),
+            "{console}"
+        );
+        assert_eq!(n.status()["state"], "configured");
+    }
+    let value = client.get("https://127.66.0.5:2379", "restore/marker").await.unwrap();
+    assert_eq!(value.as_deref(), Some(MARKER));
+    let last = client.get("https://127.66.0.6:2379", &format!("bench/{:06}", keys - 1)).await;
+    assert_eq!(last.unwrap().as_deref(), Some(filler.as_str()));
+}

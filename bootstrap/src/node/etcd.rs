@@ -29,6 +29,7 @@ use crate::formation::{self, FormationError};
 use crate::layout::{self, Layout};
 use crate::pki::{self, Ca, PkiError, Usage};
 use crate::retry::{retry, Attempt, Policy};
+use crate::snapshot;
 use crate::userdata::UserData;
 use crate::Role;
 
@@ -87,6 +88,8 @@ pub enum EtcdError {
     NotAMember { name: String, endpoint: String },
     #[error("no etcd endpoint to ask")]
     NoEndpoints,
+    #[error("{0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 /// What this boot did about membership.
@@ -290,6 +293,8 @@ pub struct Cluster<'a> {
     /// When waiting (for peers, a cluster, the lock) must end.
     pub deadline: tokio::time::Instant,
     pub pages: &'a Counter,
+    /// The cluster's snapshots: a formation restores the newest.
+    pub snapshots: &'a snapshot::Snapshots,
 }
 
 /// What `plan` decided: the plan, etcd's initial cluster, whether the
@@ -300,6 +305,9 @@ pub struct Decision {
     pub initial: Vec<(String, String)>,
     pub new_cluster: bool,
     pub token: String,
+    /// A new cluster restored from this snapshot (an S3 key): restore it
+    /// into the empty data directory before etcd starts.
+    pub restore_from: Option<String>,
 }
 
 /// Decides and carries out the membership plan. `api` presents this
@@ -324,6 +332,7 @@ pub async fn plan(
                     initial: vec![(me.instance_id.clone(), peer_url(&me.private_ip))],
                     new_cluster: false,
                     token: String::new(),
+                    restore_from: None,
                 });
             }
             moved_aside = Some(move_aside(&data_dir)?);
@@ -466,12 +475,15 @@ async fn form(me: &Peer, cluster: &Cluster<'_>, peers: &[Peer], generation: u64)
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
+    // No cluster exists and no member has data: the newest snapshot, if
+    // there is one, is what the cluster starts from.
+    let newest = cluster.snapshots.list().await.map_err(|e| Attempt::Retry(e.into()))?.pop();
     let mine = formation::Record {
         generation,
         token: formation::new_token(cluster.name),
         members,
         formed_by: me.instance_id.clone(),
-        restored_from: None,
+        restored_from: newest.map(|s| s.key),
     };
     let record = cluster.store.create(&mine).await.map_err(|e| Attempt::Retry(e.into()))?;
     if record.member(&me.instance_id).is_some_and(|m| m.peer_url == peer_url(&me.private_ip)) {
@@ -492,6 +504,7 @@ fn new_from(record: &formation::Record) -> Decision {
         initial: record.members.iter().map(|m| (m.name.clone(), m.peer_url.clone())).collect(),
         new_cluster: true,
         token: record.token.clone(),
+        restore_from: record.restored_from.clone(),
     }
 }
 
@@ -589,6 +602,7 @@ async fn join_locked(
         initial: initial_cluster_of(&members, peers),
         new_cluster: false,
         token: record.token.clone(),
+        restore_from: None,
     })
 }
 
@@ -699,6 +713,50 @@ pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), Str
     wait_voting(&api, &mine, deadline.saturating_sub(started.elapsed()))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Restores snapshot `key` into this node's empty data directory as the
+/// member `decision` names, owned by etcd. The decrypted copy lives only
+/// in a 0600 file beside the data directory while etcdctl reads it.
+pub async fn restore(
+    layout: &Layout,
+    snapshots: &snapshot::Snapshots,
+    key: &str,
+    me: &Peer,
+    decision: &Decision,
+    owner: Option<(u32, u32)>,
+) -> Result<(), EtcdError> {
+    let db = snapshots.fetch(key).await?;
+    let data = layout.path(layout::ETCD_DATA_DIR);
+    let db_file = data.with_file_name("etcd.restore.db");
+    let write_err = |source| EtcdError::Write { path: db_file.display().to_string(), source };
+    crate::atomic_file::write(&db_file, 0o600, &db).map_err(write_err)?;
+    let restored = snapshot::restore(
+        snapshot::restore_tool(),
+        &db_file,
+        &data,
+        &me.instance_id,
+        &decision.initial,
+        &decision.token,
+        &peer_url(&me.private_ip),
+    );
+    let _ = std::fs::remove_file(&db_file);
+    restored?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(&data, uid, gid)
+            .map_err(|source| EtcdError::Write { path: data.display().to_string(), source })?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// The environment file Debian's etcd-server unit reads (`/etc/default/etcd`,

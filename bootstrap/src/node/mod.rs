@@ -22,7 +22,7 @@ use crate::pki::Ca;
 use crate::retry::Policy;
 use crate::status::Reporter;
 use crate::userdata::{self, UserData};
-use crate::{aws, envelope, formation, Role};
+use crate::{aws, envelope, formation, snapshot, Role};
 
 use self::assets::Assets;
 
@@ -160,7 +160,8 @@ impl Boot<'_> {
                     bucket: ud.assets.bucket.clone(),
                     prefix: ud.assets.prefix.clone(),
                 };
-                Some(self.etcd(rep, &ud, &id, &assets, &ec2, &store, etcd_owner).await?)
+                let kms = aws_sdk_kms::Client::new(&sdk);
+                Some(self.etcd(rep, &ud, &id, &assets, &ec2, &store, &kms, etcd_owner).await?)
             }
             Role::Controller => {
                 self.controller(rep, &ud, &id, &assets, &ec2).await?;
@@ -208,6 +209,7 @@ impl Boot<'_> {
         assets: &Assets,
         ec2: &aws_sdk_ec2::Client,
         store: &formation::Store,
+        kms: &aws_sdk_kms::Client,
         owner: Option<(u32, u32)>,
     ) -> Result<etcd::Plan, BootError> {
         let layout = self.layout;
@@ -234,6 +236,13 @@ impl Boot<'_> {
         if !etcd::has_data(layout) {
             self.discover(rep, ud, ec2, "etcd discovery").await?;
         }
+        let snapshots = snapshot::Snapshots {
+            s3: store.s3.clone(),
+            kms: kms.clone(),
+            bucket: ud.assets.bucket.clone(),
+            prefix: ud.assets.prefix.clone(),
+            cluster: ud.cluster.clone(),
+        };
         let cluster = etcd::Cluster {
             name: &ud.cluster,
             ec2,
@@ -241,10 +250,16 @@ impl Boot<'_> {
             expected: ud.etcd.expected_members as usize,
             deadline,
             pages: &self.pages,
+            snapshots: &snapshots,
         };
         let decision = step(rep, "etcd membership", etcd::plan(layout, &api, &me, &cluster)).await;
         rep.status.aws_requests.ec2_describe_instances = self.pages.get();
         let decision = decision?;
+        if let Some(key) = &decision.restore_from {
+            // Said on the console: the cluster starts from a backup.
+            let name = format!("etcd restore of s3://{}/{key}", ud.assets.bucket);
+            step(rep, &name, etcd::restore(layout, &snapshots, key, &me, &decision, owner)).await?;
+        }
         step(rep, "etcd config", async {
             let env = etcd::render_env(
                 layout,
@@ -355,4 +370,66 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `keel-bootstrap --etcd-snapshot` (keel-etcd-snapshot.timer): on the
+/// etcd leader only, a snapshot of the backend sealed into S3 with the
+/// KMS key of the etcd bundle, then all but the newest
+/// `snapshot::DEFAULT_RETENTION` removed. Returns the line to print.
+pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
+    let layout = Layout::new(&opts.root);
+    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
+    let id = imds.identity().await.map_err(|e| e.to_string())?;
+    let bytes = imds
+        .user_data()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the instance has no user data".to_string())?;
+    let ud = UserData::parse(&bytes, Role::Etcd).map_err(|e| e.to_string())?;
+    let target = aws::Target {
+        region: Some(id.region.clone()),
+        endpoint_url: ud.endpoint_url().map(str::to_string),
+    };
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
+    let read = |rel: &str| {
+        std::fs::read_to_string(layout.path(rel))
+            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
+    };
+    let api = EtcdApi::new(
+        &read(etcd::CA_CRT)?,
+        &read(etcd::SERVER_CRT)?,
+        &read(etcd::SERVER_KEY)?,
+        Policy::quick(),
+    )
+    .map_err(|e| e.to_string())?;
+    let endpoint = etcd::client_url(&id.private_ipv4);
+    if !api.is_leader(&endpoint).await.map_err(|e| e.to_string())? {
+        return Ok("not the leader: the leader takes the snapshots".into());
+    }
+    let s3 = aws::s3_client(&sdk);
+    let key_id = snapshot::kms_key_of_bundle(&s3, &ud.assets.bucket, &ud.assets.prefix, Role::Etcd)
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let db = api.snapshot(&endpoint).await.map_err(|e| e.to_string())?;
+    let snapshots = snapshot::Snapshots {
+        s3,
+        kms: aws_sdk_kms::Client::new(&sdk),
+        bucket: ud.assets.bucket.clone(),
+        prefix: ud.assets.prefix.clone(),
+        cluster: ud.cluster.clone(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let key = snapshots.upload(&key_id, &db, now).await.map_err(|e| e.to_string())?;
+    let gone = snapshots.prune(snapshot::DEFAULT_RETENTION).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "etcd snapshot of {} bytes sealed to s3://{}/{key} in {} ms; {} older removed",
+        db.len(),
+        ud.assets.bucket,
+        started.elapsed().as_millis(),
+        gone.len()
+    ))
 }
