@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod assets;
+mod etcd;
 mod fetch;
 mod image;
 mod pin;
@@ -44,6 +45,9 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// List the etcd cluster's snapshots in S3; choose one to restore.
+    #[command(subcommand)]
+    Etcd(etcd::Command),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Etcd(command) => etcd::run(command).await,
     }
 }
 
