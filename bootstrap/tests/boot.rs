@@ -1050,24 +1050,28 @@ fn spawn_writer(chaos: &Chaos) -> tokio::task::JoinHandle<()> {
 /// loopback address (127.70.x.y), and at least 50 random events of what an
 /// Auto Scaling group does. `KEEL_CHAOS_SEED` replays a seed;
 /// `KEEL_CHAOS_EVENTS` sets the number of events (default 50).
-#[test]
-fn etcd_randomized_asg_events_keep_one_cluster() {
-    // The event loop's future is large in a debug build: run it on a
-    // thread with room for it.
+/// Runs `test` on a runtime whose threads have room for the large futures
+/// of a debug build (several boots, etcd calls and promotions in one).
+fn on_big_stack<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
     std::thread::Builder::new()
         .stack_size(64 << 20)
-        .spawn(|| {
+        .spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(4)
                 .thread_stack_size(16 << 20)
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(randomized_asg_events())
+                .block_on(test())
         })
         .unwrap()
         .join()
         .unwrap();
+}
+
+#[test]
+fn etcd_randomized_asg_events_keep_one_cluster() {
+    on_big_stack(randomized_asg_events);
 }
 
 async fn randomized_asg_events() {
@@ -1231,20 +1235,47 @@ async fn randomized_asg_events() {
 
 #[test]
 fn etcd_snapshot_is_sealed_and_restored_when_every_member_is_replaced() {
-    std::thread::Builder::new()
-        .stack_size(64 << 20)
-        .spawn(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .thread_stack_size(16 << 20)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(snapshot_then_restore())
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    on_big_stack(snapshot_then_restore);
+}
+
+#[test]
+fn etcd_bug_unreachable_members_are_unknown_not_absent() {
+    on_big_stack(unreachable_is_unknown);
+}
+
+/// Every etcd of a formed cluster is down (the instances still run): a
+/// replacement must wait, not form a second cluster, and fail at its
+/// deadline naming the instances that may hold the data.
+async fn unreachable_is_unknown() {
+    let aws = aws_env().await;
+    let cluster = "unknown";
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 8));
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        let inst =
+            aws.launch(cluster, Role::Etcd, Some(&format!("127.67.0.{n}")), 1).await.remove(0);
+        nodes.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let guards: Vec<Guard> = futures::future::join_all(nodes.iter().map(bring_up))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    drop(guards);
+    aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
+    let inst = aws.launch(cluster, Role::Etcd, Some("127.67.0.4"), 1).await.remove(0);
+    let replacement = node(Role::Etcd, &inst, ud.clone());
+    let err = replacement.boot().await.unwrap_err().to_string();
+    assert!(err.starts_with("etcd membership: no etcd member answers"), "{err}");
+    assert!(err.contains(&nodes[0].id) && err.contains(&nodes[1].id), "{err}");
+    assert!(!replacement.path("etc/default/etcd").exists());
+    let store = keel_bootstrap::formation::Store {
+        s3: aws::s3_client(&aws.sdk),
+        bucket: BUCKET.into(),
+        prefix: PREFIX.into(),
+    };
+    assert_eq!(store.latest().await.unwrap().unwrap().generation, 1);
 }
 
 /// `KEEL_SNAPSHOT_KEYS` keys (default 200; the benchmark uses 10000) are
