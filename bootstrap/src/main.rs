@@ -28,6 +28,10 @@ struct Args {
     /// (keel-etcd-snapshot.timer runs this).
     #[arg(long, conflicts_with = "etcd_promote")]
     etcd_snapshot: bool,
+    /// On a controller: point kube-apiserver at etcd's current members,
+    /// restarting it only if they changed (keel-etcd-servers.timer).
+    #[arg(long, conflicts_with_all = ["etcd_promote", "etcd_snapshot"])]
+    refresh_etcd_servers: bool,
 }
 
 fn main() -> ExitCode {
@@ -62,14 +66,21 @@ fn main() -> ExitCode {
         imds_policy: retry::Policy::quick(),
         console: Box::new(std::io::stdout()),
     };
-    if args.etcd_snapshot {
-        return match runtime.block_on(node::etcd_snapshot(&opts)) {
+    let task = if args.etcd_snapshot {
+        Some(("etcd snapshot", runtime.block_on(node::etcd_snapshot(&opts))))
+    } else if args.refresh_etcd_servers {
+        Some(("etcd servers", runtime.block_on(node::refresh_etcd_servers(&opts))))
+    } else {
+        None
+    };
+    if let Some((what, result)) = task {
+        return match result {
             Ok(line) => {
                 println!("keel-bootstrap: {line}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                println!("keel-bootstrap: etcd snapshot: failed: {e}");
+                println!("keel-bootstrap: {what}: failed: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -1393,3 +1393,62 @@ async fn snapshot_then_restore() {
     let last = client.get("https://127.66.0.6:2379", &format!("bench/{:06}", keys - 1)).await;
     assert_eq!(last.unwrap().as_deref(), Some(filler.as_str()));
 }
+
+#[test]
+fn controller_etcd_servers_follow_membership_and_stay_when_unchanged() {
+    on_big_stack(etcd_servers_follow_membership);
+}
+
+async fn etcd_servers_follow_membership() {
+    let aws = aws_env().await;
+    let cluster = "follow";
+    aws.publish(cluster, Role::Etcd).await;
+    aws.publish(cluster, Role::Controller).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 1, 30));
+    let first = node(
+        Role::Etcd,
+        &aws.launch(cluster, Role::Etcd, Some("127.68.0.1"), 1).await.remove(0),
+        ud.clone(),
+    );
+    let _g1 = bring_up(&first).await.unwrap();
+    let ctl = node(
+        Role::Controller,
+        &aws.launch(cluster, Role::Controller, Some("127.68.0.9"), 1).await.remove(0),
+        user_data_bytes(&aws.user_data(cluster, Role::Controller, 1, 30)),
+    );
+    ctl.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", ctl.console.text()));
+    let opts = || node::Options {
+        root: ctl.root.path().to_path_buf(),
+        imds_url: ctl.imds.base_url(),
+        imds_policy: Policy::quick(),
+        console: Box::new(std::io::sink()),
+    };
+    let env_path = ctl.path("etc/default/kube-apiserver");
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert_eq!(line, "etcd servers unchanged: https://127.68.0.1:2379");
+
+    // A second member joins: the API server's list follows, and only that
+    // flag changes.
+    let second = node(
+        Role::Etcd,
+        &aws.launch(cluster, Role::Etcd, Some("127.68.0.2"), 1).await.remove(0),
+        ud.clone(),
+    );
+    let _g2 = bring_up(&second).await.unwrap();
+    let before = std::fs::read_to_string(&env_path).unwrap();
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert!(line.starts_with("etcd servers changed from https://127.68.0.1:2379 to"), "{line}");
+    let after = std::fs::read_to_string(&env_path).unwrap();
+    assert!(
+        after.contains("--etcd-servers=https://127.68.0.1:2379,https://127.68.0.2:2379 "),
+        "{after}"
+    );
+    assert_eq!(
+        after.replace("https://127.68.0.1:2379,https://127.68.0.2:2379", "X"),
+        before.replace("https://127.68.0.1:2379", "X")
+    );
+    let mtime = std::fs::metadata(&env_path).unwrap().modified().unwrap();
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert!(line.starts_with("etcd servers unchanged"), "{line}");
+    assert_eq!(std::fs::metadata(&env_path).unwrap().modified().unwrap(), mtime);
+}

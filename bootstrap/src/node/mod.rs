@@ -433,3 +433,76 @@ pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
         gone.len()
     ))
 }
+
+/// `keel-bootstrap --refresh-etcd-servers` (keel-etcd-servers.timer, on
+/// controllers): asks etcd (through the endpoints kube-apiserver has and
+/// the etcd instances EC2 lists now) for its started voting members, and
+/// when their client URLs differ from kube-apiserver's `--etcd-servers`,
+/// rewrites that one flag and restarts kube-apiserver (`systemctl
+/// try-restart`, on a running system only). Nothing changes, and nothing
+/// restarts, when the list is the same. Returns the line to print.
+pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
+    let layout = Layout::new(&opts.root);
+    let env_path = layout.path(controller::APISERVER_ENV);
+    let env = std::fs::read_to_string(&env_path)
+        .map_err(|e| format!("reading {}: {e}", env_path.display()))?;
+    let current = controller::etcd_servers_in(&env)
+        .ok_or_else(|| format!("{} has no --etcd-servers", env_path.display()))?;
+    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
+    let id = imds.identity().await.map_err(|e| e.to_string())?;
+    let bytes = imds
+        .user_data()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the instance has no user data".to_string())?;
+    let ud = UserData::parse(&bytes, Role::Controller).map_err(|e| e.to_string())?;
+    let target = aws::Target {
+        region: Some(id.region.clone()),
+        endpoint_url: ud.endpoint_url().map(str::to_string),
+    };
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
+    let peers = discovery::list(
+        &aws_sdk_ec2::Client::new(&sdk),
+        &ud.cluster,
+        Role::Etcd,
+        &Counter::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut candidates = current.clone();
+    candidates.extend(peers.iter().map(|p| etcd::client_url(&p.private_ip)));
+    candidates.dedup();
+    let read = |rel: &str| {
+        std::fs::read_to_string(layout.path(rel))
+            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
+    };
+    let api = EtcdApi::new(
+        &read("etc/etcd/pki/ca.crt")?,
+        &read(&controller::pki_path("apiserver-etcd-client", "crt"))?,
+        &read(&controller::pki_path("apiserver-etcd-client", "key"))?,
+        etcd::PROBE,
+    )
+    .map_err(|e| e.to_string())?;
+    let now = controller::etcd_servers_now(&api, &candidates).await?;
+    let mut sorted = current.clone();
+    sorted.sort();
+    if sorted == now {
+        return Ok(format!("etcd servers unchanged: {}", now.join(",")));
+    }
+    write(
+        &layout,
+        controller::APISERVER_ENV,
+        0o644,
+        controller::with_etcd_servers(&env, &now).as_bytes(),
+    )?;
+    if layout.is_system_root() {
+        let status = std::process::Command::new("systemctl")
+            .args(["try-restart", "kube-apiserver.service"])
+            .status()
+            .map_err(|e| format!("systemctl try-restart kube-apiserver.service: {e}"))?;
+        if !status.success() {
+            return Err(format!("systemctl try-restart kube-apiserver.service: {status}"));
+        }
+    }
+    Ok(format!("etcd servers changed from {} to {}", current.join(","), now.join(",")))
+}
