@@ -50,11 +50,11 @@ pub enum SnapshotError {
     )]
     OtherCluster { bucket: String, key: String, found: String, expected: String },
     #[error("snapshot s3://{bucket}/{key}: {source}")]
-    Envelope { bucket: String, key: String, source: EnvelopeError },
+    Envelope { bucket: String, key: String, source: Box<EnvelopeError> },
     #[error("snapshot s3://{bucket}/{key} holds no {SNAPSHOT_FILE}")]
     Empty { bucket: String, key: String },
     #[error("the etcd bundle s3://{bucket}/{key} names no KMS key: {source}")]
-    KeyOfBundle { bucket: String, key: String, source: BundleError },
+    KeyOfBundle { bucket: String, key: String, source: Box<BundleError> },
     #[error("{what}: {message}")]
     Restore { what: String, message: String },
 }
@@ -160,7 +160,7 @@ impl Snapshots {
         .map_err(|source| SnapshotError::Envelope {
             bucket: self.bucket.clone(),
             key: key.clone(),
-            source,
+            source: Box::new(source),
         })?;
         self.s3
             .put_object()
@@ -232,7 +232,7 @@ impl Snapshots {
         .map_err(|source| SnapshotError::Envelope {
             bucket: self.bucket.clone(),
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         opened
             .files
@@ -270,7 +270,7 @@ pub async fn kms_key_of_bundle(
     let (header, _) = Header::parse(&bytes).map_err(|source| SnapshotError::KeyOfBundle {
         bucket: bucket.to_string(),
         key: key.clone(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(header.kms_key_id)
 }

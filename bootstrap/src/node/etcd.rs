@@ -850,7 +850,7 @@ mod tests {
         // The replacement got the dead member's address.
         let me = peer("i-new", "10.0.0.3");
         let peers = [peer("i-a", "10.0.0.1"), peer("i-b", "10.0.0.2"), peer("i-c", "10.0.0.5")];
-        let peers = [&peers[..], &[me.clone()]].concat();
+        let peers = [&peers[..], std::slice::from_ref(&me)].concat();
         let members = [
             member("1", "i-a", "10.0.0.1"),
             member("2", "i-b", "10.0.0.2"),
