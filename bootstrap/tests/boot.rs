@@ -901,6 +901,36 @@ async fn bring_up(n: &Node) -> Result<Guard, String> {
     Ok(guard)
 }
 
+/// `count` etcd instances of `cluster` at `<net>.1` .. `<net>.<count>`, all
+/// brought up at once; returns the nodes, their etcd processes and the
+/// user data they booted with.
+async fn formed(
+    aws: &Aws,
+    cluster: &str,
+    net: &str,
+    count: u32,
+    timeout: u64,
+) -> (Vec<Node>, Vec<Guard>, Option<Vec<u8>>) {
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, count, timeout));
+    let mut nodes = Vec::new();
+    for n in 1..=count {
+        let inst = aws.launch(cluster, Role::Etcd, Some(&format!("{net}.{n}")), 1).await.remove(0);
+        nodes.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let guards = up_all(&nodes).await;
+    (nodes, guards, ud)
+}
+
+/// `bring_up` of every node at once.
+async fn up_all(nodes: &[Node]) -> Vec<Guard> {
+    futures::future::join_all(nodes.iter().map(bring_up))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
 /// The randomized test's world: emulated AWS, the instances, a writer.
 struct Chaos {
     aws: Aws,
@@ -1249,19 +1279,7 @@ fn etcd_bug_unreachable_members_are_unknown_not_absent() {
 async fn unreachable_is_unknown() {
     let aws = aws_env().await;
     let cluster = "unknown";
-    aws.publish(cluster, Role::Etcd).await;
-    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 8));
-    let mut nodes = Vec::new();
-    for n in 1..=3 {
-        let inst =
-            aws.launch(cluster, Role::Etcd, Some(&format!("127.67.0.{n}")), 1).await.remove(0);
-        nodes.push(node(Role::Etcd, &inst, ud.clone()));
-    }
-    let guards: Vec<Guard> = futures::future::join_all(nodes.iter().map(bring_up))
-        .await
-        .into_iter()
-        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+    let (nodes, guards, ud) = formed(&aws, cluster, "127.67.0", 3, 8).await;
     drop(guards);
     aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
     let inst = aws.launch(cluster, Role::Etcd, Some("127.67.0.4"), 1).await.remove(0);
@@ -1287,19 +1305,7 @@ async fn snapshot_then_restore() {
         std::env::var("KEEL_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let aws = aws_env().await;
     let cluster = "backup";
-    aws.publish(cluster, Role::Etcd).await;
-    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 120));
-    let mut nodes = Vec::new();
-    for n in 1..=3 {
-        let inst =
-            aws.launch(cluster, Role::Etcd, Some(&format!("127.66.0.{n}")), 1).await.remove(0);
-        nodes.push(node(Role::Etcd, &inst, ud.clone()));
-    }
-    let guards: Vec<Guard> = futures::future::join_all(nodes.iter().map(bring_up))
-        .await
-        .into_iter()
-        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+    let (nodes, guards, ud) = formed(&aws, cluster, "127.66.0", 3, 120).await;
     let client = etcd_client(&aws);
     let endpoint = "https://127.66.0.1:2379";
     const MARKER: &str = "written-before-the-backup";
@@ -1374,11 +1380,7 @@ async fn snapshot_then_restore() {
         fresh.push(node(Role::Etcd, &inst, ud.clone()));
     }
     let t = std::time::Instant::now();
-    let _guards: Vec<Guard> = futures::future::join_all(fresh.iter().map(bring_up))
-        .await
-        .into_iter()
-        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+    let _guards = up_all(&fresh).await;
     println!("three new members restored and serving in {} ms", t.elapsed().as_millis());
     for n in &fresh {
         let console = n.console.text();

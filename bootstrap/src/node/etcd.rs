@@ -550,60 +550,50 @@ async fn join(
     if holder != me.instance_id {
         return Err(Attempt::Retry(EtcdError::LockHeld { holder }));
     }
-    let r = join_locked(api, me, cluster, peers, record, endpoint).await;
+    let r: Step = async {
+        // Registered before it is added: a member S3 does not know of could
+        // hold the only copy of the data when the rest is gone.
+        cluster
+            .store
+            .register(record.generation, &me.instance_id)
+            .await
+            .map_err(|e| Attempt::Retry(e.into()))?;
+        let members = api.member_list(endpoint).await.map_err(join_err)?;
+        let (remove, present) = reconcile(me, peers, &members);
+        // Remove first: with a dead member still counted, adding one more
+        // could need a quorum the live members do not have.
+        for m in &remove {
+            api.member_remove(endpoint, &m.id).await.map_err(join_err)?;
+        }
+        if !present {
+            if let Err(e) = api.member_add_learner(endpoint, &peer_url(&me.private_ip)).await {
+                // An earlier attempt may have been applied before its answer
+                // was lost: fine if this node is a member now.
+                let now = api.member_list(endpoint).await.map_err(join_err)?;
+                if !reconcile(me, peers, &now).1 {
+                    return Err(join_err(e));
+                }
+            }
+        }
+        let members = api.member_list(endpoint).await.map_err(join_err)?;
+        let removed = remove
+            .iter()
+            .map(|m| if m.name.is_empty() { m.id.clone() } else { m.name.clone() })
+            .collect();
+        Ok(Decision {
+            plan: Plan::Join { via: endpoint.to_string(), removed, moved_aside: None },
+            initial: initial_cluster_of(&members, peers),
+            new_cluster: false,
+            token: record.token.clone(),
+            restore_from: None,
+        })
+    }
+    .await;
     if r.is_err() {
         // Best effort: the lease frees it anyway.
         let _ = api.unlock(endpoint, JOIN_LOCK, &me.instance_id).await;
     }
     r
-}
-
-async fn join_locked(
-    api: &EtcdApi,
-    me: &Peer,
-    cluster: &Cluster<'_>,
-    peers: &[Peer],
-    record: &formation::Record,
-    endpoint: &str,
-) -> Step {
-    let join_err =
-        |source| Attempt::Retry(EtcdError::Join { endpoint: endpoint.to_string(), source });
-    // Registered before it is added: a member S3 does not know of could
-    // hold the only copy of the data when the rest is gone.
-    cluster
-        .store
-        .register(record.generation, &me.instance_id)
-        .await
-        .map_err(|e| Attempt::Retry(e.into()))?;
-    let members = api.member_list(endpoint).await.map_err(join_err)?;
-    let (remove, present) = reconcile(me, peers, &members);
-    // Remove first: with a dead member still counted, adding one more
-    // could need a quorum the live members do not have.
-    for m in &remove {
-        api.member_remove(endpoint, &m.id).await.map_err(join_err)?;
-    }
-    if !present {
-        if let Err(e) = api.member_add_learner(endpoint, &peer_url(&me.private_ip)).await {
-            // An earlier attempt may have been applied before its answer
-            // was lost: fine if this node is a member now.
-            let now = api.member_list(endpoint).await.map_err(join_err)?;
-            if !reconcile(me, peers, &now).1 {
-                return Err(join_err(e));
-            }
-        }
-    }
-    let members = api.member_list(endpoint).await.map_err(join_err)?;
-    let removed = remove
-        .iter()
-        .map(|m| if m.name.is_empty() { m.id.clone() } else { m.name.clone() })
-        .collect();
-    Ok(Decision {
-        plan: Plan::Join { via: endpoint.to_string(), removed, moved_aside: None },
-        initial: initial_cluster_of(&members, peers),
-        new_cluster: false,
-        token: record.token.clone(),
-        restore_from: None,
-    })
 }
 
 /// After etcd started as a learner: promotes this member once it is in
@@ -701,12 +691,7 @@ pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), Str
         .map(|h| format!("{h}:{CLIENT_PORT}"))
         .collect();
     endpoints.push(var("ETCD_ADVERTISE_CLIENT_URLS")?);
-    let read = |rel: &str| {
-        std::fs::read_to_string(layout.path(rel))
-            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
-    };
-    let api = EtcdApi::new(&read(CA_CRT)?, &read(SERVER_CRT)?, &read(SERVER_KEY)?, PROBE)
-        .map_err(|e| e.to_string())?;
+    let api = super::api_from_files(layout, [CA_CRT, SERVER_CRT, SERVER_KEY])?;
     let started = std::time::Instant::now();
     promote(&api, &name, &my_url, &endpoints, deadline).await.map_err(|e| e.to_string())?;
     let mine = var("ETCD_ADVERTISE_CLIENT_URLS")?;

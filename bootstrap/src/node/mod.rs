@@ -378,30 +378,8 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
 /// `snapshot::DEFAULT_RETENTION` removed. Returns the line to print.
 pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
     let layout = Layout::new(&opts.root);
-    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
-    let id = imds.identity().await.map_err(|e| e.to_string())?;
-    let bytes = imds
-        .user_data()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the instance has no user data".to_string())?;
-    let ud = UserData::parse(&bytes, Role::Etcd).map_err(|e| e.to_string())?;
-    let target = aws::Target {
-        region: Some(id.region.clone()),
-        endpoint_url: ud.endpoint_url().map(str::to_string),
-    };
-    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
-    let read = |rel: &str| {
-        std::fs::read_to_string(layout.path(rel))
-            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
-    };
-    let api = EtcdApi::new(
-        &read(etcd::CA_CRT)?,
-        &read(etcd::SERVER_CRT)?,
-        &read(etcd::SERVER_KEY)?,
-        Policy::quick(),
-    )
-    .map_err(|e| e.to_string())?;
+    let (id, ud, sdk) = running_node(opts, Role::Etcd).await?;
+    let api = api_from_files(&layout, [etcd::CA_CRT, etcd::SERVER_CRT, etcd::SERVER_KEY])?;
     let endpoint = etcd::client_url(&id.private_ipv4);
     if !api.is_leader(&endpoint).await.map_err(|e| e.to_string())? {
         return Ok("not the leader: the leader takes the snapshots".into());
@@ -448,19 +426,7 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
         .map_err(|e| format!("reading {}: {e}", env_path.display()))?;
     let current = controller::etcd_servers_in(&env)
         .ok_or_else(|| format!("{} has no --etcd-servers", env_path.display()))?;
-    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
-    let id = imds.identity().await.map_err(|e| e.to_string())?;
-    let bytes = imds
-        .user_data()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the instance has no user data".to_string())?;
-    let ud = UserData::parse(&bytes, Role::Controller).map_err(|e| e.to_string())?;
-    let target = aws::Target {
-        region: Some(id.region.clone()),
-        endpoint_url: ud.endpoint_url().map(str::to_string),
-    };
-    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
+    let (_, ud, sdk) = running_node(opts, Role::Controller).await?;
     let peers = discovery::list(
         &aws_sdk_ec2::Client::new(&sdk),
         &ud.cluster,
@@ -472,17 +438,11 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
     let mut candidates = current.clone();
     candidates.extend(peers.iter().map(|p| etcd::client_url(&p.private_ip)));
     candidates.dedup();
-    let read = |rel: &str| {
-        std::fs::read_to_string(layout.path(rel))
-            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
-    };
-    let api = EtcdApi::new(
-        &read("etc/etcd/pki/ca.crt")?,
-        &read(&controller::pki_path("apiserver-etcd-client", "crt"))?,
-        &read(&controller::pki_path("apiserver-etcd-client", "key"))?,
-        etcd::PROBE,
-    )
-    .map_err(|e| e.to_string())?;
+    let (crt, key) = (
+        controller::pki_path("apiserver-etcd-client", "crt"),
+        controller::pki_path("apiserver-etcd-client", "key"),
+    );
+    let api = api_from_files(&layout, [etcd::CA_CRT, &crt, &key])?;
     let now = controller::etcd_servers_now(&api, &candidates).await?;
     let mut sorted = current.clone();
     sorted.sort();
@@ -505,4 +465,35 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
         }
     }
     Ok(format!("etcd servers changed from {} to {}", current.join(","), now.join(",")))
+}
+
+/// On a node that booted: its identity, user data and AWS configuration,
+/// for the periodic tasks (snapshots, etcd servers).
+async fn running_node(
+    opts: &Options,
+    role: Role,
+) -> Result<(Identity, UserData, aws_config::SdkConfig), String> {
+    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
+    let id = imds.identity().await.map_err(|e| e.to_string())?;
+    let bytes = imds
+        .user_data()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the instance has no user data".to_string())?;
+    let ud = UserData::parse(&bytes, role).map_err(|e| e.to_string())?;
+    let target = aws::Target {
+        region: Some(id.region.clone()),
+        endpoint_url: ud.endpoint_url().map(str::to_string),
+    };
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
+    Ok((id, ud, sdk))
+}
+
+/// An etcd client from the CA, certificate and key files the boot wrote.
+fn api_from_files(layout: &Layout, [ca, crt, key]: [&str; 3]) -> Result<EtcdApi, String> {
+    let read = |rel: &str| {
+        std::fs::read_to_string(layout.path(rel))
+            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
+    };
+    EtcdApi::new(&read(ca)?, &read(crt)?, &read(key)?, etcd::PROBE).map_err(|e| e.to_string())
 }
