@@ -937,8 +937,6 @@ struct Chaos {
     cluster: &'static str,
     ud: Option<Vec<u8>>,
     members: Vec<Member>,
-    /// Stopped instances (etcd down, data kept), by instance id.
-    stopped: Vec<Member>,
     next_ip: u32,
     endpoints: Arc<Mutex<Vec<String>>>,
     acked: Arc<std::sync::atomic::AtomicU64>,
@@ -1126,7 +1124,6 @@ async fn randomized_asg_events() {
         cluster,
         ud,
         members: Vec::new(),
-        stopped: Vec::new(),
         next_ip: 0,
         endpoints: Arc::default(),
         acked: Arc::default(),
@@ -1153,8 +1150,7 @@ async fn randomized_asg_events() {
 
     for event in 1..=events {
         let t = std::time::Instant::now();
-        let can_stop = c.members.len() == CHAOS_MEMBERS;
-        let kind = rng.gen_range(0..if can_stop { 6 } else { 5 });
+        let kind = rng.gen_range(0..6);
         let what = match kind {
             0 => {
                 // Terminate a member; a replacement at a new address joins.
@@ -1221,9 +1217,10 @@ async fn randomized_asg_events() {
                 "kill keel-bootstrap mid-join and rerun"
             }
             _ => {
-                // A member is stopped, a replacement removes it, then the
-                // stopped instance starts again: it moves its data aside
-                // and joins as new (the cluster then has one more member).
+                // A member is stopped and a replacement removes it; then the
+                // replacement is terminated and the stopped instance starts
+                // again: it moves its data aside and joins as new (removing
+                // the dead replacement).
                 let i = rng.gen_range(0..c.members.len());
                 let mut m = c.members.remove(i);
                 m.etcd = None;
@@ -1232,9 +1229,12 @@ async fn randomized_asg_events() {
                 let n = c.launch(None).await;
                 let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
                 c.members.push(Member { node: n, etcd: Some(g) });
+                c.publish_endpoints();
+                c.check(event, "stopped member replaced").await;
+                let last = c.members.len() - 1;
+                c.terminate(last).await;
+                c.publish_endpoints();
                 c.aws.ec2().start_instances().instance_ids(&m.node.id).send().await.unwrap();
-                c.stopped.push(m);
-                let m = c.stopped.pop().unwrap();
                 let g =
                     bring_up(&m.node).await.unwrap_or_else(|e| panic!("seed {seed}: removed: {e}"));
                 let aside = std::fs::read_dir(m.node.path("var/lib/etcd"))
