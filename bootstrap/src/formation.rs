@@ -220,3 +220,51 @@ pub fn new_token(cluster: &str) -> String {
     let bytes: [u8; 16] = rand::random();
     format!("keel-{cluster}-{}", hex::encode(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against moto's server (S3), which honours `If-None-Match: *`.
+    use super::*;
+    use crate::aws::{s3_client, sdk_config_with_keys, Target};
+    use keel_testkit::moto::Moto;
+
+    fn record(generation: u64, by: &str) -> Record {
+        Record {
+            generation,
+            token: new_token("c1"),
+            members: vec![InitialMember {
+                name: by.into(),
+                peer_url: "https://10.0.0.1:2380".into(),
+            }],
+            formed_by: by.into(),
+            restored_from: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn exactly_one_formation_wins_and_everyone_reads_the_winner() {
+        let moto = Moto::start().expect("moto (run scripts/setup)");
+        let target =
+            Target { region: Some("us-east-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
+        let s3 = s3_client(&sdk_config_with_keys(&target, "testing", "testing").await);
+        s3.create_bucket().bucket("assets").send().await.unwrap();
+        let store = Store { s3, bucket: "assets".into(), prefix: "/c1/".into() };
+        assert_eq!(store.latest().await.unwrap(), None);
+
+        let tries: Vec<Record> = (0..8).map(|n| record(1, &format!("i-{n}"))).collect();
+        let results = futures::future::join_all(tries.iter().map(|r| store.create(r))).await;
+        let won: Vec<Record> = results.into_iter().map(Result::unwrap).collect();
+        assert!(won.iter().all(|r| *r == won[0]), "{won:#?}");
+        assert!(tries.contains(&won[0]));
+        assert_eq!(store.record_key(1), "c1/etcd/formation/0000000001.json");
+
+        // A later create of the same generation changes nothing.
+        assert_eq!(store.create(&record(1, "i-late")).await.unwrap(), won[0]);
+        // The next generation is the newest; joiners are counted in.
+        let second = store.create(&record(2, "i-x")).await.unwrap();
+        assert_eq!(store.latest().await.unwrap(), Some(second.clone()));
+        store.register(2, "i-joined").await.unwrap();
+        assert_eq!(store.instances(&second).await.unwrap(), ["i-joined", "i-x"]);
+        assert_eq!(store.instances(&won[0]).await.unwrap(), [won[0].formed_by.clone()]);
+    }
+}
