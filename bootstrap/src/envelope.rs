@@ -179,6 +179,28 @@ pub async fn fetch(
     })
 }
 
+/// Whether fetching again cannot help: the object or bucket is missing,
+/// access is denied, the bundle is not this node's or is damaged. Other
+/// errors (throttling, timeouts, 5xx after the SDK's own retries) may pass.
+pub fn is_final(e: &EnvelopeError) -> bool {
+    const FINAL: [&str; 6] = [
+        "NoSuchKey",
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidCiphertext",
+        "NotFoundException",
+        "DisabledException",
+    ];
+    match e {
+        EnvelopeError::Object { source, .. } => is_final(source),
+        EnvelopeError::GetObject { message, .. } | EnvelopeError::Decrypt { message, .. } => {
+            FINAL.iter().any(|f| message.contains(f))
+        }
+        EnvelopeError::GenerateDataKey { .. } => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Against moto's server (KMS and S3), started per test.
@@ -257,5 +279,12 @@ mod tests {
         let e = fetch(&s3, &kms, "assets", "c2", "c1", Role::Etcd).await.unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("s3://assets/c2/etcd.bundle") && msg.contains("NoSuchKey"), "{msg}");
+        assert!(is_final(&e), "a missing bundle is not retried");
+        let slow = EnvelopeError::GetObject {
+            bucket: "assets".into(),
+            key: "c1/etcd.bundle".into(),
+            message: "dispatch failure: timeout".into(),
+        };
+        assert!(!is_final(&slow), "a timeout is retried");
     }
 }

@@ -19,12 +19,20 @@ use crate::etcd_api::EtcdApi;
 use crate::imds::{Identity, Imds};
 use crate::layout::Layout;
 use crate::pki::Ca;
-use crate::retry::Policy;
+use crate::retry::{self, Policy};
 use crate::status::Reporter;
 use crate::userdata::{self, UserData};
 use crate::{aws, envelope, formation, snapshot, Role};
 
 use self::assets::Assets;
+
+/// Fetching the role's bundle again after transient S3 or KMS errors.
+const ASSETS_POLICY: Policy = Policy {
+    initial: std::time::Duration::from_secs(2),
+    max_delay: std::time::Duration::from_secs(20),
+    deadline: std::time::Duration::from_secs(180),
+    max_attempts: 8,
+};
 
 /// How to run.
 pub struct Options {
@@ -141,10 +149,22 @@ impl Boot<'_> {
             let kms_conf =
                 aws_sdk_kms::config::Builder::from(&sdk).interceptor(kms_requests.clone()).build();
             let kms = aws_sdk_kms::Client::from_conf(kms_conf);
-            let bundle =
+            // The SDK retried each call; a throttled or unreachable S3 or
+            // KMS is tried again here for a few minutes, a final answer
+            // (no such key, access denied, another context) is not.
+            let bundle = retry::retry(&ASSETS_POLICY, |_| async {
                 envelope::fetch(&s3, &kms, &ud.assets.bucket, &ud.assets.prefix, &ud.cluster, role)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| {
+                        if envelope::is_final(&e) {
+                            retry::Attempt::Fail(e)
+                        } else {
+                            retry::Attempt::Retry(e)
+                        }
+                    })
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             Assets::install(layout, bundle, etcd_owner.map(|(u, g)| ("etcd/", u, g)))
                 .map_err(|e| e.to_string())
         })
