@@ -225,7 +225,7 @@ pub fn new_token(cluster: &str) -> String {
 mod tests {
     //! Against moto's server (S3), which honours `If-None-Match: *`.
     use super::*;
-    use crate::aws::{s3_client, sdk_config_with_keys, Target};
+    use crate::aws::{s3_client, sdk_config, Target};
     use keel_testkit::moto::Moto;
 
     fn record(generation: u64, by: &str) -> Record {
@@ -246,7 +246,7 @@ mod tests {
         let moto = Moto::start().expect("moto (run scripts/setup)");
         let target =
             Target { region: Some("us-east-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
-        let s3 = s3_client(&sdk_config_with_keys(&target, "testing", "testing").await);
+        let s3 = s3_client(&keel_testkit::moto::with_test_keys(sdk_config(&target).await));
         s3.create_bucket().bucket("assets").send().await.unwrap();
         let store = Store { s3, bucket: "assets".into(), prefix: "/c1/".into() };
         assert_eq!(store.latest().await.unwrap(), None);

@@ -5,7 +5,6 @@
 
 pub mod atomic_file;
 pub mod aws;
-pub mod bundle;
 pub mod discovery;
 pub mod envelope;
 pub mod etcd_api;
@@ -13,14 +12,11 @@ pub mod etcd_data;
 pub mod formation;
 pub mod imds;
 pub mod layout;
-pub mod net;
 pub mod node;
 pub mod pki;
 pub mod retry;
-pub mod role;
 pub mod snapshot;
 pub mod status;
-pub mod tags;
-pub mod userdata;
 
-pub use role::Role;
+// The contract with the builder, under the names the modules here use.
+pub(crate) use keel_contract::{bundle, net, role, tags, userdata, Role};

@@ -7,12 +7,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod assets;
 mod etcd;
 mod fetch;
 mod image;
+mod man;
 mod pin;
 mod profile;
 mod publish;
@@ -48,6 +49,8 @@ enum Command {
     /// List the etcd cluster's snapshots in S3; choose one to restore.
     #[command(subcommand)]
     Etcd(etcd::Command),
+    /// Write a man page for keel and each of its subcommands.
+    Man(man::ManArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
         Command::Etcd(command) => etcd::run(command).await,
+        Command::Man(args) => man::run(&args, Cli::command()),
     }
 }
 

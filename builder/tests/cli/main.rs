@@ -5,6 +5,7 @@
 
 mod fetch;
 mod golden;
+mod man;
 mod pin;
 mod resolve;
 mod userdata;
