@@ -53,11 +53,37 @@ pub async fn list(
     list_paged(ec2, cluster, role, PAGE_SIZE, pages).await
 }
 
+/// The instance states in which an instance still has its root volume,
+/// and so may still hold etcd data (terminated ones do not).
+pub const STATES_WITH_DATA: &[&str] = &["pending", "running", "stopping", "stopped"];
+
+/// `list` over other instance states (e.g. `STATES_WITH_DATA`).
+pub async fn list_in_states(
+    ec2: &aws_sdk_ec2::Client,
+    cluster: &str,
+    role: Role,
+    states: &[&str],
+    pages: &Counter,
+) -> Result<Vec<Peer>, DiscoveryError> {
+    list_filtered(ec2, cluster, role, states, PAGE_SIZE, pages).await
+}
+
 /// `list` with `page_size` reservations a page (tests use small pages).
 pub async fn list_paged(
     ec2: &aws_sdk_ec2::Client,
     cluster: &str,
     role: Role,
+    page_size: i32,
+    pages: &Counter,
+) -> Result<Vec<Peer>, DiscoveryError> {
+    list_filtered(ec2, cluster, role, &["pending", "running"], page_size, pages).await
+}
+
+async fn list_filtered(
+    ec2: &aws_sdk_ec2::Client,
+    cluster: &str,
+    role: Role,
+    states: &[&str],
     page_size: i32,
     pages: &Counter,
 ) -> Result<Vec<Peer>, DiscoveryError> {
@@ -71,7 +97,7 @@ pub async fn list_paged(
         .describe_instances()
         .filters(filter(tags::filter_name(tags::CLUSTER), &[cluster]))
         .filters(filter(tags::filter_name(tags::ROLE), &[role.as_str()]))
-        .filters(filter("instance-state-name".into(), &["pending", "running"]))
+        .filters(filter("instance-state-name".into(), states))
         .max_results(page_size)
         .into_paginator()
         .send();
@@ -103,7 +129,8 @@ pub async fn list_paged(
 }
 
 /// Lists until at least `expected` instances are there or `deadline`
-/// passes. API errors end the wait at once (the SDK already retried them).
+/// passes. An API error (throttling, a timeout, after the SDK's own
+/// retries) is retried too, inside the same deadline.
 pub async fn wait_for(
     ec2: &aws_sdk_ec2::Client,
     cluster: &str,
@@ -115,7 +142,7 @@ pub async fn wait_for(
     let policy =
         Policy { initial: POLL_INITIAL, max_delay: POLL_MAX, deadline, max_attempts: u32::MAX };
     retry(&policy, |_| async {
-        let peers = list(ec2, cluster, role, pages).await.map_err(Attempt::Fail)?;
+        let peers = list(ec2, cluster, role, pages).await.map_err(Attempt::Retry)?;
         if peers.len() >= expected {
             Ok(peers)
         } else {

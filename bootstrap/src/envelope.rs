@@ -47,11 +47,23 @@ pub async fn seal(
     key_id: &str,
     bundle: &Bundle,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    let context = bundle::encryption_context(&bundle.cluster, bundle.role);
+    seal_with_context(kms, key_id, bundle, context).await
+}
+
+/// `seal` under another encryption context (etcd snapshots use the
+/// cluster and "etcd-snapshot", so no role's bundle context opens them).
+pub async fn seal_with_context(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    bundle: &Bundle,
+    context: std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>, EnvelopeError> {
     let reply = kms
         .generate_data_key()
         .key_id(key_id)
         .key_spec(DataKeySpec::Aes256)
-        .set_encryption_context(Some(bundle::encryption_context(&bundle.cluster, bundle.role)))
+        .set_encryption_context(Some(context))
         .send()
         .await
         .map_err(|e| EnvelopeError::GenerateDataKey {
@@ -82,6 +94,17 @@ pub async fn open(
     cluster: &str,
     role: Role,
 ) -> Result<Bundle, EnvelopeError> {
+    open_with_context(kms, bytes, cluster, role, bundle::encryption_context(cluster, role)).await
+}
+
+/// `open` under another encryption context (see `seal_with_context`).
+pub async fn open_with_context(
+    kms: &aws_sdk_kms::Client,
+    bytes: &[u8],
+    cluster: &str,
+    role: Role,
+    context: std::collections::HashMap<String, String>,
+) -> Result<Bundle, EnvelopeError> {
     let (header, _) = Header::parse(bytes).map_err(EnvelopeError::Header)?;
     let open_error = |source| EnvelopeError::Open {
         cluster: cluster.to_string(),
@@ -93,7 +116,7 @@ pub async fn open(
     let reply = kms
         .decrypt()
         .ciphertext_blob(Blob::new(header.encrypted_data_key.clone()))
-        .set_encryption_context(Some(bundle::encryption_context(cluster, role)))
+        .set_encryption_context(Some(context))
         .send()
         .await
         .map_err(|e| EnvelopeError::Decrypt {
@@ -154,6 +177,28 @@ pub async fn fetch(
         key,
         source: Box::new(source),
     })
+}
+
+/// Whether fetching again cannot help: the object or bucket is missing,
+/// access is denied, the bundle is not this node's or is damaged. Other
+/// errors (throttling, timeouts, 5xx after the SDK's own retries) may pass.
+pub fn is_final(e: &EnvelopeError) -> bool {
+    const FINAL: [&str; 6] = [
+        "NoSuchKey",
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidCiphertext",
+        "NotFoundException",
+        "DisabledException",
+    ];
+    match e {
+        EnvelopeError::Object { source, .. } => is_final(source),
+        EnvelopeError::GetObject { message, .. } | EnvelopeError::Decrypt { message, .. } => {
+            FINAL.iter().any(|f| message.contains(f))
+        }
+        EnvelopeError::GenerateDataKey { .. } => false,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +279,12 @@ mod tests {
         let e = fetch(&s3, &kms, "assets", "c2", "c1", Role::Etcd).await.unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("s3://assets/c2/etcd.bundle") && msg.contains("NoSuchKey"), "{msg}");
+        assert!(is_final(&e), "a missing bundle is not retried");
+        let slow = EnvelopeError::GetObject {
+            bucket: "assets".into(),
+            key: "c1/etcd.bundle".into(),
+            message: "dispatch failure: timeout".into(),
+        };
+        assert!(!is_final(&slow), "a timeout is retried");
     }
 }

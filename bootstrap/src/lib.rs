@@ -11,11 +11,14 @@ pub mod discovery;
 pub mod envelope;
 pub mod error_chain;
 pub mod etcd_api;
+pub mod etcd_data;
+pub mod formation;
 pub mod imds;
 pub mod layout;
 pub mod node;
 pub mod pki;
 pub mod retry;
+pub mod snapshot;
 pub mod status;
 
 // The contract with the builder, under the names the modules here use.

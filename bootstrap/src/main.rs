@@ -20,6 +20,18 @@ struct Args {
     /// The instance metadata service.
     #[arg(long, default_value = imds::DEFAULT_BASE_URL, env = "KEEL_IMDS_URL")]
     imds_url: String,
+    /// After etcd started: promote this learner once it is in sync, then
+    /// free the join lock (keel-etcd-promote.service runs this).
+    #[arg(long)]
+    etcd_promote: bool,
+    /// On the etcd leader: seal a snapshot into S3 and prune old ones
+    /// (keel-etcd-snapshot.timer runs this).
+    #[arg(long, conflicts_with = "etcd_promote")]
+    etcd_snapshot: bool,
+    /// On a controller: point kube-apiserver at etcd's current members,
+    /// restarting it only if they changed (keel-etcd-servers.timer).
+    #[arg(long, conflicts_with_all = ["etcd_promote", "etcd_snapshot"])]
+    refresh_etcd_servers: bool,
 }
 
 fn main() -> ExitCode {
@@ -33,12 +45,46 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    if args.etcd_promote {
+        let layout = keel_bootstrap::layout::Layout::new(&args.root);
+        return match runtime
+            .block_on(node::etcd::promote_node(&layout, node::etcd::PROMOTE_DEADLINE))
+        {
+            Ok(()) => {
+                println!("keel-bootstrap: etcd member is a voting member");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("keel-bootstrap: etcd promote: failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = node::Options {
         root: args.root,
         imds_url: args.imds_url,
         imds_policy: retry::Policy::quick(),
         console: Box::new(std::io::stdout()),
     };
+    let task = if args.etcd_snapshot {
+        Some(("etcd snapshot", runtime.block_on(node::etcd_snapshot(&opts))))
+    } else if args.refresh_etcd_servers {
+        Some(("etcd servers", runtime.block_on(node::refresh_etcd_servers(&opts))))
+    } else {
+        None
+    };
+    if let Some((what, result)) = task {
+        return match result {
+            Ok(line) => {
+                println!("keel-bootstrap: {line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("keel-bootstrap: {what}: failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(node::run(opts)) {
         Ok(done) => {
             if let Err(e) = status::notify_ready() {

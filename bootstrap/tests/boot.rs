@@ -351,7 +351,10 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     ids.sort();
     for (n, r) in nodes.iter().zip(results) {
         let done = r.unwrap_or_else(|e| panic!("{}: {e}\n{}", n.id, n.console.text()));
-        assert_eq!(done.etcd_plan, Some(Plan::New { members: ids.clone() }));
+        assert_eq!(
+            done.etcd_plan,
+            Some(Plan::New { generation: 1, members: ids.clone(), moved_aside: None })
+        );
         let console = n.console.text();
         assert!(console.contains("keel-bootstrap: etcd membership: ok"), "{console}");
         assert_no_secrets(&console);
@@ -399,7 +402,7 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let done =
         replacement.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", replacement.console.text()));
     match done.etcd_plan {
-        Some(Plan::Join { via, removed }) => {
+        Some(Plan::Join { via, removed, moved_aside: None }) => {
             assert!(
                 via == "https://127.61.0.1:2379" || via == "https://127.61.0.2:2379",
                 "joined through {via}"
@@ -414,6 +417,14 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     client.health("https://127.61.0.4:2379").await.unwrap_or_else(|e| {
         panic!("{e}\n{}", std::fs::read_to_string(replacement.path("etcd.log")).unwrap_or_default())
     });
+    // It joined as a learner; keel-etcd-promote.service makes it a voter.
+    let learner = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    assert!(learner.iter().any(|m| m.is_learner), "{learner:?}");
+    node::etcd::promote_node(&Layout::new(replacement.root.path()), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let voters = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    assert!(voters.iter().all(|m| !m.is_learner), "{voters:?}");
     let mut names: Vec<String> = client
         .member_list("https://127.61.0.4:2379")
         .await
@@ -426,10 +437,11 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     want.sort();
     assert_eq!(names, want);
 
-    // A reboot of the replacement: data present, so it just starts.
+    // A reboot of the replacement: its data names a member the cluster
+    // still lists, so it just starts (one look at EC2 to ask a peer).
     let again = replacement.boot().await.unwrap();
     assert_eq!(again.etcd_plan, Some(Plan::Restart));
-    assert_eq!(again.status.aws_requests.ec2_describe_instances, 0);
+    assert_eq!(again.status.aws_requests.ec2_describe_instances, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,7 +750,10 @@ fn golden_files() {
         key: layout.shown("etc/kubernetes/pki/scheduler.key"),
     };
     let cases: Vec<(&str, String)> = vec![
-        ("etcd.env", etcd::render_env(&layout, &ud, &me, &initial, true)),
+        (
+            "etcd.env",
+            etcd::render_env(&layout, &ud, &me, &initial, true, "keel-prod-0123456789abcdef"),
+        ),
         ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers)),
         ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud)),
         ("kube-scheduler.env", controller::scheduler_env(&layout)),
@@ -859,4 +874,584 @@ async fn bench_time_to_configured() {
         nodes.push(n);
     }
     drop(guards);
+}
+
+/// One simulated etcd instance of the randomized test: its node (root file
+/// system, metadata service) and its etcd process while it runs.
+struct Member {
+    node: Node,
+    etcd: Option<Guard>,
+}
+
+/// Boots `n` as keel-bootstrap.service would, starts etcd as etcd.service
+/// would, then promotes it as keel-etcd-promote.service would.
+async fn bring_up(n: &Node) -> Result<Guard, String> {
+    n.boot().await.map_err(|e| format!("{} boot: {e}\n{}", n.id, n.console.text()))?;
+    let guard = n.start_etcd();
+    node::etcd::promote_node(&Layout::new(n.root.path()), Duration::from_secs(120)).await.map_err(
+        |e| {
+            let log = std::fs::read_to_string(n.path("etcd.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+            format!(
+                "{} promote: {e}\n{}\netcd log (last lines, newest first):\n{tail}",
+                n.id,
+                n.console.text()
+            )
+        },
+    )?;
+    Ok(guard)
+}
+
+/// `count` etcd instances of `cluster` at `<net>.1` .. `<net>.<count>`, all
+/// brought up at once; returns the nodes, their etcd processes and the
+/// user data they booted with.
+async fn formed(
+    aws: &Aws,
+    cluster: &str,
+    net: &str,
+    count: u32,
+    timeout: u64,
+) -> (Vec<Node>, Vec<Guard>, Option<Vec<u8>>) {
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, count, timeout));
+    let mut nodes = Vec::new();
+    for n in 1..=count {
+        let inst = aws.launch(cluster, Role::Etcd, Some(&format!("{net}.{n}")), 1).await.remove(0);
+        nodes.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let guards = up_all(&nodes).await;
+    (nodes, guards, ud)
+}
+
+/// `bring_up` of every node at once.
+async fn up_all(nodes: &[Node]) -> Vec<Guard> {
+    futures::future::join_all(nodes.iter().map(bring_up))
+        .await
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+/// The randomized test's world: emulated AWS, the instances, a writer.
+struct Chaos {
+    aws: Aws,
+    cluster: &'static str,
+    ud: Option<Vec<u8>>,
+    members: Vec<Member>,
+    next_ip: u32,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    writer_error: Arc<Mutex<Option<String>>>,
+    client: EtcdApi,
+}
+
+const CHAOS_MEMBERS: usize = 5;
+const COUNTER: &str = "chaos/counter";
+
+impl Chaos {
+    fn fresh_ip(&mut self) -> String {
+        self.next_ip += 1;
+        format!("127.70.{}.{}", self.next_ip / 250, self.next_ip % 250 + 1)
+    }
+
+    async fn launch(&mut self, ip: Option<String>) -> Node {
+        let ip = match ip {
+            Some(ip) => ip,
+            None => self.fresh_ip(),
+        };
+        let inst = self.aws.launch(self.cluster, Role::Etcd, Some(&ip), 1).await.remove(0);
+        node(Role::Etcd, &inst, self.ud.clone())
+    }
+
+    /// Kills etcd and terminates the instance (its data goes with it).
+    async fn terminate(&mut self, i: usize) -> Member {
+        let mut m = self.members.remove(i);
+        m.etcd = None;
+        self.aws.ec2().terminate_instances().instance_ids(&m.node.id).send().await.unwrap();
+        m
+    }
+
+    fn publish_endpoints(&self) {
+        *self.endpoints.lock().unwrap() =
+            self.members.iter().map(|m| node::etcd::client_url(&m.node.ip)).collect();
+    }
+
+    /// Exactly one cluster id, the member list equals the live instances
+    /// (all voting), and the counter never went backwards.
+    async fn check(&self, event: usize, what: &str) {
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        let mut want: Vec<String> = self.members.iter().map(|m| m.node.id.clone()).collect();
+        want.sort();
+        let mut cluster_ids = std::collections::BTreeSet::new();
+        for m in &self.members {
+            let endpoint = node::etcd::client_url(&m.node.ip);
+            let ms = self
+                .client
+                .membership(&endpoint)
+                .await
+                .unwrap_or_else(|e| panic!("event {event} ({what}): {endpoint}: {e}"));
+            cluster_ids.insert(ms.cluster_id.clone());
+            let mut names: Vec<String> = ms.members.iter().map(|m| m.name.clone()).collect();
+            names.sort();
+            assert_eq!(names, want, "event {event} ({what}): members seen by {endpoint}");
+            assert!(
+                ms.members.iter().all(|m| !m.is_learner),
+                "event {event} ({what}): a learner is left: {:?}",
+                ms.members
+            );
+        }
+        assert_eq!(cluster_ids.len(), 1, "event {event} ({what}): cluster ids {cluster_ids:?}");
+        let endpoint = node::etcd::client_url(&self.members[0].node.ip);
+        let value: u64 = self
+            .client
+            .get(&endpoint, COUNTER)
+            .await
+            .unwrap()
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        assert!(value >= acked, "event {event} ({what}): counter {value} < acknowledged {acked}");
+        if let Some(e) = self.writer_error.lock().unwrap().clone() {
+            panic!("event {event} ({what}): writer: {e}");
+        }
+        let store = keel_bootstrap::formation::Store {
+            s3: aws::s3_client(&self.aws.sdk),
+            bucket: BUCKET.into(),
+            prefix: PREFIX.into(),
+        };
+        let record = store.latest().await.unwrap().unwrap();
+        assert_eq!(record.generation, 1, "event {event} ({what}): the cluster was re-formed");
+    }
+}
+
+/// Increments the counter through any live member until stopped; records
+/// the last acknowledged value, and an error if the counter ever reads
+/// lower than that.
+fn spawn_writer(chaos: &Chaos) -> tokio::task::JoinHandle<()> {
+    let (endpoints, acked, error) =
+        (chaos.endpoints.clone(), chaos.acked.clone(), chaos.writer_error.clone());
+    let api = {
+        let ca = Ca::load("test etcd CA", &chaos.aws.cas.etcd.0, &chaos.aws.cas.etcd.1).unwrap();
+        let c = ca
+            .issue(&pki::Request {
+                what: "test writer",
+                common_name: "writer",
+                organization: None,
+                dns_names: vec![],
+                ips: vec![],
+                usage: Usage::Client,
+            })
+            .unwrap();
+        let quick = Policy {
+            initial: Duration::from_millis(100),
+            max_delay: Duration::from_millis(100),
+            deadline: Duration::from_secs(2),
+            max_attempts: 1,
+        };
+        EtcdApi::new(&chaos.aws.cas.etcd.0, &c.cert_pem, &c.key_pem, quick).unwrap()
+    };
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let list = endpoints.lock().unwrap().clone();
+            if list.is_empty() {
+                continue;
+            }
+            turn += 1;
+            let endpoint = &list[turn % list.len()];
+            let Ok(value) = api.get(endpoint, COUNTER).await else { continue };
+            let value: u64 = value.map(|v| v.parse().unwrap_or(0)).unwrap_or(0);
+            let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+            if value < before {
+                *error.lock().unwrap() =
+                    Some(format!("{endpoint} read {value} after {before} was acknowledged"));
+                return;
+            }
+            if api.put(endpoint, COUNTER, &(value + 1).to_string()).await.is_ok() {
+                acked.fetch_max(value + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    })
+}
+
+/// The randomized test of issue 14: a five-member etcd cluster, each member
+/// a real etcd started from what keel-bootstrap wrote for it, with its own
+/// loopback address (127.70.x.y), and at least 50 random events of what an
+/// Auto Scaling group does. `KEEL_CHAOS_SEED` replays a seed;
+/// `KEEL_CHAOS_EVENTS` sets the number of events (default 50).
+/// Runs `test` on a runtime whose threads have room for the large futures
+/// of a debug build (several boots, etcd calls and promotions in one).
+fn on_big_stack<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .thread_stack_size(16 << 20)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(test())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn etcd_randomized_asg_events_keep_one_cluster() {
+    on_big_stack(randomized_asg_events);
+}
+
+async fn randomized_asg_events() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("KEEL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let events: usize =
+        std::env::var("KEEL_CHAOS_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    println!("chaos seed {seed} (replay: KEEL_CHAOS_SEED={seed}), {events} events");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let started = std::time::Instant::now();
+
+    let aws = aws_env().await;
+    let cluster = "chaos";
+    aws.publish(cluster, Role::Etcd).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, CHAOS_MEMBERS as u32, 300));
+    let client = etcd_client(&aws);
+    let mut c = Chaos {
+        aws,
+        cluster,
+        ud,
+        members: Vec::new(),
+        next_ip: 0,
+        endpoints: Arc::default(),
+        acked: Arc::default(),
+        writer_error: Arc::default(),
+        client,
+    };
+    // Formation: all five at once.
+    let mut nodes = Vec::new();
+    for _ in 0..CHAOS_MEMBERS {
+        nodes.push(c.launch(None).await);
+    }
+    let guards = futures::future::join_all(nodes.iter().map(bring_up)).await;
+    for (n, g) in nodes.into_iter().zip(guards) {
+        let g = g.unwrap_or_else(|e| panic!("seed {seed}: formation: {e}"));
+        if std::env::var_os("KEEL_CHAOS_VERBOSE").is_some() {
+            println!("{}:\n{}", n.id, n.console.text());
+        }
+        c.members.push(Member { node: n, etcd: Some(g) });
+    }
+    c.publish_endpoints();
+    let writer = spawn_writer(&c);
+    c.check(0, "formation").await;
+    println!("formation of {CHAOS_MEMBERS} members: {} ms", started.elapsed().as_millis());
+
+    for event in 1..=events {
+        let t = std::time::Instant::now();
+        let kind = rng.gen_range(0..6);
+        let what = match kind {
+            0 => {
+                // Terminate a member; a replacement at a new address joins.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "terminate + replace"
+            }
+            1 => {
+                // Two members terminated at once, two replacements boot together.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                let j = rng.gen_range(0..c.members.len());
+                c.terminate(j).await;
+                c.publish_endpoints();
+                let (a, b) = (c.launch(None).await, c.launch(None).await);
+                let (ga, gb) = futures::future::join(bring_up(&a), bring_up(&b)).await;
+                for (n, g) in [(a, ga), (b, gb)] {
+                    let g = g.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                    c.members.push(Member { node: n, etcd: Some(g) });
+                }
+                "replace two at once"
+            }
+            2 => {
+                // The replacement gets the dead member's address.
+                let i = rng.gen_range(0..c.members.len());
+                let dead = c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(Some(dead.node.ip.clone())).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "replacement gets the dead member's IP"
+            }
+            3 => {
+                // One member reboots while a replacement joins.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                let j = rng.gen_range(0..c.members.len());
+                c.members[j].etcd = None;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let (gr, gn) =
+                    futures::future::join(bring_up(&c.members[j].node), bring_up(&n)).await;
+                c.members[j].etcd = Some(gr.unwrap_or_else(|e| panic!("seed {seed}: reboot: {e}")));
+                c.members.push(Member {
+                    node: n,
+                    etcd: Some(gn.unwrap_or_else(|e| panic!("seed {seed}: {e}"))),
+                });
+                "reboot a member while another joins"
+            }
+            4 => {
+                // keel-bootstrap killed in the middle of a join, then run again.
+                let i = rng.gen_range(0..c.members.len());
+                c.terminate(i).await;
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let cut = Duration::from_millis(rng.gen_range(100..3000));
+                let _ = tokio::time::timeout(cut, n.boot()).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: rerun: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                "kill keel-bootstrap mid-join and rerun"
+            }
+            _ => {
+                // A member is stopped and a replacement removes it; then the
+                // replacement is terminated and the stopped instance starts
+                // again: it moves its data aside and joins as new (removing
+                // the dead replacement).
+                let i = rng.gen_range(0..c.members.len());
+                let mut m = c.members.remove(i);
+                m.etcd = None;
+                c.aws.ec2().stop_instances().instance_ids(&m.node.id).send().await.unwrap();
+                c.publish_endpoints();
+                let n = c.launch(None).await;
+                let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                c.members.push(Member { node: n, etcd: Some(g) });
+                c.publish_endpoints();
+                c.check(event, "stopped member replaced").await;
+                let last = c.members.len() - 1;
+                c.terminate(last).await;
+                c.publish_endpoints();
+                c.aws.ec2().start_instances().instance_ids(&m.node.id).send().await.unwrap();
+                let g =
+                    bring_up(&m.node).await.unwrap_or_else(|e| panic!("seed {seed}: removed: {e}"));
+                let aside = std::fs::read_dir(m.node.path("var/lib/etcd"))
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("member.removed-"));
+                assert!(aside, "seed {seed}: the removed member's data was not moved aside");
+                c.members.push(Member { node: m.node, etcd: Some(g) });
+                "start a member after it was removed"
+            }
+        };
+        c.publish_endpoints();
+        c.check(event, what).await;
+        println!(
+            "event {event:2}: {what} ({} members, counter >= {}, {} ms)",
+            c.members.len(),
+            c.acked.load(std::sync::atomic::Ordering::SeqCst),
+            t.elapsed().as_millis()
+        );
+    }
+    writer.abort();
+    assert!(
+        events == 0 || c.acked.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the writer never wrote"
+    );
+    println!("chaos seed {seed}: {events} events in {} s", started.elapsed().as_secs());
+}
+
+#[test]
+fn etcd_snapshot_is_sealed_and_restored_when_every_member_is_replaced() {
+    on_big_stack(snapshot_then_restore);
+}
+
+#[test]
+fn etcd_bug_unreachable_members_are_unknown_not_absent() {
+    on_big_stack(unreachable_is_unknown);
+}
+
+/// Every etcd of a formed cluster is down (the instances still run): a
+/// replacement must wait, not form a second cluster, and fail at its
+/// deadline naming the instances that may hold the data.
+async fn unreachable_is_unknown() {
+    let aws = aws_env().await;
+    let cluster = "unknown";
+    let (nodes, guards, ud) = formed(&aws, cluster, "127.67.0", 3, 8).await;
+    drop(guards);
+    aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
+    let inst = aws.launch(cluster, Role::Etcd, Some("127.67.0.4"), 1).await.remove(0);
+    let replacement = node(Role::Etcd, &inst, ud.clone());
+    let err = replacement.boot().await.unwrap_err().to_string();
+    assert!(err.starts_with("etcd membership: no etcd member answers"), "{err}");
+    assert!(err.contains(&nodes[0].id) && err.contains(&nodes[1].id), "{err}");
+    assert!(!replacement.path("etc/default/etcd").exists());
+    let store = keel_bootstrap::formation::Store {
+        s3: aws::s3_client(&aws.sdk),
+        bucket: BUCKET.into(),
+        prefix: PREFIX.into(),
+    };
+    assert_eq!(store.latest().await.unwrap().unwrap().generation, 1);
+}
+
+/// `KEEL_SNAPSHOT_KEYS` keys (default 200; the benchmark uses 10000) are
+/// written, the leader seals a snapshot into S3, every member is
+/// terminated, and three new instances form a cluster restored from it.
+async fn snapshot_then_restore() {
+    use keel_bootstrap::snapshot::Snapshots;
+    let keys: usize =
+        std::env::var("KEEL_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let aws = aws_env().await;
+    let cluster = "backup";
+    let (nodes, guards, ud) = formed(&aws, cluster, "127.66.0", 3, 120).await;
+    let client = etcd_client(&aws);
+    let endpoint = "https://127.66.0.1:2379";
+    const MARKER: &str = "written-before-the-backup";
+    client.put(endpoint, "restore/marker", MARKER).await.unwrap();
+    let filler = "x".repeat(100);
+    for k in 0..keys {
+        client.put(endpoint, &format!("bench/{k:06}"), &filler).await.unwrap();
+    }
+
+    // Every member runs the timer; only the leader takes the snapshot.
+    let mut lines = Vec::new();
+    for n in &nodes {
+        let opts = node::Options {
+            root: n.root.path().to_path_buf(),
+            imds_url: n.imds.base_url(),
+            imds_policy: Policy::quick(),
+            console: Box::new(std::io::sink()),
+        };
+        lines.push(node::etcd_snapshot(&opts).await.unwrap());
+    }
+    println!("{lines:#?}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("etcd snapshot of")).count(), 1, "{lines:?}");
+    let store = |cluster: &str| Snapshots {
+        s3: aws::s3_client(&aws.sdk),
+        kms: aws_sdk_kms::Client::new(&aws.sdk),
+        bucket: BUCKET.into(),
+        prefix: PREFIX.into(),
+        cluster: cluster.into(),
+    };
+    let listed = store(cluster).list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let key = listed[0].key.clone();
+    assert!(key.starts_with("test/etcd/snapshots/") && key.ends_with(".snap"), "{key}");
+
+    // The object holds no plaintext: no bbolt page magic, no key or value.
+    let raw = aws::s3_client(&aws.sdk)
+        .get_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(&0xED0CDAEDu32.to_le_bytes()), "bbolt magic in the sealed snapshot");
+    assert!(!has(MARKER.as_bytes()) && !has(b"restore/marker"), "plaintext in the snapshot");
+    let opened = store(cluster).fetch(&key).await.unwrap();
+    assert!(opened.windows(4).any(|w| w == 0xED0CDAEDu32.to_le_bytes()), "not a bbolt file");
+    println!("snapshot of {keys} keys: {} bytes in etcd, {} bytes sealed", opened.len(), raw.len());
+
+    // Sealed for another cluster: refused with a clear line.
+    let err = store("someone-else").fetch(&key).await.unwrap_err().to_string();
+    assert!(
+        err.contains("was sealed for cluster \"backup\", not \"someone-else\": refused"),
+        "{err}"
+    );
+
+    // The Auto Scaling group replaces every member: the data goes with them.
+    drop(guards);
+    for n in &nodes {
+        aws.ec2().terminate_instances().instance_ids(&n.id).send().await.unwrap();
+    }
+    drop(nodes);
+    let mut fresh = Vec::new();
+    for n in 4..=6 {
+        let inst =
+            aws.launch(cluster, Role::Etcd, Some(&format!("127.66.0.{n}")), 1).await.remove(0);
+        fresh.push(node(Role::Etcd, &inst, ud.clone()));
+    }
+    let t = std::time::Instant::now();
+    let _guards = up_all(&fresh).await;
+    println!("three new members restored and serving in {} ms", t.elapsed().as_millis());
+    for n in &fresh {
+        let console = n.console.text();
+        assert!(
+            console.contains(&format!("keel-bootstrap: etcd restore of s3://{BUCKET}/{key}: ok")),
+            "{console}"
+        );
+        assert_eq!(n.status()["state"], "configured");
+    }
+    let value = client.get("https://127.66.0.5:2379", "restore/marker").await.unwrap();
+    assert_eq!(value.as_deref(), Some(MARKER));
+    let last = client.get("https://127.66.0.6:2379", &format!("bench/{:06}", keys - 1)).await;
+    assert_eq!(last.unwrap().as_deref(), Some(filler.as_str()));
+}
+
+#[test]
+fn controller_etcd_servers_follow_membership_and_stay_when_unchanged() {
+    on_big_stack(etcd_servers_follow_membership);
+}
+
+async fn etcd_servers_follow_membership() {
+    let aws = aws_env().await;
+    let cluster = "follow";
+    aws.publish(cluster, Role::Etcd).await;
+    aws.publish(cluster, Role::Controller).await;
+    let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 1, 30));
+    let first = node(
+        Role::Etcd,
+        &aws.launch(cluster, Role::Etcd, Some("127.68.0.1"), 1).await.remove(0),
+        ud.clone(),
+    );
+    let _g1 = bring_up(&first).await.unwrap();
+    let ctl = node(
+        Role::Controller,
+        &aws.launch(cluster, Role::Controller, Some("127.68.0.9"), 1).await.remove(0),
+        user_data_bytes(&aws.user_data(cluster, Role::Controller, 1, 30)),
+    );
+    ctl.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", ctl.console.text()));
+    let opts = || node::Options {
+        root: ctl.root.path().to_path_buf(),
+        imds_url: ctl.imds.base_url(),
+        imds_policy: Policy::quick(),
+        console: Box::new(std::io::sink()),
+    };
+    let env_path = ctl.path("etc/default/kube-apiserver");
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert_eq!(line, "etcd servers unchanged: https://127.68.0.1:2379");
+
+    // A second member joins: the API server's list follows, and only that
+    // flag changes.
+    let second = node(
+        Role::Etcd,
+        &aws.launch(cluster, Role::Etcd, Some("127.68.0.2"), 1).await.remove(0),
+        ud.clone(),
+    );
+    let _g2 = bring_up(&second).await.unwrap();
+    let before = std::fs::read_to_string(&env_path).unwrap();
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert!(line.starts_with("etcd servers changed from https://127.68.0.1:2379 to"), "{line}");
+    let after = std::fs::read_to_string(&env_path).unwrap();
+    assert!(
+        after.contains("--etcd-servers=https://127.68.0.1:2379,https://127.68.0.2:2379 "),
+        "{after}"
+    );
+    assert_eq!(
+        after.replace("https://127.68.0.1:2379,https://127.68.0.2:2379", "X"),
+        before.replace("https://127.68.0.1:2379", "X")
+    );
+    let mtime = std::fs::metadata(&env_path).unwrap().modified().unwrap();
+    let line = node::refresh_etcd_servers(&opts()).await.unwrap();
+    assert!(line.starts_with("etcd servers unchanged"), "{line}");
+    assert_eq!(std::fs::metadata(&env_path).unwrap().modified().unwrap(), mtime);
 }

@@ -10,6 +10,7 @@
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod assets;
+mod etcd;
 mod fetch;
 mod image;
 mod man;
@@ -48,6 +49,9 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// List the etcd cluster's snapshots in S3; choose one to restore.
+    #[command(subcommand)]
+    Etcd(etcd::Command),
     /// Write a man page for keel and each of its subcommands.
     Man(man::ManArgs),
 }
@@ -63,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Etcd(command) => etcd::run(command).await,
         Command::Man(args) => man::run(&args, Cli::command()),
     }
 }

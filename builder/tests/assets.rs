@@ -845,3 +845,56 @@ async fn proxy_connection(
         w.flush().await?;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_snapshots_list_and_restore_chooses_one_of_this_cluster_only() {
+    use keel_bootstrap::snapshot::Snapshots;
+    let env = Env::start().await;
+    env.bucket(false).await;
+    let key_id = env.kms_key().await;
+    let store = |cluster: &str| Snapshots {
+        s3: env.s3.clone(),
+        kms: env.kms.clone(),
+        bucket: BUCKET.into(),
+        prefix: "c1".into(),
+        cluster: cluster.into(),
+    };
+    let old = store("c1").upload(&key_id, b"older backend", 1_800_000_000).await.unwrap();
+    let new = store("c1").upload(&key_id, b"newer backend", 1_800_003_600).await.unwrap();
+    let at = ["--cluster", "c1", "--bucket", BUCKET, "--prefix", "c1"];
+    let table = env.keel_ok(&[&["etcd", "snapshots"][..], &at[..]].concat());
+    assert!(table.contains(&old) && table.contains(&new), "{table}");
+    assert!(table.contains("2027-01-15T08:00:00Z"), "{table}");
+
+    // Choosing the older one makes it the newest, and writes it decrypted.
+    let out = env.tmp.path().join("backend.db");
+    let args = [&["etcd", "restore"][..], &at[..], &["--snapshot", &old]]
+        .concat()
+        .into_iter()
+        .chain(["--out", out.to_str().unwrap()])
+        .collect::<Vec<_>>();
+    let said = env.keel_ok(&args);
+    assert!(said.contains("is the newest snapshot of cluster c1"), "{said}");
+    assert_eq!(fs::read(&out).unwrap(), b"older backend");
+    assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let listed = store("c1").list().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(&*store("c1").fetch(&listed[2].key).await.unwrap(), b"older backend");
+
+    // Another cluster's snapshot is refused with a clear line.
+    let err = env.keel_err(&[
+        "etcd",
+        "restore",
+        "--cluster",
+        "c2",
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "c1",
+        "--snapshot",
+        &new,
+    ]);
+    assert!(err.contains("was sealed for cluster \"c1\", not \"c2\": refused"), "{err}");
+    // The decrypted backend went to the file only, never to the output.
+    assert!(!env.outputs.borrow().iter().any(|o| o.contains("older backend")));
+}

@@ -103,6 +103,10 @@ pub struct Kubelet {
 
 /// Defaults applied when user data leaves a setting out.
 pub const DEFAULT_DISCOVERY_TIMEOUT_SECONDS: u64 = 600;
+/// The longest discovery timeout: it bounds every wait of the etcd role
+/// and must stay below keel-bootstrap.service's TimeoutStartSec (15 min),
+/// with room for the assets and the membership calls.
+pub const MAX_DISCOVERY_TIMEOUT_SECONDS: u64 = 600;
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_CLUSTER_DNS: &str = "10.96.0.10";
@@ -189,6 +193,12 @@ impl UserData {
         }
         if self.etcd.expected_members == 0 {
             return bad("etcd.expected-members must be at least 1".into());
+        }
+        if self.etcd.discovery_timeout_seconds.is_some_and(|s| s > MAX_DISCOVERY_TIMEOUT_SECONDS) {
+            return bad(format!(
+                "etcd.discovery-timeout-seconds must be at most {MAX_DISCOVERY_TIMEOUT_SECONDS} \
+                 (keel-bootstrap.service gives the whole boot 15 minutes)"
+            ));
         }
         for (name, cidr) in [
             ("kubernetes.service-cidr", self.service_cidr()),

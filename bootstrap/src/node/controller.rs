@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use keel_contract::assets::paths;
 
 use crate::discovery::Peer;
+use crate::etcd_api::EtcdApi;
 use crate::imds::Identity;
 use crate::layout::Layout;
 use crate::net::Ipv4Cidr;
@@ -207,6 +208,53 @@ pub fn scheduler_env(layout: &Layout) -> String {
 /// The local API server, for the components on this node.
 pub fn local_server() -> String {
     format!("https://127.0.0.1:{API_PORT}")
+}
+
+/// The `--etcd-servers=` list of a kube-apiserver environment file.
+pub fn etcd_servers_in(env: &str) -> Option<Vec<String>> {
+    env.split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|a| a.strip_prefix("--etcd-servers="))
+        .map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+}
+
+/// `env` with its `--etcd-servers=` list replaced by `servers`.
+pub fn with_etcd_servers(env: &str, servers: &[String]) -> String {
+    let mut out = String::with_capacity(env.len());
+    let mut rest = env;
+    while let Some(at) = rest.find("--etcd-servers=") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(tail.len());
+        out.push_str(&format!("--etcd-servers={}", servers.join(",")));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The client URLs of the started, voting members, as the first of
+/// `candidates` that answers reports them, sorted.
+pub async fn etcd_servers_now(api: &EtcdApi, candidates: &[String]) -> Result<Vec<String>, String> {
+    let mut failures = Vec::new();
+    for c in candidates {
+        match api.member_list(c).await {
+            Ok(members) => {
+                let mut urls: Vec<String> = members
+                    .iter()
+                    .filter(|m| !m.is_learner)
+                    .flat_map(|m| m.client_urls.iter().cloned())
+                    .collect();
+                urls.sort();
+                urls.dedup();
+                if urls.is_empty() {
+                    return Err(format!("{c} lists no started voting member"));
+                }
+                return Ok(urls);
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(format!("no etcd member answered: {}", failures.join("; ")))
 }
 
 /// The "control plane config" step: the certificates issued here, the

@@ -21,12 +21,20 @@ use crate::etcd_api::EtcdApi;
 use crate::imds::{Identity, Imds};
 use crate::layout::Layout;
 use crate::pki::Ca;
-use crate::retry::Policy;
+use crate::retry::{self, Policy};
 use crate::status::Reporter;
 use crate::userdata::{self, UserData};
-use crate::{aws, envelope, Role};
+use crate::{aws, envelope, formation, snapshot, Role};
 
 use self::assets::Assets;
+
+/// Fetching the role's bundle again after transient S3 or KMS errors.
+const ASSETS_POLICY: Policy = Policy {
+    initial: std::time::Duration::from_secs(2),
+    max_delay: std::time::Duration::from_secs(20),
+    deadline: std::time::Duration::from_secs(180),
+    max_attempts: 8,
+};
 
 /// How to run.
 pub struct Options {
@@ -143,10 +151,22 @@ impl Boot<'_> {
             let kms_conf =
                 aws_sdk_kms::config::Builder::from(&sdk).interceptor(kms_requests.clone()).build();
             let kms = aws_sdk_kms::Client::from_conf(kms_conf);
-            let bundle =
+            // The SDK retried each call; a throttled or unreachable S3 or
+            // KMS is tried again here for a few minutes, a final answer
+            // (no such key, access denied, another context) is not.
+            let bundle = retry::retry(&ASSETS_POLICY, |_| async {
                 envelope::fetch(&s3, &kms, &ud.assets.bucket, &ud.assets.prefix, &ud.cluster, role)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| {
+                        if envelope::is_final(&e) {
+                            retry::Attempt::Fail(e)
+                        } else {
+                            retry::Attempt::Retry(e)
+                        }
+                    })
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             Assets::install(layout, bundle, etcd_owner.map(|(u, g)| ("etcd/", u, g)))
                 .map_err(|e| e.to_string())
         })
@@ -156,7 +176,15 @@ impl Boot<'_> {
         let assets = assets?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let plan = match role {
-            Role::Etcd => Some(self.etcd(rep, &ud, &id, &assets, &ec2, etcd_owner).await?),
+            Role::Etcd => {
+                let store = formation::Store {
+                    s3: aws::s3_client(&sdk),
+                    bucket: ud.assets.bucket.clone(),
+                    prefix: ud.assets.prefix.clone(),
+                };
+                let kms = aws_sdk_kms::Client::new(&sdk);
+                Some(self.etcd(rep, &ud, &id, &assets, &ec2, &store, &kms, etcd_owner).await?)
+            }
             Role::Controller => {
                 self.controller(rep, &ud, &id, &assets, &ec2).await?;
                 None
@@ -194,6 +222,7 @@ impl Boot<'_> {
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn etcd(
         &self,
         rep: &mut Reporter,
@@ -201,9 +230,14 @@ impl Boot<'_> {
         id: &Identity,
         assets: &Assets,
         ec2: &aws_sdk_ec2::Client,
+        store: &formation::Store,
+        kms: &aws_sdk_kms::Client,
         owner: Option<(u32, u32)>,
     ) -> Result<etcd::Plan, BootError> {
         let layout = self.layout;
+        // One deadline for every wait of this role (peers, a cluster that
+        // answers, the join lock); it stays below the unit's start timeout.
+        let deadline = tokio::time::Instant::now() + ud.discovery_timeout();
         let me = Peer {
             instance_id: id.instance_id.clone(),
             private_ip: id.private_ipv4.clone(),
@@ -219,19 +253,48 @@ impl Boot<'_> {
             etcd::issue_certificates(layout, &ca, &me, owner).map_err(|e| e.to_string())
         })
         .await?;
-        // A reboot with data present needs no peers: etcd knows its cluster.
-        let peers = if etcd::has_data(layout) {
-            vec![me.clone()]
-        } else {
-            self.discover(rep, ud, ec2, "etcd discovery").await?
+        // A reboot with data present needs no waiting for peers: etcd's
+        // data decides, checked against the cluster if one answers.
+        if !etcd::has_data(layout) {
+            self.discover(rep, ud, ec2, "etcd discovery").await?;
+        }
+        let snapshots = snapshot::Snapshots {
+            s3: store.s3.clone(),
+            kms: kms.clone(),
+            bucket: ud.assets.bucket.clone(),
+            prefix: ud.assets.prefix.clone(),
+            cluster: ud.cluster.clone(),
         };
-        let (plan, initial, new) =
-            step(rep, "etcd membership", etcd::plan(layout, &api, &me, &peers)).await?;
+        let cluster = etcd::Cluster {
+            name: &ud.cluster,
+            ec2,
+            store,
+            expected: ud.etcd.expected_members as usize,
+            deadline,
+            pages: &self.pages,
+            snapshots: &snapshots,
+        };
+        let decision = step(rep, "etcd membership", etcd::plan(layout, &api, &me, &cluster)).await;
+        rep.status.aws_requests.ec2_describe_instances = self.pages.get();
+        let decision = decision?;
+        if let Some(key) = &decision.restore_from {
+            // Said on the console: the cluster starts from a backup.
+            let name = format!("etcd restore of s3://{}/{key}", ud.assets.bucket);
+            step(rep, &name, etcd::restore(layout, &snapshots, key, &me, &decision, owner)).await?;
+        }
         step(rep, "etcd config", async {
-            let env = etcd::render_env(layout, ud, &me, &initial, new);
+            let env = etcd::render_env(
+                layout,
+                ud,
+                &me,
+                &decision.initial,
+                decision.new_cluster,
+                &decision.token,
+            );
             etcd::write_config(layout, &env, owner)
         })
         .await?;
+        let plan = decision.plan;
         Ok(plan)
     }
 
@@ -326,4 +389,130 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
             .map_err(|e| format!("sethostname({short}): {}", std::io::Error::from(e)))?;
     }
     Ok(())
+}
+
+/// `keel-bootstrap --etcd-snapshot` (keel-etcd-snapshot.timer): on the
+/// etcd leader only, a snapshot of the backend sealed into S3 with the
+/// KMS key of the etcd bundle, then all but the newest
+/// `snapshot::DEFAULT_RETENTION` removed. Returns the line to print.
+pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
+    let layout = Layout::new(&opts.root);
+    let (id, ud, sdk) = running_node(opts, Role::Etcd).await?;
+    let api = api_from_files(&layout, [etcd::CA_CRT, etcd::SERVER_CRT, etcd::SERVER_KEY])?;
+    let endpoint = etcd::client_url(&id.private_ipv4);
+    if !api.is_leader(&endpoint).await.map_err(|e| e.to_string())? {
+        return Ok("not the leader: the leader takes the snapshots".into());
+    }
+    let s3 = aws::s3_client(&sdk);
+    let key_id = snapshot::kms_key_of_bundle(&s3, &ud.assets.bucket, &ud.assets.prefix, Role::Etcd)
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let db = api.snapshot(&endpoint).await.map_err(|e| e.to_string())?;
+    let snapshots = snapshot::Snapshots {
+        s3,
+        kms: aws_sdk_kms::Client::new(&sdk),
+        bucket: ud.assets.bucket.clone(),
+        prefix: ud.assets.prefix.clone(),
+        cluster: ud.cluster.clone(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let key = snapshots.upload(&key_id, &db, now).await.map_err(|e| e.to_string())?;
+    let gone = snapshots.prune(snapshot::DEFAULT_RETENTION).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "etcd snapshot of {} bytes sealed to s3://{}/{key} in {} ms; {} older removed",
+        db.len(),
+        ud.assets.bucket,
+        started.elapsed().as_millis(),
+        gone.len()
+    ))
+}
+
+/// `keel-bootstrap --refresh-etcd-servers` (keel-etcd-servers.timer, on
+/// controllers): asks etcd (through the endpoints kube-apiserver has and
+/// the etcd instances EC2 lists now) for its started voting members, and
+/// when their client URLs differ from kube-apiserver's `--etcd-servers`,
+/// rewrites that one flag and restarts kube-apiserver (`systemctl
+/// try-restart`, on a running system only). Nothing changes, and nothing
+/// restarts, when the list is the same. Returns the line to print.
+pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
+    let layout = Layout::new(&opts.root);
+    let env_path = layout.path(controller::APISERVER_ENV);
+    let env = std::fs::read_to_string(&env_path)
+        .map_err(|e| format!("reading {}: {e}", env_path.display()))?;
+    let current = controller::etcd_servers_in(&env)
+        .ok_or_else(|| format!("{} has no --etcd-servers", env_path.display()))?;
+    let (_, ud, sdk) = running_node(opts, Role::Controller).await?;
+    let peers = discovery::list(
+        &aws_sdk_ec2::Client::new(&sdk),
+        &ud.cluster,
+        Role::Etcd,
+        &Counter::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut candidates = current.clone();
+    candidates.extend(peers.iter().map(|p| etcd::client_url(&p.private_ip)));
+    candidates.dedup();
+    let (crt, key) = (
+        controller::pki_path("apiserver-etcd-client", "crt"),
+        controller::pki_path("apiserver-etcd-client", "key"),
+    );
+    let api = api_from_files(&layout, [etcd::CA_CRT, &crt, &key])?;
+    let now = controller::etcd_servers_now(&api, &candidates).await?;
+    let mut sorted = current.clone();
+    sorted.sort();
+    if sorted == now {
+        return Ok(format!("etcd servers unchanged: {}", now.join(",")));
+    }
+    write(
+        &layout,
+        controller::APISERVER_ENV,
+        0o644,
+        controller::with_etcd_servers(&env, &now).as_bytes(),
+    )?;
+    if layout.is_system_root() {
+        let status = std::process::Command::new("systemctl")
+            .args(["try-restart", "kube-apiserver.service"])
+            .status()
+            .map_err(|e| format!("systemctl try-restart kube-apiserver.service: {e}"))?;
+        if !status.success() {
+            return Err(format!("systemctl try-restart kube-apiserver.service: {status}"));
+        }
+    }
+    Ok(format!("etcd servers changed from {} to {}", current.join(","), now.join(",")))
+}
+
+/// On a node that booted: its identity, user data and AWS configuration,
+/// for the periodic tasks (snapshots, etcd servers).
+async fn running_node(
+    opts: &Options,
+    role: Role,
+) -> Result<(Identity, UserData, aws_config::SdkConfig), String> {
+    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
+    let id = imds.identity().await.map_err(|e| e.to_string())?;
+    let bytes = imds
+        .user_data()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the instance has no user data".to_string())?;
+    let ud = UserData::parse(&bytes, role).map_err(|e| e.to_string())?;
+    let target = aws::Target {
+        region: Some(id.region.clone()),
+        endpoint_url: ud.endpoint_url().map(str::to_string),
+    };
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await.map_err(|e| e.to_string())?;
+    Ok((id, ud, sdk))
+}
+
+/// An etcd client from the CA, certificate and key files the boot wrote.
+fn api_from_files(layout: &Layout, [ca, crt, key]: [&str; 3]) -> Result<EtcdApi, String> {
+    let read = |rel: &str| {
+        std::fs::read_to_string(layout.path(rel))
+            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
+    };
+    EtcdApi::new(&read(ca)?, &read(crt)?, &read(key)?, etcd::PROBE).map_err(|e| e.to_string())
 }
