@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod etcd_api;
 pub mod imds;
+pub mod kube_names;
 pub mod layout;
 pub mod net;
 pub mod node;

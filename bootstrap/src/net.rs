@@ -33,6 +33,23 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.network).wrapping_add(n))
     }
 
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.network)
+    }
+
+    /// Whether the two ranges share an address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
     /// The node's /24 inside a /16 (or larger) pod range, chosen by the last
     /// octet of its private address. `None` when the range is too small.
     pub fn node_subnet(&self, node_ip: Ipv4Addr) -> Option<Ipv4Cidr> {

@@ -653,7 +653,7 @@ async fn imds_refreshes_tokens_retries_and_reports_absent_paths() {
 async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
     let inst =
         ("i-0bad".to_string(), "10.0.1.9".to_string(), "ip-10-0-1-9.ec2.internal".to_string());
-    let ud = b"version = 1\ncluster = \"c\"\nrole = \"worker\"\napi-endpoint = \"https://api:6443\"\n[assets]\nbucket = \"b\"\n[etcd]\nexpected-members = 3\nexpected-memebrs = 3\n";
+    let ud = b"version = 1\ncluster = \"c\"\nrole = \"worker\"\napi-endpoint = \"https://api:6443\"\n[assets]\nbucket = \"bkt\"\n[etcd]\nexpected-members = 3\nexpected-memebrs = 3\n";
     let n = node(Role::Worker, &inst, Some(ud.to_vec()));
     let out = Command::new(env!("CARGO_BIN_EXE_keel-bootstrap"))
         .arg("--root")
@@ -738,9 +738,9 @@ fn golden_files() {
     };
     let cases: Vec<(&str, String)> = vec![
         ("etcd.env", etcd::render_env(&layout, &ud, &me, &initial, true)),
-        ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers)),
-        ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud)),
-        ("kube-scheduler.env", controller::scheduler_env(&layout)),
+        ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers).unwrap()),
+        ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud).unwrap()),
+        ("kube-scheduler.env", controller::scheduler_env(&layout).unwrap()),
         (
             "scheduler.kubeconfig",
             kube::kubeconfig(
@@ -770,7 +770,8 @@ fn golden_files() {
                 &id,
                 Some("/etc/kubernetes/bootstrap-kubelet.kubeconfig"),
                 "/var/lib/kubelet/kubeconfig",
-            ),
+            )
+            .unwrap(),
         ),
         ("containerd-config.toml", worker::containerd_config(&layout)),
         ("cni.conflist", worker::cni_conflist(&ud, &id).unwrap()),
@@ -801,6 +802,53 @@ fn golden_files() {
     let _: HashMap<String, serde_json::Value> =
         serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
+}
+
+/// Each unit passes its split variable as `$VAR` and every variable that
+/// carries a user data value as `${VAR}` (one argument, never split), and
+/// its environment file sets exactly those.
+#[test]
+fn units_pass_user_data_flags_as_single_arguments() {
+    use keel_bootstrap::node::{controller as c, kube};
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+    for (unit, split, single) in [
+        ("worker/units/kubelet.service", kube::KUBELET_ARGS, vec![kube::KUBELET_NODE_LABELS]),
+        (
+            "controller/units/kube-apiserver.service",
+            c::APISERVER_ARGS,
+            vec![c::APISERVER_SERVICE_CIDR, c::APISERVER_SA_ISSUER],
+        ),
+        (
+            "controller/units/kube-controller-manager.service",
+            c::CONTROLLER_MANAGER_ARGS,
+            vec![
+                c::CONTROLLER_MANAGER_CLUSTER_NAME,
+                c::CONTROLLER_MANAGER_CLUSTER_CIDR,
+                c::CONTROLLER_MANAGER_SERVICE_CIDR,
+            ],
+        ),
+        ("controller/units/kube-scheduler.service", c::SCHEDULER_ARGS, vec![]),
+    ] {
+        let text = std::fs::read_to_string(images.join(unit)).unwrap();
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+        let words: Vec<&str> = exec.split_whitespace().skip(1).collect();
+        let mut want = vec![format!("${split}")];
+        want.extend(single.iter().map(|v| format!("${{{v}}}")));
+        assert_eq!(words, want, "{unit}");
+    }
+    // A value that would split is refused when rendering, whatever checks
+    // came before.
+    let flags = kube::Flags {
+        split: ("X_ARGS", vec!["--a=b".into()]),
+        single: vec![("X_LABELS", "--node-labels=x=y --anonymous-auth=true".into())],
+    };
+    let err = flags.render().unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "X_LABELS: argument \"--node-labels=x=y --anonymous-auth=true\" holds whitespace"
+        ),
+        "{err}"
+    );
 }
 
 /// Figures for BENCHMARKS.md (keel-bootstrap): time from start to "configured"

@@ -51,18 +51,9 @@ fn remove(root: &NodeRoot, rel: &str) {
     std::fs::remove_file(root.path(rel)).unwrap();
 }
 
-/// The flags keel-bootstrap wrote for `component` (its environment file).
+/// The flags keel-bootstrap wrote for `component`, as its unit passes them.
 fn rendered_args(root: &NodeRoot, component: &str) -> Vec<String> {
-    let (file, var) = match component {
-        "kubelet" => (kube::KUBELET_ENV, "KUBELET_ARGS"),
-        "kube-apiserver" => (controller::APISERVER_ENV, "KUBE_APISERVER_ARGS"),
-        "kube-controller-manager" => {
-            (controller::CONTROLLER_MANAGER_ENV, "KUBE_CONTROLLER_MANAGER_ARGS")
-        }
-        "kube-scheduler" => (controller::SCHEDULER_ENV, "KUBE_SCHEDULER_ARGS"),
-        other => panic!("no environment file for {other}"),
-    };
-    root.env_args(file, var).unwrap()
+    root.exec_args(component).unwrap()
 }
 
 fn run(doubles: &Doubles, root: &NodeRoot, component: &str, extra: Vec<String>) -> Verdict {

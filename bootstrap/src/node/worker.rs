@@ -131,7 +131,8 @@ pub fn write_kubelet_config(
         id,
         Some(&layout.shown(BOOTSTRAP_KUBECONFIG)),
         &layout.shown(kube::KUBELET_KUBECONFIG),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 
