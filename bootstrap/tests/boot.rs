@@ -763,6 +763,10 @@ fn golden_files() {
         ),
         ("kubelet-config.json", kube::kubelet_config(&layout, &ud, &id)),
         (
+            "kubelet-config-controller.json",
+            kube::kubelet_config(&layout, &UserData { role: Role::Controller, ..ud.clone() }, &id),
+        ),
+        (
             "kubelet.env",
             kube::kubelet_env(
                 &layout,

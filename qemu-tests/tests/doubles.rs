@@ -132,7 +132,7 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
     let summary = expect_accepted(&v, "kubelet");
     let conflist = root.path(worker::CNI_CONFLIST);
     for part in [
-        "node ip-10-0-1-5.eu-central-1.compute.internal (10.0.1.5)".to_string(),
+        "node ip-10-0-1-5.eu-central-1.compute.internal (10.0.1.5), taints none,".to_string(),
         format!("at unix://{} with CRI plugin ok", root.path(kube::CONTAINERD_SOCKET).display()),
         format!("CNI network keel (host-local bridge portmap) from {}", conflist.display()),
         "request a client certificate for node ip-10-0-1-5.eu-central-1.compute.internal from https://api.dbl.internal:6443".to_string(),
@@ -281,14 +281,44 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
         let v = run(&doubles, &root, "kubelet", vec![]);
         let summary = expect_accepted(&v, "kubelet");
         assert!(summary.contains("register node ip-10-0-1-10.eu-central-1.compute.internal with https://127.0.0.1:6443 (client certificate"), "{summary}");
+        // Issue 16: controllers register tainted, so ordinary pods stay
+        // off the nodes that hold the CA and service-account keys.
+        assert!(
+            summary.contains("taints node-role.kubernetes.io/control-plane:NoSchedule,"),
+            "{summary}"
+        );
         expect_rejections(
             &doubles,
             &root,
             "kubelet",
-            vec![fault("no kubeconfig", "invalid kubeconfig: stat", |r| {
-                remove(r, controller::KUBELET_KUBECONFIG);
-                vec![]
-            })],
+            vec![
+                fault("no kubeconfig", "invalid kubeconfig: stat", |r| {
+                    remove(r, controller::KUBELET_KUBECONFIG);
+                    vec![]
+                }),
+                fault("a taint effect kubelet does not know", "effect \"NoSchedul\"", |r| {
+                    edit_json(r, kube::KUBELET_CONFIG, |c| {
+                        c["registerWithTaints"][0]["effect"] = "NoSchedul".into()
+                    });
+                    vec![]
+                }),
+                fault("a taint key with a space", "registerWithTaints: key", |r| {
+                    edit_json(r, kube::KUBELET_CONFIG, |c| {
+                        c["registerWithTaints"][0]["key"] = "a b".into()
+                    });
+                    vec![]
+                }),
+                fault(
+                    "a taint as a string",
+                    "field .registerWithTaints[0]: object expected",
+                    |r| {
+                        edit_json(r, kube::KUBELET_CONFIG, |c| {
+                            c["registerWithTaints"][0] = "x:NoSchedule".into()
+                        });
+                        vec![]
+                    },
+                ),
+            ],
         );
     }
 

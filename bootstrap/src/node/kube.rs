@@ -56,9 +56,15 @@ pub fn pretty(v: &serde_json::Value) -> String {
     s
 }
 
-/// The kubelet's KubeletConfiguration.
+/// The taint a controller registers with, so that only pods that tolerate
+/// it land next to the cluster CA and service-account keys.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+
+/// The kubelet's KubeletConfiguration. A controller's kubelet registers
+/// its node with the control-plane taint (`registerWithTaints`: applied
+/// only when the Node object is created, as `--register-with-taints` is).
 pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
-    let doc = json!({
+    let mut doc = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {
@@ -77,6 +83,9 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
         "serverTLSBootstrap": true,
         "tlsMinVersion": "VersionTLS12",
     });
+    if ud.role == crate::Role::Controller {
+        doc["registerWithTaints"] = json!([{ "key": CONTROL_PLANE_TAINT, "effect": "NoSchedule" }]);
+    }
     pretty(&doc)
 }
 
