@@ -20,7 +20,7 @@ use keel_bootstrap::bundle::{self, Bundle, BundleFile};
 use keel_bootstrap::etcd_api::EtcdApi;
 use keel_bootstrap::imds::{Identity, Imds};
 use keel_bootstrap::layout::Layout;
-use keel_bootstrap::node::{self, etcd::Plan};
+use keel_bootstrap::node::{self, etcd::Plan, kube};
 use keel_bootstrap::pki::{self, Ca, Usage};
 use keel_bootstrap::retry::Policy;
 use keel_bootstrap::userdata::{self, UserData};
@@ -545,10 +545,11 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
             & 0o777,
         0o600
     );
-    let cni: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.path("etc/cni/net.d/10-keel.conflist")).unwrap())
-            .unwrap();
-    assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
+    // The pod range is the Node's spec.podCIDR, which containerd puts into
+    // the template once the kubelet passes it on: none is chosen here.
+    let template = std::fs::read_to_string(w.path("etc/containerd/cni.conflist.template")).unwrap();
+    assert!(template.contains("\"subnet\": \"{{.PodCIDR}}\""), "{template}");
+    assert!(!w.path("etc/cni/net.d").exists());
     // Idempotent: a second run gives the same configuration.
     let before = std::fs::read(w.path("etc/kubernetes/kubelet/config.json")).unwrap();
     w.boot().await.unwrap();
@@ -681,22 +682,12 @@ async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
     assert!(err.contains("has no user data"), "{err}");
 }
 
-/// The rendered configuration for every role, as a node sees it.
-#[test]
-fn golden_files() {
-    let root = tempfile::tempdir().unwrap();
-    let layout = Layout::node_view(root.path());
-    let id = Identity {
-        instance_id: "i-0123456789abcdef0".into(),
-        region: REGION.into(),
-        availability_zone: "us-east-1a".into(),
-        private_ipv4: "10.0.1.5".into(),
-        local_hostname: "ip-10-0-1-5.ec2.internal".into(),
-    };
-    let ud = UserData {
+/// The user data the golden files are rendered from.
+fn user_data_for_rendering(role: Role) -> UserData {
+    UserData {
         version: 1,
         cluster: "prod".into(),
-        role: Role::Worker,
+        role,
         api_endpoint: "https://api.prod.example.com:6443".into(),
         assets: userdata::Assets { bucket: "prod-assets".into(), prefix: "prod".into() },
         etcd: userdata::Etcd {
@@ -714,9 +705,24 @@ fn golden_files() {
             cluster_domain: None,
             node_labels: vec!["tier=general".into()],
         }),
+    }
+}
+
+/// The rendered configuration for every role, as a node sees it.
+#[test]
+fn golden_files() {
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::node_view(root.path());
+    let id = Identity {
+        instance_id: "i-0123456789abcdef0".into(),
+        region: REGION.into(),
+        availability_zone: "us-east-1a".into(),
+        private_ipv4: "10.0.1.5".into(),
+        local_hostname: "ip-10-0-1-5.ec2.internal".into(),
     };
+    let ud = user_data_for_rendering(Role::Worker);
     use keel_bootstrap::discovery::Peer;
-    use keel_bootstrap::node::{controller, etcd, kube, worker};
+    use keel_bootstrap::node::{controller, etcd, worker};
     let me = Peer {
         instance_id: id.instance_id.clone(),
         private_ip: id.private_ipv4.clone(),
@@ -778,7 +784,7 @@ fn golden_files() {
             .unwrap(),
         ),
         ("containerd-config.toml", worker::containerd_config(&layout)),
-        ("cni.conflist", worker::cni_conflist(&ud, &id).unwrap()),
+        ("cni.conflist.template", worker::cni_template()),
         ("user-data.toml", ud.to_toml().unwrap()),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -806,6 +812,67 @@ fn golden_files() {
     let _: HashMap<String, serde_json::Value> =
         serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
+}
+
+/// Issue 16: each worker's pod /24 came from the last octet of its address,
+/// so 10.0.1.17 and 10.0.2.17 got the same range. Now no node derives a
+/// range: the controller manager allocates one per Node (spec.podCIDR) and
+/// containerd renders the CNI template with it. Two workers in different
+/// subnets with the same last octet render the same network configuration,
+/// and nothing they render names a pod range.
+#[test]
+fn bug_workers_with_the_same_last_octet_share_no_derived_pod_range() {
+    use keel_bootstrap::node::worker;
+    let ud = UserData {
+        kubernetes: Some(userdata::Kubernetes {
+            service_cidr: None,
+            pod_cidr: Some("10.200.0.0/16".into()),
+        }),
+        ..user_data_for_rendering(Role::Worker)
+    };
+    let render = |ip: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::node_view(root.path());
+        let id = Identity {
+            instance_id: format!("i-{}", ip.replace('.', "")),
+            region: REGION.into(),
+            availability_zone: "us-east-1a".into(),
+            private_ipv4: ip.into(),
+            local_hostname: format!("ip-{}.ec2.internal", ip.replace('.', "-")),
+        };
+        worker::write_containerd_config(&layout).unwrap();
+        worker::write_kubelet_config(&layout, &ud, &id, TOKEN).unwrap();
+        root
+    };
+    let (a, b) = (render("10.0.1.17"), render("10.0.2.17"));
+    let read = |root: &tempfile::TempDir, rel: &str| std::fs::read(root.path().join(rel)).unwrap();
+    for rel in [worker::CONTAINERD_CONFIG, worker::CNI_TEMPLATE] {
+        assert_eq!(read(&a, rel), read(&b, rel), "{rel} differs between the two workers");
+    }
+    for root in [&a, &b] {
+        for rel in [
+            worker::CONTAINERD_CONFIG,
+            worker::CNI_TEMPLATE,
+            kube::KUBELET_CONFIG,
+            kube::KUBELET_ENV,
+            worker::BOOTSTRAP_KUBECONFIG,
+        ] {
+            let text = String::from_utf8(read(root, rel)).unwrap();
+            assert!(!text.contains("10.200."), "{rel} names a pod range:\n{text}");
+        }
+        assert!(!root.path().join(worker::CNI_CONF_DIR).exists());
+    }
+    // The controller manager allocates per-node ranges from the pod CIDR.
+    let kcm = keel_bootstrap::node::controller::controller_manager_env(
+        &Layout::node_view(a.path()),
+        &UserData { role: Role::Controller, ..ud.clone() },
+    )
+    .unwrap();
+    for flag in
+        ["--allocate-node-cidrs=true", "--node-cidr-mask-size=24", "--cluster-cidr=10.200.0.0/16"]
+    {
+        assert!(kcm.contains(flag), "{flag} missing:\n{kcm}");
+    }
 }
 
 /// Each unit passes its split variable as `$VAR` and every variable that

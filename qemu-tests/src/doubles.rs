@@ -292,6 +292,14 @@ impl NodeRoot {
     /// certificates).
     pub fn render(&self) -> Result<()> {
         let (l, ud, id) = (&self.layout, &self.ud, &self.id);
+        // A fresh node has no CNI network: containerd writes one later.
+        let cni = self.path(worker::CNI_CONF_DIR);
+        match std::fs::remove_dir_all(&cni) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", cni.display()))
+            }
+            _ => {}
+        }
         let assets =
             Assets::install(l, self.bundle.clone(), None).context("installing the bundle")?;
         let steps = match ud.role {
@@ -303,7 +311,6 @@ impl NodeRoot {
             _ => {
                 assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string()).and_then(|token| {
                     worker::write_containerd_config(l)?;
-                    worker::write_cni_config(l, ud, id)?;
                     worker::write_kubelet_config(l, ud, id, token.trim())
                 })
             }

@@ -265,7 +265,6 @@ impl Boot<'_> {
     ) -> Result<(), BootError> {
         let layout = self.layout;
         step(rep, "containerd config", async { worker::write_containerd_config(layout) }).await?;
-        step(rep, "cni config", async { worker::write_cni_config(layout, ud, id) }).await?;
         step(rep, "kubelet config", async {
             let token = assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string())?.trim();
             worker::write_kubelet_config(layout, ud, id, token)
