@@ -115,6 +115,10 @@ pub enum BundleError {
     BadPath { path: String, reason: &'static str },
     #[error("bundle file {path:?} has mode {mode:#o}, more than permission bits")]
     BadMode { path: String, mode: u32 },
+    #[error("a {role} bundle may not write {path:?}: its paths are {}", role_paths(*role).join(", "))]
+    NotRolePath { role: Role, path: String },
+    #[error("bundle file {path:?} has mode {mode:#o}, looser than {max:#o}")]
+    ModeTooLoose { path: String, mode: u32, max: u32 },
     #[error("bundle holds {path:?} twice")]
     DuplicatePath { path: String },
     #[error("bundle field {what} is {len} bytes, more than the format allows ({max})")]
@@ -139,6 +143,46 @@ pub fn object_key(prefix: &str, role: Role) -> String {
     } else {
         format!("{prefix}/{role}.bundle")
     }
+}
+
+/// Where a role's bundle may write, relative to the node's /etc: a
+/// directory of its own (ending in `/`) or single files. A bundle naming
+/// anything else is refused before any file is written.
+pub fn role_paths(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Etcd => &["etcd/pki/"],
+        Role::Controller => {
+            &["kubernetes/pki/", "kubernetes/encryption-config.yaml", "etcd/pki/ca.crt"]
+        }
+        Role::Worker => &["kubernetes/pki/ca.crt", "kubernetes/bootstrap-token"],
+    }
+}
+
+/// The loosest mode a bundle file may have: certificates and public keys
+/// 0644, everything else (keys, tokens, the encryption config) 0600.
+pub fn max_mode(path: &str) -> u32 {
+    if path.ends_with(".crt") || path.ends_with(".pub") {
+        0o644
+    } else {
+        0o600
+    }
+}
+
+/// Checks that `role`'s bundle may write `path` with `mode`.
+pub fn check_role_file(role: Role, path: &str, mode: u32) -> Result<(), BundleError> {
+    check_path(path)?;
+    let allowed = role_paths(role).iter().any(|p| match p.strip_suffix('/') {
+        Some(_) => path.strip_prefix(p).is_some_and(|rest| !rest.contains('/')),
+        None => path == *p,
+    });
+    if !allowed {
+        return Err(BundleError::NotRolePath { role, path: path.to_string() });
+    }
+    let max = max_mode(path);
+    if mode & !max != 0 {
+        return Err(BundleError::ModeTooLoose { path: path.to_string(), mode, max });
+    }
+    Ok(())
 }
 
 /// Checks a bundle file path: relative to /etc, no `..`, `.` or empty
@@ -445,6 +489,27 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_writes_only_its_roles_paths_with_modes_no_looser_than_the_table() {
+        check_role_file(Role::Etcd, "etcd/pki/ca.key", 0o600).unwrap();
+        check_role_file(Role::Etcd, "etcd/pki/ca.crt", 0o644).unwrap();
+        check_role_file(Role::Controller, "kubernetes/pki/sa.pub", 0o644).unwrap();
+        check_role_file(Role::Worker, "kubernetes/bootstrap-token", 0o400).unwrap();
+        for (role, path, mode, why) in [
+            (Role::Worker, "kubernetes/pki/ca.key", 0o600, "may not write"),
+            (Role::Worker, "systemd/system/evil.service", 0o644, "may not write"),
+            (Role::Etcd, "etcd/pki/sub/x.crt", 0o644, "may not write"),
+            (Role::Etcd, "kubernetes/pki/ca.crt", 0o644, "may not write"),
+            (Role::Controller, "etcd/pki/ca.key", 0o600, "may not write"),
+            (Role::Controller, "kubernetes/pki/ca.key", 0o640, "looser than 0o600"),
+            (Role::Worker, "kubernetes/pki/ca.crt", 0o666, "looser than 0o644"),
+            (Role::Worker, "kubernetes/bootstrap-token", 0o4600, "looser"),
+        ] {
+            let err = check_role_file(role, path, mode).unwrap_err().to_string();
+            assert!(err.contains(why), "{role} {path} {mode:o}: {err}");
+        }
+    }
 
     const KEY: [u8; 32] = [7u8; 32];
     const EDK: &[u8] = b"encrypted-data-key-blob";

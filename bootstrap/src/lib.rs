@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod discovery;
 pub mod envelope;
 pub mod etcd_api;
+pub mod iam;
 pub mod imds;
 pub mod kube_names;
 pub mod layout;

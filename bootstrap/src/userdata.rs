@@ -54,6 +54,14 @@ pub struct Assets {
     pub bucket: String,
     #[serde(default)]
     pub prefix: String,
+    /// The KMS key the bundles are sealed under (ARN, id or alias):
+    /// passed to Decrypt, which refuses a bundle sealed under another key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// The account that owns the bucket: passed to GetObject
+    /// (ExpectedBucketOwner), which refuses a bucket of another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +302,20 @@ impl UserData {
                     self.assets.prefix
                 ),
             );
+        }
+        if let Some(owner) = &self.assets.bucket_owner {
+            crate::iam::check_account(owner)
+                .or_else(|e| bad(&[N("assets"), N("bucket-owner")], e.to_string()))?;
+        }
+        if let Some(key) = &self.assets.kms_key_id {
+            if key.is_empty()
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || ":/-_".contains(c))
+            {
+                return bad(
+                    &[N("assets"), N("kms-key-id")],
+                    format!("{key:?} is not a KMS key ARN, key id or alias"),
+                );
+            }
         }
         if self.etcd.expected_members == 0 {
             return bad(&[N("etcd"), N("expected-members")], "must be at least 1".into());

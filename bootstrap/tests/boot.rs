@@ -211,7 +211,12 @@ impl Aws {
             cluster: cluster.into(),
             role,
             api_endpoint: "https://api.test.internal:6443".into(),
-            assets: userdata::Assets { bucket: BUCKET.into(), prefix: PREFIX.into() },
+            assets: userdata::Assets {
+                bucket: BUCKET.into(),
+                prefix: PREFIX.into(),
+                kms_key_id: None,
+                bucket_owner: None,
+            },
             etcd: userdata::Etcd {
                 expected_members: expected,
                 discovery_timeout_seconds: Some(timeout),
@@ -556,6 +561,86 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
     assert_eq!(std::fs::read(w.path("etc/kubernetes/kubelet/config.json")).unwrap(), before);
 }
 
+/// Issue 16: role separation rested on policies that existed only as
+/// README text, and the node named neither the KMS key nor the bucket
+/// owner. A worker boots through a recording proxy in front of moto; what
+/// it sent (GetObject's key and ExpectedBucketOwner, Decrypt's KeyId and
+/// encryption context) is exactly what `iam::instance_policy` allows, and
+/// nothing it is not allowed (no EC2 call). moto enforces Decrypt's KeyId
+/// (another key is refused) but not ExpectedBucketOwner: that header is
+/// checked here as sent, not as enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_node_sends_matches_its_iam_policy() {
+    use keel_bootstrap::iam::{self, PolicyInput};
+    use keel_testkit::fault_proxy::FaultProxy;
+    let aws = aws_env().await;
+    let cluster = "least";
+    aws.publish(cluster, Role::Worker).await;
+    let kms = aws_sdk_kms::Client::new(&aws.sdk);
+    let described = kms.describe_key().key_id(&aws.key_id).send().await.unwrap();
+    let key_arn = described.key_metadata().unwrap().arn().unwrap().to_string();
+    let owner = key_arn.split(':').nth(4).unwrap().to_string();
+    let proxy = FaultProxy::start(&aws.moto.endpoint, true).unwrap();
+    let inst = aws.launch(cluster, Role::Worker, Some("127.66.0.1"), 1).await.remove(0);
+    let mut ud = aws.user_data(cluster, Role::Worker, 3, 30);
+    ud.aws = Some(userdata::Aws { endpoint_url: Some(proxy.endpoint.clone()) });
+    ud.assets.kms_key_id = Some(key_arn.clone());
+    ud.assets.bucket_owner = Some(owner.clone());
+    let w = node(Role::Worker, &inst, user_data_bytes(&ud));
+    w.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", w.console.text()));
+
+    let policy = iam::instance_policy(&PolicyInput {
+        role: Role::Worker,
+        cluster,
+        bucket: BUCKET,
+        prefix: PREFIX,
+        kms_key_arn: &key_arn,
+        bucket_owner: Some(&owner),
+    })
+    .unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let allowed = |action: &str| {
+        statements.iter().find(|s| s["Action"] == action).unwrap_or_else(|| panic!("{action}"))
+    };
+    let requests = proxy.requests();
+    // S3: one GetObject of the object the policy names, from its owner.
+    let gets: Vec<_> = requests.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(gets.len(), 1, "{:?}", gets.iter().map(|r| &r.path).collect::<Vec<_>>());
+    let object = gets[0].path.split('?').next().unwrap().trim_start_matches('/');
+    let get = allowed("s3:GetObject");
+    assert_eq!(get["Resource"], format!("arn:aws:s3:::{object}"));
+    assert_eq!(
+        gets[0].header("x-amz-expected-bucket-owner"),
+        get["Condition"]["StringEquals"]["s3:ResourceAccount"].as_str()
+    );
+    // KMS: one Decrypt naming the policy's key, with exactly the context
+    // its conditions require.
+    let decrypts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.header("x-amz-target") == Some("TrentService.Decrypt"))
+        .collect();
+    assert_eq!(decrypts.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&decrypts[0].body).unwrap();
+    let decrypt = allowed("kms:Decrypt");
+    assert_eq!(body["KeyId"], decrypt["Resource"]);
+    let conditions = decrypt["Condition"]["StringEquals"].as_object().unwrap();
+    let context = body["EncryptionContext"].as_object().unwrap();
+    assert_eq!(context.len(), conditions.len(), "{context:?} vs {conditions:?}");
+    for (k, v) in context {
+        assert_eq!(conditions.get(&format!("kms:EncryptionContext:{k}")), Some(v), "{k}");
+    }
+    // A worker's policy has no EC2 statement, and the worker made no call.
+    assert!(statements.iter().all(|s| s["Action"] != "ec2:DescribeInstances"));
+    assert!(requests.iter().all(|r| r.form_param("Action").is_none()), "an EC2 call");
+
+    // Decrypt naming another key is refused.
+    let other = kms.create_key().send().await.unwrap();
+    ud.assets.kms_key_id = Some(other.key_metadata().unwrap().key_id().to_string());
+    w.imds.update(|i| i.user_data = user_data_bytes(&ud));
+    let err = w.boot().await.unwrap_err().to_string();
+    assert!(err.contains("KMS Decrypt") && err.contains("AccessDenied"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_etcd_peers_until_the_deadline_is_a_clear_failure() {
     let aws = aws_env().await;
@@ -689,7 +774,15 @@ fn user_data_for_rendering(role: Role) -> UserData {
         cluster: "prod".into(),
         role,
         api_endpoint: "https://api.prod.example.com:6443".into(),
-        assets: userdata::Assets { bucket: "prod-assets".into(), prefix: "prod".into() },
+        assets: userdata::Assets {
+            bucket: "prod-assets".into(),
+            prefix: "prod".into(),
+            kms_key_id: Some(
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                    .into(),
+            ),
+            bucket_owner: Some("111122223333".into()),
+        },
         etcd: userdata::Etcd {
             expected_members: 3,
             discovery_timeout_seconds: None,

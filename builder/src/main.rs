@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod assets;
 mod fetch;
+mod iam_policy;
 mod image;
 mod pin;
 mod profile;
@@ -40,6 +41,8 @@ enum Command {
     Assets(assets::Command),
     /// Render a node's user data for a launch template.
     Userdata(userdata::UserdataArgs),
+    /// Print the IAM policy of a node role's instance profile.
+    IamPolicy(iam_policy::IamPolicyArgs),
     /// Build a role's bootable disk image (GPT, UKI, verified /usr).
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
@@ -54,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
         Command::Userdata(args) => userdata::run(&args),
+        Command::IamPolicy(args) => iam_policy::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
     }

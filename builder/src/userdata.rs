@@ -26,6 +26,14 @@ pub struct UserdataArgs {
     /// Key prefix of the bundles in the bucket.
     #[arg(long, default_value = "")]
     prefix: String,
+    /// The KMS key the bundles are sealed under (ARN, id or alias); the
+    /// node's Decrypt names it.
+    #[arg(long)]
+    kms_key: Option<String>,
+    /// The 12-digit account that owns the bucket; the node's GetObject
+    /// names it.
+    #[arg(long)]
+    bucket_owner: Option<String>,
     /// The Kubernetes API endpoint, https://host:port.
     #[arg(long)]
     api_endpoint: String,
@@ -71,7 +79,12 @@ impl UserdataArgs {
             cluster: self.cluster.clone(),
             role: self.role,
             api_endpoint: self.api_endpoint.clone(),
-            assets: Assets { bucket: self.bucket.clone(), prefix: self.prefix.clone() },
+            assets: Assets {
+                bucket: self.bucket.clone(),
+                prefix: self.prefix.clone(),
+                kms_key_id: self.kms_key.clone(),
+                bucket_owner: self.bucket_owner.clone(),
+            },
             etcd: Etcd {
                 expected_members: self.etcd_members,
                 discovery_timeout_seconds: self.discovery_timeout,

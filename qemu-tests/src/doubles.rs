@@ -175,6 +175,8 @@ fn user_data(role: Role) -> UserData {
         assets: userdata::Assets {
             bucket: format!("keel-{CLUSTER}-assets"),
             prefix: CLUSTER.into(),
+            kms_key_id: None,
+            bucket_owner: None,
         },
         etcd: userdata::Etcd {
             expected_members: 1,

@@ -141,10 +141,20 @@ impl Boot<'_> {
             let kms_conf =
                 aws_sdk_kms::config::Builder::from(&sdk).interceptor(kms_requests.clone()).build();
             let kms = aws_sdk_kms::Client::from_conf(kms_conf);
-            let bundle =
-                envelope::fetch(&s3, &kms, &ud.assets.bucket, &ud.assets.prefix, &ud.cluster, role)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let bundle = envelope::fetch_expecting(
+                &s3,
+                &kms,
+                &ud.assets.bucket,
+                &ud.assets.prefix,
+                &ud.cluster,
+                role,
+                &envelope::Expected {
+                    kms_key_id: ud.assets.kms_key_id.as_deref(),
+                    bucket_owner: ud.assets.bucket_owner.as_deref(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Assets::install(layout, bundle, etcd_owner.map(|(u, g)| ("etcd/", u, g)))
                 .map_err(|e| e.to_string())
         })

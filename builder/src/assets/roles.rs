@@ -85,4 +85,16 @@ mod tests {
         assert_eq!(mode(paths::SA_PUB), 0o644);
         assert_eq!(mode(paths::BOOTSTRAP_TOKEN), 0o600);
     }
+
+    /// What `keel assets` puts in a bundle is what the node's table lets
+    /// that role write, with modes no looser than the table's.
+    #[test]
+    fn every_bundle_file_is_allowed_by_the_nodes_table() {
+        for role in Role::ALL {
+            for p in files(role) {
+                keel_bootstrap::bundle::check_role_file(role, p, mode(p))
+                    .unwrap_or_else(|e| panic!("{role}: {e}"));
+            }
+        }
+    }
 }
