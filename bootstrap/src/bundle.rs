@@ -151,9 +151,12 @@ pub fn object_key(prefix: &str, role: Role) -> String {
 pub fn role_paths(role: Role) -> &'static [&'static str] {
     match role {
         Role::Etcd => &["etcd/pki/"],
-        Role::Controller => {
-            &["kubernetes/pki/", "kubernetes/encryption-config.yaml", "etcd/pki/ca.crt"]
-        }
+        Role::Controller => &[
+            "kubernetes/pki/",
+            "kubernetes/encryption-config.yaml",
+            crate::join::OBJECTS,
+            "etcd/pki/ca.crt",
+        ],
         Role::Worker => &["kubernetes/pki/ca.crt", "kubernetes/bootstrap-token"],
     }
 }

@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod etcd_api;
 pub mod iam;
 pub mod imds;
+pub mod join;
 pub mod kube_names;
 pub mod layout;
 pub mod net;

@@ -80,7 +80,9 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
         "maxPods": ud.max_pods(),
         "providerID": format!("aws:///{}/{}", id.availability_zone, id.instance_id),
         "rotateCertificates": true,
-        "serverTLSBootstrap": true,
+        // Self-made serving certificates, as kubeadm's default: nothing
+        // approves kubelet-serving requests (see `crate::join`).
+        "serverTLSBootstrap": false,
         "tlsMinVersion": "VersionTLS12",
     });
     if ud.role == crate::Role::Controller {

@@ -3,6 +3,7 @@
 //! bundle (one S3 GetObject, one KMS Decrypt) -> the role's steps -> status
 //! file and systemd readiness. Each step prints one console line.
 
+pub mod apply;
 pub mod assets;
 pub mod controller;
 pub mod etcd;

@@ -149,6 +149,10 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         rfc3339(generated.token_expires)
     );
     println!("  {:<42} Secret for the token (kubectl apply)", pki::paths::BOOTSTRAP_TOKEN_SECRET);
+    println!(
+        "  {:<42} token Secret and RBAC for nodes to join (controller bundle)",
+        pki::paths::JOIN_OBJECTS
+    );
     for role in keel_bootstrap::Role::ALL {
         println!("{role} bundle: {}", roles::files(role).join(", "));
     }

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
+use keel_bootstrap::join;
 use rand::Rng as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -86,6 +87,8 @@ pub mod paths {
     pub const ENCRYPTION_CONFIG: &str = "kubernetes/encryption-config.yaml";
     pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
     pub const BOOTSTRAP_TOKEN_SECRET: &str = "kubernetes/bootstrap-token-secret.yaml";
+    /// The objects nodes need to join (token Secret, RBAC bindings).
+    pub const JOIN_OBJECTS: &str = keel_bootstrap::join::OBJECTS;
     pub const ETCD_CA_CRT: &str = "etcd/pki/ca.crt";
     pub const ETCD_CA_KEY: &str = "etcd/pki/ca.key";
 }
@@ -335,10 +338,11 @@ pub fn generate(
     let token_expires = now + LEAF_LIFETIME;
     let token = Zeroizing::new(format!("{token_id}.{}\n", token_secret.as_str()));
     g.secret(paths::BOOTSTRAP_TOKEN, token.as_bytes().to_vec());
-    g.secret(
-        paths::BOOTSTRAP_TOKEN_SECRET,
-        bootstrap_token_secret(cluster, &token_id, &token_secret, token_expires).into_bytes(),
-    );
+    let expiration = rfc3339(token_expires);
+    let secret = join::token_secret(cluster, &token_id, &token_secret, &expiration);
+    g.secret(paths::BOOTSTRAP_TOKEN_SECRET, Zeroizing::new(pretty(&secret)).as_bytes().to_vec());
+    let objects = join::list(join::objects(cluster, &token_id, &token_secret, &expiration));
+    g.secret(paths::JOIN_OBJECTS, Zeroizing::new(pretty(&objects)).as_bytes().to_vec());
 
     Ok(Pki { files: g.files, certs: g.certs, token_id, token_expires })
 }
@@ -395,33 +399,20 @@ fn bootstrap_token() -> (String, Zeroizing<String>) {
     (id, secret)
 }
 
-/// The Secret that makes the token valid, for `kubectl apply` on the
-/// cluster (bootstrap-token authentication, kube-system namespace).
-fn bootstrap_token_secret(
-    cluster: &str,
-    id: &str,
-    secret: &str,
-    expires: OffsetDateTime,
-) -> String {
-    let expiration = expires
-        .replace_nanosecond(0)
-        .unwrap_or(expires)
+/// `t` in RFC 3339, whole seconds (the bootstrap token's expiration).
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\n\
-         kind: Secret\n\
-         metadata:\n  name: bootstrap-token-{id}\n  namespace: kube-system\n\
-         type: bootstrap.kubernetes.io/token\n\
-         stringData:\n\
-         \x20 description: \"keel worker bootstrap token for cluster {cluster}\"\n\
-         \x20 token-id: \"{id}\"\n\
-         \x20 token-secret: \"{secret}\"\n\
-         \x20 expiration: \"{expiration}\"\n\
-         \x20 usage-bootstrap-authentication: \"true\"\n\
-         \x20 usage-bootstrap-signing: \"true\"\n\
-         \x20 auth-extra-groups: \"system:bootstrappers:keel:worker\"\n"
-    )
+        .unwrap_or_default()
+}
+
+/// JSON (which is YAML too: `kubectl apply -f` reads it), one newline at
+/// the end.
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
@@ -464,7 +455,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), pki.files.len());
-        assert_eq!(paths.len(), 16);
+        assert_eq!(paths.len(), 17);
         for f in &pki.files {
             let public = f.path.ends_with(".crt") || f.path.ends_with(".pub");
             assert_eq!(f.mode, if public { 0o644 } else { 0o600 }, "{}", f.path);

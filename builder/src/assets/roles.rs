@@ -6,11 +6,14 @@
 //! - controller: the cluster CA and key, the service-account key pair, the
 //!   front-proxy CA and key, the API server's etcd client certificate and
 //!   key, the etcd CA certificate (to verify etcd) and the encryption
-//!   config for secrets at rest.
+//!   config for secrets at rest, and the objects nodes need to join (the
+//!   bootstrap-token Secret and RBAC bindings, `keel_bootstrap::join`),
+//!   which the first controller applies.
 //! - worker: the cluster CA certificate and a bootstrap token, nothing else.
 //!
 //! Never in any bundle: the admin credentials and kubeconfig, the bootstrap
-//! token's Secret manifest and the fingerprint key.
+//! token's own Secret manifest (the controller gets it inside the join
+//! objects) and the fingerprint key.
 
 use keel_bootstrap::bundle::{Bundle, BundleFile};
 use keel_bootstrap::Role;
@@ -30,6 +33,7 @@ const CONTROLLER: &[&str] = &[
     paths::APISERVER_ETCD_CLIENT_KEY,
     paths::ETCD_CA_CRT,
     paths::ENCRYPTION_CONFIG,
+    paths::JOIN_OBJECTS,
 ];
 const WORKER: &[&str] = &[paths::CA_CRT, paths::BOOTSTRAP_TOKEN];
 

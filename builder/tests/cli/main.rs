@@ -5,6 +5,7 @@
 
 mod fetch;
 mod golden;
+mod join;
 mod pin;
 mod resolve;
 mod userdata;
