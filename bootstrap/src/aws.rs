@@ -71,23 +71,6 @@ fn loader(target: &Target) -> aws_config::ConfigLoader {
     loader
 }
 
-/// The configuration for `target` with fixed keys instead of the standard
-/// credential chain: for emulated AWS (moto accepts any keys) in tests and
-/// local runs.
-pub async fn sdk_config_with_keys(
-    target: &Target,
-    access_key_id: &str,
-    secret_access_key: &str,
-) -> SdkConfig {
-    use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
-    let keys = Credentials::new(access_key_id, secret_access_key, None, None, "keel-fixed-keys");
-    sdk_config(target)
-        .await
-        .to_builder()
-        .credentials_provider(SharedCredentialsProvider::new(keys))
-        .build()
-}
-
 /// The same configuration with another region (for copies across regions).
 pub fn in_region(config: &SdkConfig, region: &str) -> SdkConfig {
     config.to_builder().region(Region::new(region.to_string())).build()

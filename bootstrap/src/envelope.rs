@@ -194,14 +194,14 @@ pub async fn fetch_expecting(
 mod tests {
     //! Against moto's server (KMS and S3), started per test.
     use super::*;
-    use crate::aws::{s3_client, sdk_config_with_keys, Target};
+    use crate::aws::{s3_client, sdk_config, Target};
     use crate::bundle::BundleFile;
     use keel_testkit::moto::Moto;
 
     async fn clients(moto: &Moto) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
         let target =
             Target { region: Some("eu-west-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
-        let config = sdk_config_with_keys(&target, "testing", "testing").await;
+        let config = keel_testkit::moto::with_test_keys(sdk_config(&target).await);
         (s3_client(&config), aws_sdk_kms::Client::new(&config))
     }
 

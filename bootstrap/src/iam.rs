@@ -68,11 +68,8 @@ fn kms_key_partition(arn: &str) -> Option<&str> {
 
 /// A 12-digit account id.
 pub fn check_account(owner: &str) -> Result<(), PolicyError> {
-    if owner.len() == 12 && owner.chars().all(|c| c.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(PolicyError::BucketOwner(owner.to_string()))
-    }
+    keel_contract::names::check_account(owner)
+        .map_err(|_| PolicyError::BucketOwner(owner.to_string()))
 }
 
 /// The instance profile policy of `input.role` (an IAM policy document).

@@ -5,22 +5,16 @@
 
 pub mod atomic_file;
 pub mod aws;
-pub mod bundle;
 pub mod discovery;
 pub mod envelope;
 pub mod etcd_api;
 pub mod iam;
 pub mod imds;
-pub mod join;
-pub mod kube_names;
 pub mod layout;
-pub mod net;
 pub mod node;
 pub mod pki;
 pub mod retry;
-pub mod role;
 pub mod status;
-pub mod tags;
-pub mod userdata;
 
-pub use role::Role;
+// The contract with the builder, under the names the modules here use.
+pub(crate) use keel_contract::{bundle, join, net, role, tags, userdata, Role};

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use keel_bootstrap::iam::{self, PolicyInput};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 /// Print the IAM policy of a node role's instance profile.
 #[derive(Debug, clap::Args)]

@@ -7,12 +7,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod assets;
 mod fetch;
 mod iam_policy;
 mod image;
+mod man;
 mod pin;
 mod profile;
 mod publish;
@@ -47,6 +48,8 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// Write a man page for keel and each of its subcommands.
+    Man(man::ManArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::IamPolicy(args) => iam_policy::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Man(args) => man::run(&args, Cli::command()),
     }
 }
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use crate::rundir::target_dir;
 
@@ -70,6 +70,9 @@ pub fn tools() -> Result<&'static Tools> {
     TOOLS
         .get_or_init(|| {
             let build = || -> Result<Tools> {
+                // Before minutes of building: every tool the images and
+                // the VMs need is there.
+                keel_testkit::host_tools::check()?;
                 let target = target_dir()?;
                 cargo(&["build", "-p", "keel", "--bin", "keel"], None, &target)?;
                 cargo(

@@ -3,6 +3,7 @@
 //! in-test servers over real sockets.
 
 pub mod fault_proxy;
+pub mod host_tools;
 pub mod http;
 pub mod imds;
 pub mod moto;

@@ -17,7 +17,7 @@ pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 /// The CNI network template containerd renders with the node's pod range.
 pub const CNI_TEMPLATE: &str = "etc/containerd/cni.conflist.template";
 pub const BOOTSTRAP_KUBECONFIG: &str = "etc/kubernetes/bootstrap-kubelet.kubeconfig";
-pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
+pub const BOOTSTRAP_TOKEN: &str = keel_contract::assets::paths::BOOTSTRAP_TOKEN;
 /// Where Debian's containernetworking-plugins installs the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Where containerd reads the CNI network configuration.

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use serde::{Deserialize, Serialize};
 
 use super::esp::{self, Slice};

@@ -557,7 +557,7 @@ mod tests {
         symlink("../../worker/units/kubelet.service", controller.join("kubelet.service")).unwrap();
         let key = || {
             let mut all = Vec::new();
-            hash_role_dirs(&[controller.clone()], &mut |b| {
+            hash_role_dirs(std::slice::from_ref(&controller), &mut |b| {
                 all.extend_from_slice(&(b.len() as u64).to_le_bytes());
                 all.extend_from_slice(b);
             })
@@ -574,7 +574,7 @@ mod tests {
         );
         let root = dir.path().join("root");
         fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
-        add_units(&[controller.clone()], &root).unwrap();
+        add_units(std::slice::from_ref(&controller), &root).unwrap();
         let installed = root.join("usr/lib/systemd/system/kubelet.service");
         assert!(
             !fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(),

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

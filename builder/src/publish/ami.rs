@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{
     Image as Ec2Image, ImdsSupportValues, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use keel_bootstrap::retry::{retry, Attempt, Policy};
-use keel_bootstrap::tags;
+use keel_contract::tags;
 
 use super::error::{aws, Error};
 use super::image::Image;

@@ -27,6 +27,10 @@ use sha2::{Digest, Sha256};
 use super::error::{aws, BlockFailure, Error};
 use super::image::Image;
 
+/// One block's upload: its index and SHA-256 when sent, `None` when all
+/// zero (skipped), or why it failed.
+type BlockOutcome = Result<Option<(u64, [u8; 32])>, BlockFailure>;
+
 /// The EBS direct APIs' block size (AWS answers StartSnapshot with it).
 pub const BLOCK_SIZE: usize = 524_288;
 
@@ -114,7 +118,7 @@ pub async fn upload(
         .map_err(|source| Error::Read { path: image.path.clone(), source })?;
     let file = Arc::new(file);
     let blocks = image.size.div_ceil(BLOCK_SIZE as u64);
-    let results: Vec<Result<Option<(u64, [u8; 32])>, BlockFailure>> = stream::iter(0..blocks)
+    let results: Vec<BlockOutcome> = stream::iter(0..blocks)
         .map(|index| {
             let file = Arc::clone(&file);
             let snapshot_id = snapshot_id.clone();
@@ -179,7 +183,7 @@ async fn upload_block(
     image: &Image,
     file: Arc<std::fs::File>,
     index: u64,
-) -> Result<Option<(u64, [u8; 32])>, BlockFailure> {
+) -> BlockOutcome {
     let fail = |message: String| BlockFailure { index, message };
     let offset = index * BLOCK_SIZE as u64;
     let len = (image.size - offset).min(BLOCK_SIZE as u64) as usize;

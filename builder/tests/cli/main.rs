@@ -6,6 +6,7 @@
 mod fetch;
 mod golden;
 mod join;
+mod man;
 mod pin;
 mod resolve;
 mod userdata;

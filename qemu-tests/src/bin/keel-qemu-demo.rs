@@ -68,6 +68,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<()> {
+    keel_testkit::host_tools::check()?;
     for (what, path) in [("--keel", &args.keel), ("--image", &args.image)] {
         if !path.is_file() {
             bail!("{what} {}: no such file", path.display());

@@ -115,7 +115,7 @@ pub enum BundleError {
     BadPath { path: String, reason: &'static str },
     #[error("bundle file {path:?} has mode {mode:#o}, more than permission bits")]
     BadMode { path: String, mode: u32 },
-    #[error("a {role} bundle may not write {path:?}: its paths are {}", role_paths(*role).join(", "))]
+    #[error("a {role} bundle may not write {path:?}: its files are {}", crate::assets::files(*role).join(", "))]
     NotRolePath { role: Role, path: String },
     #[error("bundle file {path:?} has mode {mode:#o}, looser than {max:#o}")]
     ModeTooLoose { path: String, mode: u32, max: u32 },
@@ -145,43 +145,16 @@ pub fn object_key(prefix: &str, role: Role) -> String {
     }
 }
 
-/// Where a role's bundle may write, relative to the node's /etc: a
-/// directory of its own (ending in `/`) or single files. A bundle naming
-/// anything else is refused before any file is written.
-pub fn role_paths(role: Role) -> &'static [&'static str] {
-    match role {
-        Role::Etcd => &["etcd/pki/"],
-        Role::Controller => &[
-            "kubernetes/pki/",
-            "kubernetes/encryption-config.yaml",
-            crate::join::OBJECTS,
-            "etcd/pki/ca.crt",
-        ],
-        Role::Worker => &["kubernetes/pki/ca.crt", "kubernetes/bootstrap-token"],
-    }
-}
-
-/// The loosest mode a bundle file may have: certificates and public keys
-/// 0644, everything else (keys, tokens, the encryption config) 0600.
-pub fn max_mode(path: &str) -> u32 {
-    if path.ends_with(".crt") || path.ends_with(".pub") {
-        0o644
-    } else {
-        0o600
-    }
-}
-
-/// Checks that `role`'s bundle may write `path` with `mode`.
+/// Checks that `role`'s bundle may write `path` with `mode`: only the
+/// files the contract gives that role (`assets::files`), with a mode no
+/// looser than the contract's (`assets::mode`). A node refuses a bundle
+/// that names anything else before it writes any file.
 pub fn check_role_file(role: Role, path: &str, mode: u32) -> Result<(), BundleError> {
     check_path(path)?;
-    let allowed = role_paths(role).iter().any(|p| match p.strip_suffix('/') {
-        Some(_) => path.strip_prefix(p).is_some_and(|rest| !rest.contains('/')),
-        None => path == *p,
-    });
-    if !allowed {
+    if !crate::assets::files(role).contains(&path) {
         return Err(BundleError::NotRolePath { role, path: path.to_string() });
     }
-    let max = max_mode(path);
+    let max = crate::assets::mode(path);
     if mode & !max != 0 {
         return Err(BundleError::ModeTooLoose { path: path.to_string(), mode, max });
     }

@@ -21,7 +21,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::etcd::{DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS};
 use crate::{kube_names, Role};
 
 /// The only user data version this build reads.
@@ -121,6 +120,9 @@ pub const DEFAULT_MAX_PODS: u32 = 110;
 pub const NODE_CIDR_MASK: u8 = 24;
 /// The smallest pod CIDR worth allocating from: 4 nodes' ranges.
 pub const MAX_POD_CIDR_PREFIX: u8 = 22;
+/// etcd's defaults, which keel-bootstrap renders when user data is silent.
+pub const DEFAULT_HEARTBEAT_MS: u32 = 100;
+pub const DEFAULT_ELECTION_MS: u32 = 1000;
 /// etcd refuses an election timeout above 50 s.
 pub const MAX_ELECTION_MS: u32 = 50_000;
 
@@ -262,17 +264,8 @@ impl UserData {
             Err(FieldError { path: path.to_vec(), message })
         }
         use Key::{Index as I, Name as N};
-        if self.cluster.is_empty()
-            || self.cluster.len() > 63
-            || !self
-                .cluster
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return bad(
-                &[N("cluster")],
-                format!("{:?} must be 1-63 letters, digits, '-', '_' or '.'", self.cluster),
-            );
+        if let Err(e) = crate::names::check_cluster_name(&self.cluster) {
+            return bad(&[N("cluster")], e.to_string());
         }
         if !self.api_endpoint.starts_with("https://") || self.api_host().is_empty() {
             return bad(
@@ -304,8 +297,8 @@ impl UserData {
             );
         }
         if let Some(owner) = &self.assets.bucket_owner {
-            crate::iam::check_account(owner)
-                .or_else(|e| bad(&[N("assets"), N("bucket-owner")], e.to_string()))?;
+            crate::names::check_account(owner)
+                .or_else(|e| bad(&[N("assets"), N("bucket-owner")], e))?;
         }
         if let Some(key) = &self.assets.kms_key_id {
             if key.is_empty()
