@@ -40,6 +40,10 @@ pub mod paths {
     pub const JOIN_OBJECTS: &str = crate::join::OBJECTS;
     pub const ETCD_CA_CRT: &str = "etcd/pki/ca.crt";
     pub const ETCD_CA_KEY: &str = "etcd/pki/ca.key";
+
+    /// Every certificate of the asset directory.
+    pub const ALL_CERTS: &[&str] =
+        &[CA_CRT, ETCD_CA_CRT, FRONT_PROXY_CA_CRT, APISERVER_ETCD_CLIENT_CRT, ADMIN_CRT];
 }
 
 /// Permission bits for certificates and public keys.

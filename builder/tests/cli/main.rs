@@ -8,6 +8,7 @@ mod golden;
 mod join;
 mod man;
 mod pin;
+mod renew;
 mod resolve;
 mod userdata;
 
