@@ -478,6 +478,18 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
         0o600
     );
     assert_eq!(std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(), "ip-127-62-0-2\n");
+    // The status file lists every certificate's expiry, soonest first:
+    // the ones issued at boot (a year) before the CAs.
+    let certs = ctl.status()["certificates"].as_array().unwrap().clone();
+    let paths: Vec<&str> = certs.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    for want in
+        ["/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/ca.crt", "/etc/etcd/pki/ca.crt"]
+    {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    let days: Vec<i64> = certs.iter().map(|c| c["days_left"].as_i64().unwrap()).collect();
+    assert!(days.windows(2).all(|w| w[0] <= w[1]), "{days:?}");
+    assert!((364..=365).contains(&days[0]), "{certs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
