@@ -5,7 +5,6 @@
 
 use anyhow::Context;
 use keel_bootstrap::iam::{self, PolicyInput};
-use keel_contract::Role;
 
 /// Print the IAM policy of a node role's instance profile.
 #[derive(Debug, clap::Args)]
@@ -14,36 +13,23 @@ use keel_contract::Role;
                       --prefix <PREFIX> --kms-key <ARN> [--bucket-owner <ACCOUNT>]"
 )]
 pub struct IamPolicyArgs {
-    /// The node role: controller, etcd or worker.
-    #[arg(long)]
-    role: Role,
-    /// The cluster name (the encryption context of its bundles).
-    #[arg(long)]
-    cluster: String,
-    /// The S3 bucket holding the cluster's asset bundles.
-    #[arg(long)]
-    bucket: String,
-    /// Key prefix of the bundles in the bucket.
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    node: crate::userdata::NodeBundleArgs,
     /// ARN of the KMS key the bundles are sealed under.
     #[arg(long)]
     kms_key: String,
-    /// The 12-digit account that owns the bucket (s3:ResourceAccount).
-    #[arg(long)]
-    bucket_owner: Option<String>,
 }
 
 pub fn run(args: &IamPolicyArgs) -> anyhow::Result<()> {
     let policy = iam::instance_policy(&PolicyInput {
-        role: args.role,
-        cluster: &args.cluster,
-        bucket: &args.bucket,
-        prefix: &args.prefix,
+        role: args.node.role,
+        cluster: &args.node.cluster,
+        bucket: &args.node.bucket,
+        prefix: &args.node.prefix,
         kms_key_arn: &args.kms_key,
-        bucket_owner: args.bucket_owner.as_deref(),
+        bucket_owner: args.node.bucket_owner.as_deref(),
     })
-    .with_context(|| format!("making the {} policy", args.role))?;
+    .with_context(|| format!("making the {} policy", args.node.role))?;
     println!("{}", serde_json::to_string_pretty(&policy).context("rendering the policy")?);
     Ok(())
 }

@@ -66,46 +66,32 @@ fn userdata_refuses_values_the_node_would_refuse() {
 const KEY_ARN: &str =
     "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
+/// A worker's `keel userdata` arguments with `extra` after them.
+fn worker_userdata<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "userdata",
+        "--role",
+        "worker",
+        "--cluster",
+        "prod",
+        "--bucket",
+        "prod-assets",
+        "--api-endpoint",
+        "https://api.prod.example.com:6443",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn userdata_carries_the_expected_kms_key_and_bucket_owner() {
     let repo = repo();
-    let text = ok(&keel(
-        &repo,
-        &[
-            "userdata",
-            "--role",
-            "worker",
-            "--cluster",
-            "prod",
-            "--bucket",
-            "prod-assets",
-            "--api-endpoint",
-            "https://api.prod.example.com:6443",
-            "--kms-key",
-            KEY_ARN,
-            "--bucket-owner",
-            "111122223333",
-        ],
-    ));
+    let args = worker_userdata(&["--kms-key", KEY_ARN, "--bucket-owner", "111122223333"]);
+    let text = ok(&keel(&repo, &args));
     let ud = UserData::parse(text.as_bytes(), Role::Worker).unwrap();
     assert_eq!(ud.assets.kms_key_id.as_deref(), Some(KEY_ARN));
     assert_eq!(ud.assets.bucket_owner.as_deref(), Some("111122223333"));
-    let err = super::fails(&keel(
-        &repo,
-        &[
-            "userdata",
-            "--role",
-            "worker",
-            "--cluster",
-            "prod",
-            "--bucket",
-            "prod-assets",
-            "--api-endpoint",
-            "https://api.prod.example.com:6443",
-            "--bucket-owner",
-            "me",
-        ],
-    ));
+    let err = super::fails(&keel(&repo, &worker_userdata(&["--bucket-owner", "me"])));
     assert!(err.contains("assets.bucket-owner: bucket owner \"me\" is not a 12-digit"), "{err}");
 }
 
