@@ -94,16 +94,30 @@ pub async fn open(
     cluster: &str,
     role: Role,
 ) -> Result<Bundle, EnvelopeError> {
-    open_with_context(kms, bytes, cluster, role, bundle::encryption_context(cluster, role)).await
+    open_expecting(kms, bytes, cluster, role, None).await
 }
 
-/// `open` under another encryption context (see `seal_with_context`).
+/// [`open`], naming the KMS key the data key must have been made under.
+pub async fn open_expecting(
+    kms: &aws_sdk_kms::Client,
+    bytes: &[u8],
+    cluster: &str,
+    role: Role,
+    kms_key_id: Option<&str>,
+) -> Result<Bundle, EnvelopeError> {
+    let context = bundle::encryption_context(cluster, role);
+    open_with_context(kms, bytes, cluster, role, context, kms_key_id).await
+}
+
+/// [`open_expecting`] under another encryption context (see
+/// `seal_with_context`).
 pub async fn open_with_context(
     kms: &aws_sdk_kms::Client,
     bytes: &[u8],
     cluster: &str,
     role: Role,
     context: std::collections::HashMap<String, String>,
+    kms_key_id: Option<&str>,
 ) -> Result<Bundle, EnvelopeError> {
     let (header, _) = Header::parse(bytes).map_err(EnvelopeError::Header)?;
     let open_error = |source| EnvelopeError::Open {
@@ -116,6 +130,7 @@ pub async fn open_with_context(
     let reply = kms
         .decrypt()
         .ciphertext_blob(Blob::new(header.encrypted_data_key.clone()))
+        .set_key_id(kms_key_id.map(str::to_string))
         .set_encryption_context(Some(context))
         .send()
         .await
@@ -150,6 +165,29 @@ pub async fn fetch(
     cluster: &str,
     role: Role,
 ) -> Result<Bundle, EnvelopeError> {
+    fetch_expecting(s3, kms, bucket, prefix, cluster, role, &Expected::default()).await
+}
+
+/// What a node expects of where its bundle comes from (user data's
+/// `[assets] kms-key-id` and `bucket-owner`): sent to KMS Decrypt (KeyId)
+/// and S3 GetObject (ExpectedBucketOwner), which refuse a bundle sealed
+/// under another key or a bucket owned by another account.
+#[derive(Debug, Clone, Default)]
+pub struct Expected<'a> {
+    pub kms_key_id: Option<&'a str>,
+    pub bucket_owner: Option<&'a str>,
+}
+
+/// [`fetch`], sending what the node expects of the key and the bucket.
+pub async fn fetch_expecting(
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+    bucket: &str,
+    prefix: &str,
+    cluster: &str,
+    role: Role,
+    expected: &Expected<'_>,
+) -> Result<Bundle, EnvelopeError> {
     let key = bundle::object_key(prefix, role);
     let get_error = |message: String| EnvelopeError::GetObject {
         bucket: bucket.to_string(),
@@ -160,6 +198,7 @@ pub async fn fetch(
         .get_object()
         .bucket(bucket)
         .key(&key)
+        .set_expected_bucket_owner(expected.bucket_owner.map(str::to_string))
         .send()
         .await
         .map_err(|e| get_error(display_error(&e)))?;
@@ -172,10 +211,8 @@ pub async fn fetch(
         .await
         .map_err(|e| get_error(format!("reading the body: {}", display_error(&e))))?
         .into_bytes();
-    open(kms, &bytes, cluster, role).await.map_err(|source| EnvelopeError::Object {
-        bucket: bucket.to_string(),
-        key,
-        source: Box::new(source),
+    open_expecting(kms, &bytes, cluster, role, expected.kms_key_id).await.map_err(|source| {
+        EnvelopeError::Object { bucket: bucket.to_string(), key, source: Box::new(source) }
     })
 }
 

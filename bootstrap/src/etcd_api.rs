@@ -107,6 +107,33 @@ impl From<RawMember> for Member {
     }
 }
 
+/// An HTTPS client that trusts only `ca_pem` and presents
+/// `cert_pem`/`key_pem`, with `timeout` per request and per connect.
+pub fn mtls_client(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    crate::aws::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+    let mut identity_pem =
+        zeroize::Zeroizing::new(Vec::with_capacity(cert_pem.len() + key_pem.len() + 1));
+    identity_pem.extend_from_slice(cert_pem.as_bytes());
+    identity_pem.push(b'\n');
+    identity_pem.extend_from_slice(key_pem.as_bytes());
+    let identity = reqwest::Identity::from_pem(&identity_pem)?;
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(identity)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .build()
+}
+
 pub struct EtcdApi {
     http: reqwest::Client,
     policy: Policy,
@@ -120,23 +147,7 @@ impl EtcdApi {
         key_pem: &str,
         policy: Policy,
     ) -> Result<EtcdApi, EtcdApiError> {
-        crate::aws::install_crypto_provider();
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(EtcdApiError::Client)?;
-        let mut identity_pem =
-            zeroize::Zeroizing::new(Vec::with_capacity(cert_pem.len() + key_pem.len() + 1));
-        identity_pem.extend_from_slice(cert_pem.as_bytes());
-        identity_pem.push(b'\n');
-        identity_pem.extend_from_slice(key_pem.as_bytes());
-        let identity = reqwest::Identity::from_pem(&identity_pem).map_err(EtcdApiError::Client)?;
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .identity(identity)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .no_proxy()
-            .build()
+        let http = mtls_client(ca_pem, cert_pem, key_pem, REQUEST_TIMEOUT)
             .map_err(EtcdApiError::Client)?;
         Ok(EtcdApi { http, policy })
     }

@@ -13,6 +13,7 @@ pub mod error_chain;
 pub mod etcd_api;
 pub mod etcd_data;
 pub mod formation;
+pub mod iam;
 pub mod imds;
 pub mod layout;
 pub mod node;
@@ -22,4 +23,4 @@ pub mod snapshot;
 pub mod status;
 
 // The contract with the builder, under the names the modules here use.
-pub(crate) use keel_contract::{bundle, net, role, tags, userdata, Role};
+pub(crate) use keel_contract::{bundle, join, net, role, tags, userdata, Role};

@@ -32,6 +32,13 @@ struct Args {
     /// restarting it only if they changed (keel-etcd-servers.timer).
     #[arg(long, conflicts_with_all = ["etcd_promote", "etcd_snapshot"])]
     refresh_etcd_servers: bool,
+    /// On a controller, after its API server starts: apply the objects
+    /// nodes need to join (keel-join.service), then exit.
+    #[arg(long, conflicts_with_all = ["etcd_promote", "etcd_snapshot", "refresh_etcd_servers"])]
+    apply_join: bool,
+    /// The API server --apply-join talks to.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    api_server: String,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,25 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 println!("keel-bootstrap: etcd promote: failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.apply_join {
+        let layout = keel_bootstrap::layout::Layout::new(&args.root);
+        let each = retry::Policy::quick();
+        let apply =
+            node::apply::apply_join(&layout, &args.api_server, &node::apply::READY_POLICY, &each);
+        return match runtime.block_on(apply) {
+            Ok(applied) => {
+                for a in &applied {
+                    println!("keel-bootstrap: applied {a}");
+                }
+                println!("keel-bootstrap: join objects applied to {}", args.api_server);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("keel-bootstrap: failed: applying the join objects: {e}");
                 ExitCode::FAILURE
             }
         };

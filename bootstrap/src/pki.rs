@@ -73,8 +73,15 @@ impl Ca {
         Ok(Ca { cert, key, pem: cert_pem.to_string() })
     }
 
-    /// Issues a certificate for `req` with a new P-256 key.
+    /// Issues a certificate for `req` with a new P-256 key, valid for
+    /// [`VALIDITY_DAYS`].
     pub fn issue(&self, req: &Request<'_>) -> Result<Issued, PkiError> {
+        self.issue_for(req, Duration::days(VALIDITY_DAYS))
+    }
+
+    /// [`Ca::issue`] with its own lifetime (a short-lived certificate for
+    /// one task).
+    pub fn issue_for(&self, req: &Request<'_>, lifetime: Duration) -> Result<Issued, PkiError> {
         let issue_err = |source| PkiError::Issue { what: req.what.to_string(), source };
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -104,7 +111,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(VALIDITY_DAYS);
+        params.not_after = now + lifetime;
         let key = KeyPair::generate().map_err(issue_err)?;
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(issue_err)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()) })

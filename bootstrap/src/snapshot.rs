@@ -227,6 +227,7 @@ impl Snapshots {
             &self.cluster,
             Role::Etcd,
             encryption_context(&self.cluster),
+            None,
         )
         .await
         .map_err(|source| SnapshotError::Envelope {

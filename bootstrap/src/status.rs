@@ -42,11 +42,64 @@ pub struct Status {
     pub elapsed_millis: u128,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When each certificate on the node expires (those of the bundle and
+    /// those issued at boot), soonest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Expiry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Expiry {
+    /// As the node sees it (`/etc/kubernetes/pki/apiserver.crt`).
+    pub path: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+}
+
+/// Directories (relative to the root) whose `*.crt` files are listed.
+pub const CERT_DIRS: [&str; 2] = ["etc/kubernetes/pki", "etc/etcd/pki"];
+
+/// The expiry of every `*.crt` under [`CERT_DIRS`] below `root`; a file
+/// that does not parse is listed with its error as `not_after`.
+pub fn expiries(root: &Path) -> Vec<Expiry> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for dir in CERT_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".crt"))
+            .collect();
+        names.sort();
+        for name in names {
+            let rel = format!("{dir}/{name}");
+            let parsed = std::fs::read_to_string(root.join(&rel))
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    rcgen::CertificateParams::from_ca_cert_pem(&pem).map_err(|e| e.to_string())
+                });
+            let (not_after, days_left) = match parsed {
+                Ok(p) => (
+                    p.not_after
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    (p.not_after - now).whole_days(),
+                ),
+                Err(e) => (format!("unreadable: {e}"), 0),
+            };
+            out.push(Expiry { path: format!("/{rel}"), not_after, days_left });
+        }
+    }
+    out.sort_by(|a, b| a.days_left.cmp(&b.days_left).then(a.path.cmp(&b.path)));
+    out
 }
 
 /// Reports steps to a console writer and keeps the status.
 pub struct Reporter {
     console: Box<dyn Write + Send>,
+    root: PathBuf,
     path: PathBuf,
     start: Instant,
     pub status: Status,
@@ -56,6 +109,7 @@ impl Reporter {
     pub fn new(root: &Path, console: Box<dyn Write + Send>) -> Reporter {
         Reporter {
             console,
+            root: root.to_path_buf(),
             path: root.join(STATUS_FILE),
             start: Instant::now(),
             status: Status {
@@ -66,6 +120,7 @@ impl Reporter {
                 aws_requests: Requests::default(),
                 elapsed_millis: 0,
                 error: None,
+                certificates: Vec::new(),
             },
         }
     }
@@ -105,6 +160,7 @@ impl Reporter {
     /// Marks the run finished: "configured" or "failed" with `error`.
     pub fn finish(&mut self, error: Option<String>) -> std::io::Result<()> {
         self.status.state = if error.is_some() { "failed" } else { "configured" };
+        self.status.certificates = expiries(&self.root);
         self.status.error = error.map(|e| one_line(&e));
         self.write()
     }

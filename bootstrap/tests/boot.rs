@@ -19,7 +19,7 @@ use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use keel_bootstrap::etcd_api::EtcdApi;
 use keel_bootstrap::imds::{Identity, Imds};
 use keel_bootstrap::layout::Layout;
-use keel_bootstrap::node::{self, etcd::Plan};
+use keel_bootstrap::node::{self, etcd::Plan, kube};
 use keel_bootstrap::pki::{self, Ca, Usage};
 use keel_bootstrap::retry::Policy;
 use keel_bootstrap::{aws, discovery, envelope};
@@ -212,7 +212,12 @@ impl Aws {
             cluster: cluster.into(),
             role,
             api_endpoint: "https://api.test.internal:6443".into(),
-            assets: userdata::Assets { bucket: BUCKET.into(), prefix: PREFIX.into() },
+            assets: userdata::Assets {
+                bucket: BUCKET.into(),
+                prefix: PREFIX.into(),
+                kms_key_id: None,
+                bucket_owner: None,
+            },
             etcd: userdata::Etcd {
                 expected_members: expected,
                 discovery_timeout_seconds: Some(timeout),
@@ -485,6 +490,18 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
         0o600
     );
     assert_eq!(std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(), "ip-127-62-0-2\n");
+    // The status file lists every certificate's expiry, soonest first:
+    // the ones issued at boot (a year) before the CAs.
+    let certs = ctl.status()["certificates"].as_array().unwrap().clone();
+    let paths: Vec<&str> = certs.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    for want in
+        ["/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/ca.crt", "/etc/etcd/pki/ca.crt"]
+    {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    let days: Vec<i64> = certs.iter().map(|c| c["days_left"].as_i64().unwrap()).collect();
+    assert!(days.windows(2).all(|w| w[0] <= w[1]), "{days:?}");
+    assert!((364..=365).contains(&days[0]), "{certs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,14 +575,95 @@ async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundle
             & 0o777,
         0o600
     );
-    let cni: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.path("etc/cni/net.d/10-keel.conflist")).unwrap())
-            .unwrap();
-    assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");
+    // The pod range is the Node's spec.podCIDR, which containerd puts into
+    // the template once the kubelet passes it on: none is chosen here.
+    let template = std::fs::read_to_string(w.path("etc/containerd/cni.conflist.template")).unwrap();
+    assert!(template.contains("\"subnet\": \"{{.PodCIDR}}\""), "{template}");
+    assert!(!w.path("etc/cni/net.d").exists());
     // Idempotent: a second run gives the same configuration.
     let before = std::fs::read(w.path("etc/kubernetes/kubelet/config.json")).unwrap();
     w.boot().await.unwrap();
     assert_eq!(std::fs::read(w.path("etc/kubernetes/kubelet/config.json")).unwrap(), before);
+}
+
+/// Issue 16: role separation rested on policies that existed only as
+/// README text, and the node named neither the KMS key nor the bucket
+/// owner. A worker boots through a recording proxy in front of moto; what
+/// it sent (GetObject's key and ExpectedBucketOwner, Decrypt's KeyId and
+/// encryption context) is exactly what `iam::instance_policy` allows, and
+/// nothing it is not allowed (no EC2 call). moto enforces Decrypt's KeyId
+/// (another key is refused) but not ExpectedBucketOwner: that header is
+/// checked here as sent, not as enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_node_sends_matches_its_iam_policy() {
+    use keel_bootstrap::iam::{self, PolicyInput};
+    use keel_testkit::fault_proxy::FaultProxy;
+    let aws = aws_env().await;
+    let cluster = "least";
+    aws.publish(cluster, Role::Worker).await;
+    let kms = aws_sdk_kms::Client::new(&aws.sdk);
+    let described = kms.describe_key().key_id(&aws.key_id).send().await.unwrap();
+    let key_arn = described.key_metadata().unwrap().arn().unwrap().to_string();
+    let owner = key_arn.split(':').nth(4).unwrap().to_string();
+    let proxy = FaultProxy::start(&aws.moto.endpoint, true).unwrap();
+    let inst = aws.launch(cluster, Role::Worker, Some("127.66.0.1"), 1).await.remove(0);
+    let mut ud = aws.user_data(cluster, Role::Worker, 3, 30);
+    ud.aws = Some(userdata::Aws { endpoint_url: Some(proxy.endpoint.clone()) });
+    ud.assets.kms_key_id = Some(key_arn.clone());
+    ud.assets.bucket_owner = Some(owner.clone());
+    let w = node(Role::Worker, &inst, user_data_bytes(&ud));
+    w.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", w.console.text()));
+
+    let policy = iam::instance_policy(&PolicyInput {
+        role: Role::Worker,
+        cluster,
+        bucket: BUCKET,
+        prefix: PREFIX,
+        kms_key_arn: &key_arn,
+        bucket_owner: Some(&owner),
+    })
+    .unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let allowed = |action: &str| {
+        statements.iter().find(|s| s["Action"] == action).unwrap_or_else(|| panic!("{action}"))
+    };
+    let requests = proxy.requests();
+    // S3: one GetObject of the object the policy names, from its owner.
+    let gets: Vec<_> = requests.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(gets.len(), 1, "{:?}", gets.iter().map(|r| &r.path).collect::<Vec<_>>());
+    let object = gets[0].path.split('?').next().unwrap().trim_start_matches('/');
+    let get = allowed("s3:GetObject");
+    assert_eq!(get["Resource"], format!("arn:aws:s3:::{object}"));
+    assert_eq!(
+        gets[0].header("x-amz-expected-bucket-owner"),
+        get["Condition"]["StringEquals"]["s3:ResourceAccount"].as_str()
+    );
+    // KMS: one Decrypt naming the policy's key, with exactly the context
+    // its conditions require.
+    let decrypts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.header("x-amz-target") == Some("TrentService.Decrypt"))
+        .collect();
+    assert_eq!(decrypts.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&decrypts[0].body).unwrap();
+    let decrypt = allowed("kms:Decrypt");
+    assert_eq!(body["KeyId"], decrypt["Resource"]);
+    let conditions = decrypt["Condition"]["StringEquals"].as_object().unwrap();
+    let context = body["EncryptionContext"].as_object().unwrap();
+    assert_eq!(context.len(), conditions.len(), "{context:?} vs {conditions:?}");
+    for (k, v) in context {
+        assert_eq!(conditions.get(&format!("kms:EncryptionContext:{k}")), Some(v), "{k}");
+    }
+    // A worker's policy has no EC2 statement, and the worker made no call.
+    assert!(statements.iter().all(|s| s["Action"] != "ec2:DescribeInstances"));
+    assert!(requests.iter().all(|r| r.form_param("Action").is_none()), "an EC2 call");
+
+    // Decrypt naming another key is refused.
+    let other = kms.create_key().send().await.unwrap();
+    ud.assets.kms_key_id = Some(other.key_metadata().unwrap().key_id().to_string());
+    w.imds.update(|i| i.user_data = user_data_bytes(&ud));
+    let err = w.boot().await.unwrap_err().to_string();
+    assert!(err.contains("KMS Decrypt") && err.contains("AccessDenied"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,7 +764,7 @@ async fn imds_refreshes_tokens_retries_and_reports_absent_paths() {
 async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
     let inst =
         ("i-0bad".to_string(), "10.0.1.9".to_string(), "ip-10-0-1-9.ec2.internal".to_string());
-    let ud = b"version = 1\ncluster = \"c\"\nrole = \"worker\"\napi-endpoint = \"https://api:6443\"\n[assets]\nbucket = \"b\"\n[etcd]\nexpected-members = 3\nexpected-memebrs = 3\n";
+    let ud = b"version = 1\ncluster = \"c\"\nrole = \"worker\"\napi-endpoint = \"https://api:6443\"\n[assets]\nbucket = \"bkt\"\n[etcd]\nexpected-members = 3\nexpected-memebrs = 3\n";
     let n = node(Role::Worker, &inst, Some(ud.to_vec()));
     let out = Command::new(env!("CARGO_BIN_EXE_keel-bootstrap"))
         .arg("--root")
@@ -694,24 +792,22 @@ async fn bad_user_data_is_refused_with_line_and_column_by_the_binary() {
     assert!(err.contains("has no user data"), "{err}");
 }
 
-/// The rendered configuration for every role, as a node sees it.
-#[test]
-fn golden_files() {
-    let root = tempfile::tempdir().unwrap();
-    let layout = Layout::node_view(root.path());
-    let id = Identity {
-        instance_id: "i-0123456789abcdef0".into(),
-        region: REGION.into(),
-        availability_zone: "us-east-1a".into(),
-        private_ipv4: "10.0.1.5".into(),
-        local_hostname: "ip-10-0-1-5.ec2.internal".into(),
-    };
-    let ud = UserData {
+/// The user data the golden files are rendered from.
+fn user_data_for_rendering(role: Role) -> UserData {
+    UserData {
         version: 1,
         cluster: "prod".into(),
-        role: Role::Worker,
+        role,
         api_endpoint: "https://api.prod.example.com:6443".into(),
-        assets: userdata::Assets { bucket: "prod-assets".into(), prefix: "prod".into() },
+        assets: userdata::Assets {
+            bucket: "prod-assets".into(),
+            prefix: "prod".into(),
+            kms_key_id: Some(
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                    .into(),
+            ),
+            bucket_owner: Some("111122223333".into()),
+        },
         etcd: userdata::Etcd {
             expected_members: 3,
             discovery_timeout_seconds: None,
@@ -727,9 +823,24 @@ fn golden_files() {
             cluster_domain: None,
             node_labels: vec!["tier=general".into()],
         }),
+    }
+}
+
+/// The rendered configuration for every role, as a node sees it.
+#[test]
+fn golden_files() {
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::node_view(root.path());
+    let id = Identity {
+        instance_id: "i-0123456789abcdef0".into(),
+        region: REGION.into(),
+        availability_zone: "us-east-1a".into(),
+        private_ipv4: "10.0.1.5".into(),
+        local_hostname: "ip-10-0-1-5.ec2.internal".into(),
     };
+    let ud = user_data_for_rendering(Role::Worker);
     use keel_bootstrap::discovery::Peer;
-    use keel_bootstrap::node::{controller, etcd, kube, worker};
+    use keel_bootstrap::node::{controller, etcd, worker};
     let me = Peer {
         instance_id: id.instance_id.clone(),
         private_ip: id.private_ipv4.clone(),
@@ -754,9 +865,9 @@ fn golden_files() {
             "etcd.env",
             etcd::render_env(&layout, &ud, &me, &initial, true, "keel-prod-0123456789abcdef"),
         ),
-        ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers)),
-        ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud)),
-        ("kube-scheduler.env", controller::scheduler_env(&layout)),
+        ("kube-apiserver.env", controller::apiserver_env(&layout, &ud, &id, &peers).unwrap()),
+        ("kube-controller-manager.env", controller::controller_manager_env(&layout, &ud).unwrap()),
+        ("kube-scheduler.env", controller::scheduler_env(&layout).unwrap()),
         (
             "scheduler.kubeconfig",
             kube::kubeconfig(
@@ -779,6 +890,10 @@ fn golden_files() {
         ),
         ("kubelet-config.json", kube::kubelet_config(&layout, &ud, &id)),
         (
+            "kubelet-config-controller.json",
+            kube::kubelet_config(&layout, &UserData { role: Role::Controller, ..ud.clone() }, &id),
+        ),
+        (
             "kubelet.env",
             kube::kubelet_env(
                 &layout,
@@ -786,10 +901,11 @@ fn golden_files() {
                 &id,
                 Some("/etc/kubernetes/bootstrap-kubelet.kubeconfig"),
                 "/var/lib/kubelet/kubeconfig",
-            ),
+            )
+            .unwrap(),
         ),
         ("containerd-config.toml", worker::containerd_config(&layout)),
-        ("cni.conflist", worker::cni_conflist(&ud, &id).unwrap()),
+        ("cni.conflist.template", worker::cni_template()),
         ("user-data.toml", ud.to_toml().unwrap()),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -817,6 +933,114 @@ fn golden_files() {
     let _: HashMap<String, serde_json::Value> =
         serde_json::from_str(&kube::kubelet_config(&layout, &ud, &id)).unwrap();
     assert_eq!(UserData::parse(ud.to_toml().unwrap().as_bytes(), Role::Worker).unwrap(), ud);
+}
+
+/// Issue 16: each worker's pod /24 came from the last octet of its address,
+/// so 10.0.1.17 and 10.0.2.17 got the same range. Now no node derives a
+/// range: the controller manager allocates one per Node (spec.podCIDR) and
+/// containerd renders the CNI template with it. Two workers in different
+/// subnets with the same last octet render the same network configuration,
+/// and nothing they render names a pod range.
+#[test]
+fn bug_workers_with_the_same_last_octet_share_no_derived_pod_range() {
+    use keel_bootstrap::node::worker;
+    let ud = UserData {
+        kubernetes: Some(userdata::Kubernetes {
+            service_cidr: None,
+            pod_cidr: Some("10.200.0.0/16".into()),
+        }),
+        ..user_data_for_rendering(Role::Worker)
+    };
+    let render = |ip: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::node_view(root.path());
+        let id = Identity {
+            instance_id: format!("i-{}", ip.replace('.', "")),
+            region: REGION.into(),
+            availability_zone: "us-east-1a".into(),
+            private_ipv4: ip.into(),
+            local_hostname: format!("ip-{}.ec2.internal", ip.replace('.', "-")),
+        };
+        worker::write_containerd_config(&layout).unwrap();
+        worker::write_kubelet_config(&layout, &ud, &id, TOKEN).unwrap();
+        root
+    };
+    let (a, b) = (render("10.0.1.17"), render("10.0.2.17"));
+    let read = |root: &tempfile::TempDir, rel: &str| std::fs::read(root.path().join(rel)).unwrap();
+    for rel in [worker::CONTAINERD_CONFIG, worker::CNI_TEMPLATE] {
+        assert_eq!(read(&a, rel), read(&b, rel), "{rel} differs between the two workers");
+    }
+    for root in [&a, &b] {
+        for rel in [
+            worker::CONTAINERD_CONFIG,
+            worker::CNI_TEMPLATE,
+            kube::KUBELET_CONFIG,
+            kube::KUBELET_ENV,
+            worker::BOOTSTRAP_KUBECONFIG,
+        ] {
+            let text = String::from_utf8(read(root, rel)).unwrap();
+            assert!(!text.contains("10.200."), "{rel} names a pod range:\n{text}");
+        }
+        assert!(!root.path().join(worker::CNI_CONF_DIR).exists());
+    }
+    // The controller manager allocates per-node ranges from the pod CIDR.
+    let kcm = keel_bootstrap::node::controller::controller_manager_env(
+        &Layout::node_view(a.path()),
+        &UserData { role: Role::Controller, ..ud.clone() },
+    )
+    .unwrap();
+    for flag in
+        ["--allocate-node-cidrs=true", "--node-cidr-mask-size=24", "--cluster-cidr=10.200.0.0/16"]
+    {
+        assert!(kcm.contains(flag), "{flag} missing:\n{kcm}");
+    }
+}
+
+/// Each unit passes its split variable as `$VAR` and every variable that
+/// carries a user data value as `${VAR}` (one argument, never split), and
+/// its environment file sets exactly those.
+#[test]
+fn units_pass_user_data_flags_as_single_arguments() {
+    use keel_bootstrap::node::{controller as c, kube};
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+    for (unit, split, single) in [
+        ("worker/units/kubelet.service", kube::KUBELET_ARGS, vec![kube::KUBELET_NODE_LABELS]),
+        (
+            "controller/units/kube-apiserver.service",
+            c::APISERVER_ARGS,
+            vec![c::APISERVER_SERVICE_CIDR, c::APISERVER_SA_ISSUER],
+        ),
+        (
+            "controller/units/kube-controller-manager.service",
+            c::CONTROLLER_MANAGER_ARGS,
+            vec![
+                c::CONTROLLER_MANAGER_CLUSTER_NAME,
+                c::CONTROLLER_MANAGER_CLUSTER_CIDR,
+                c::CONTROLLER_MANAGER_SERVICE_CIDR,
+            ],
+        ),
+        ("controller/units/kube-scheduler.service", c::SCHEDULER_ARGS, vec![]),
+    ] {
+        let text = std::fs::read_to_string(images.join(unit)).unwrap();
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+        let words: Vec<&str> = exec.split_whitespace().skip(1).collect();
+        let mut want = vec![format!("${split}")];
+        want.extend(single.iter().map(|v| format!("${{{v}}}")));
+        assert_eq!(words, want, "{unit}");
+    }
+    // A value that would split is refused when rendering, whatever checks
+    // came before.
+    let flags = kube::Flags {
+        split: ("X_ARGS", vec!["--a=b".into()]),
+        single: vec![("X_LABELS", "--node-labels=x=y --anonymous-auth=true".into())],
+    };
+    let err = flags.render().unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "X_LABELS: argument \"--node-labels=x=y --anonymous-auth=true\" holds whitespace"
+        ),
+        "{err}"
+    );
 }
 
 /// Figures for BENCHMARKS.md (keel-bootstrap): time from start to "configured"
@@ -1454,4 +1678,227 @@ async fn etcd_servers_follow_membership() {
     let line = node::refresh_etcd_servers(&opts()).await.unwrap();
     assert!(line.starts_with("etcd servers unchanged"), "{line}");
     assert_eq!(std::fs::metadata(&env_path).unwrap().modified().unwrap(), mtime);
+}
+
+/// A TEST DOUBLE of the Kubernetes API server, not kube-apiserver (none
+/// can be had here): HTTPS with a serving certificate from the cluster CA,
+/// a client certificate from that CA required (as kube-apiserver's
+/// --client-ca-file), `/readyz` answering 503 for the first `unready`
+/// requests and then `ok`, every other request answered `status` with the
+/// body echoed, and each request recorded. It checks nothing about the
+/// objects: their schemas are checked by kubernetes-validate (keel's CLI
+/// tests).
+struct ApiServerDouble {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    content_type: String,
+    client: String,
+    client_not_after: i64,
+    body: Vec<u8>,
+}
+
+impl ApiServerDouble {
+    async fn start(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let serving = ca
+            .issue(&pki::Request {
+                what: "API server double serving certificate",
+                common_name: "kube-apiserver",
+                organization: None,
+                dns_names: vec!["localhost".into()],
+                ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+                usage: Usage::Server,
+            })
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let status = Arc::new(Mutex::new(200u16));
+        let (seen2, status2) = (seen.clone(), status.clone());
+        tokio::spawn(async move {
+            let readyz = Arc::new(Mutex::new(0usize));
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, seen, status, readyz) =
+                    (acceptor.clone(), seen2.clone(), status2.clone(), readyz.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                    let client = cert.subject().to_string();
+                    let client_not_after = cert.validity().not_after.timestamp();
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let mut lines = head.lines();
+                        let mut first = lines.next().unwrap_or("").split(' ');
+                        let (method, target) = (
+                            first.next().unwrap_or("").to_string(),
+                            first.next().unwrap_or("").to_string(),
+                        );
+                        let header = |name: &str| {
+                            head.lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                                })
+                                .unwrap_or_default()
+                        };
+                        let len: usize = header("content-length").parse().unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        tls.read_exact(&mut body).await.unwrap();
+                        let (code, reply) = if target == "/readyz" {
+                            let mut n = readyz.lock().unwrap();
+                            *n += 1;
+                            if *n <= unready {
+                                (503, b"not ready".to_vec())
+                            } else {
+                                (200, b"ok".to_vec())
+                            }
+                        } else {
+                            (*status.lock().unwrap(), body.clone())
+                        };
+                        seen.lock().unwrap().push(Seen {
+                            method,
+                            target,
+                            content_type: header("content-type"),
+                            client: client.clone(),
+                            client_not_after,
+                            body,
+                        });
+                        let out = format!(
+                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            reply.len()
+                        );
+                        if tls.write_all(out.as_bytes()).await.is_err()
+                            || tls.write_all(&reply).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ApiServerDouble { url, seen, status }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Issue 16: nothing applied the bootstrap-token Secret or the RBAC that
+/// lets a worker's kubelet request and get its client certificate. The
+/// controller's `keel-bootstrap --apply-join` waits for its API server and
+/// server-side applies each object from its bundle with a short-lived
+/// certificate of its own; the API server double records what arrived.
+/// This shows the requests, not that a real kube-apiserver accepts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_applies_the_join_objects_by_server_side_apply() {
+    use keel_bootstrap::node::apply;
+    use keel_contract::join;
+    let (ca_crt, ca_key) = pki::new_ca("kubernetes").unwrap();
+    let ca = Ca::load("test cluster CA", &ca_crt, &ca_key).unwrap();
+    let objects = join::objects("prod", "abcdef", "0123456789abcdef", "2027-11-30T10:00:00Z");
+    let list = serde_json::to_vec(&join::list(objects.clone())).unwrap();
+    // The controller's bundle, installed as at boot (paths checked).
+    let root = tempfile::tempdir().unwrap();
+    let layout = Layout::new(root.path());
+    let files = vec![
+        file("kubernetes/pki/ca.crt", 0o644, ca_crt.as_bytes()),
+        file("kubernetes/pki/ca.key", 0o600, ca_key.as_bytes()),
+        file(join::OBJECTS, 0o600, &list),
+    ];
+    node::assets::Assets::install(
+        &layout,
+        Bundle { cluster: "prod".into(), role: Role::Controller, files },
+        None,
+    )
+    .unwrap();
+    let api = ApiServerDouble::start(&ca, &ca_crt, 2).await;
+    let ready = Policy {
+        initial: Duration::from_millis(50),
+        max_delay: Duration::from_millis(100),
+        deadline: Duration::from_secs(20),
+        max_attempts: 20,
+    };
+    let applied = apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    assert_eq!(
+        applied,
+        [
+            "Secret/bootstrap-token-abcdef",
+            "ClusterRoleBinding/keel:kubelet-bootstrap",
+            "ClusterRoleBinding/keel:node-autoapprove-bootstrap",
+            "ClusterRoleBinding/keel:node-autoapprove-certificate-rotation",
+        ]
+    );
+    let seen = api.seen();
+    let readyz: Vec<_> = seen.iter().filter(|s| s.target == "/readyz").collect();
+    assert_eq!(readyz.len(), 3, "waited for /readyz until it answered");
+    let patches: Vec<_> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    assert_eq!(patches.len(), 4);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (p, o) in patches.iter().zip(&objects) {
+        assert_eq!(
+            p.target,
+            format!("{}?fieldManager=keel&force=true", join::apply_path(o).unwrap())
+        );
+        assert_eq!(p.content_type, "application/apply-patch+yaml");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&p.body).unwrap(), *o);
+        assert_eq!(p.client, "CN=keel:join-applier, O=system:masters");
+        assert!(p.client_not_after <= now + 3600 + 60, "a long-lived applier certificate");
+    }
+    // Nothing of the applier's identity was written on the node.
+    let mut written = Vec::new();
+    for e in std::fs::read_dir(root.path().join("etc/kubernetes/pki")).unwrap() {
+        written.push(e.unwrap().file_name().to_string_lossy().into_owned());
+    }
+    written.sort();
+    assert_eq!(written, ["ca.crt", "ca.key"]);
+
+    // Idempotent: a second run (another controller, a reboot) sends the
+    // same applies.
+    apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    let again: Vec<_> =
+        api.seen().into_iter().filter(|s| s.method == "PATCH").skip(4).map(|s| s.body).collect();
+    assert_eq!(again, patches.iter().map(|p| p.body.clone()).collect::<Vec<_>>());
+
+    // Refused (403): a final error naming the object's URL, no retries.
+    *api.status.lock().unwrap() = 403;
+    let before = api.seen().len();
+    let err = apply::apply_join(&layout, &api.url, &ready, &Policy::quick())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/secrets/bootstrap-token-abcdef?") && err.contains("HTTP 403"), "{err}");
+    assert!(!err.contains("0123456789abcdef"), "the token in an error: {err}");
+    assert_eq!(api.seen().len() - before, 2, "one /readyz and one PATCH");
 }

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod assets;
 mod etcd;
 mod fetch;
+mod iam_policy;
 mod image;
 mod man;
 mod pin;
@@ -45,6 +46,8 @@ enum Command {
     Assets(assets::Command),
     /// Render a node's user data for a launch template.
     Userdata(userdata::UserdataArgs),
+    /// Print the IAM policy of a node role's instance profile.
+    IamPolicy(iam_policy::IamPolicyArgs),
     /// Build a role's bootable disk image (GPT, UKI, verified /usr).
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Assets(command) => assets::run(command).await,
         Command::Userdata(args) => userdata::run(&args),
+        Command::IamPolicy(args) => iam_policy::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
         Command::Etcd(command) => etcd::run(command).await,

@@ -7,6 +7,28 @@ use anyhow::Context;
 use keel_contract::userdata::{self, Assets, Aws, Etcd, Kubelet, Kubernetes, UserData};
 use keel_contract::Role;
 
+/// Which role's bundle of which cluster, and where it is: shared by
+/// `keel userdata` and `keel iam-policy`, so both name the same object.
+#[derive(Debug, clap::Args)]
+pub struct NodeBundleArgs {
+    /// The node role: controller, etcd or worker.
+    #[arg(long)]
+    pub role: Role,
+    /// The cluster name (the keel:cluster tag of its instances).
+    #[arg(long)]
+    pub cluster: String,
+    /// The S3 bucket holding the cluster's asset bundles.
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix of the bundles in the bucket.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// The 12-digit account that owns the bucket; the node's GetObject
+    /// names it.
+    #[arg(long)]
+    pub bucket_owner: Option<String>,
+}
+
 /// Render user data for a node role's launch template.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -14,18 +36,12 @@ use keel_contract::Role;
                             --api-endpoint <URL> [OPTIONS]"
 )]
 pub struct UserdataArgs {
-    /// The node role: controller, etcd or worker.
+    #[command(flatten)]
+    node: NodeBundleArgs,
+    /// The KMS key the bundles are sealed under (ARN, id or alias); the
+    /// node's Decrypt names it.
     #[arg(long)]
-    role: Role,
-    /// The cluster name (the keel:cluster tag of its instances).
-    #[arg(long)]
-    cluster: String,
-    /// The S3 bucket holding the cluster's asset bundles.
-    #[arg(long)]
-    bucket: String,
-    /// Key prefix of the bundles in the bucket.
-    #[arg(long, default_value = "")]
-    prefix: String,
+    kms_key: Option<String>,
     /// The Kubernetes API endpoint, https://host:port.
     #[arg(long)]
     api_endpoint: String,
@@ -68,10 +84,15 @@ impl UserdataArgs {
         });
         UserData {
             version: userdata::VERSION,
-            cluster: self.cluster.clone(),
-            role: self.role,
+            cluster: self.node.cluster.clone(),
+            role: self.node.role,
             api_endpoint: self.api_endpoint.clone(),
-            assets: Assets { bucket: self.bucket.clone(), prefix: self.prefix.clone() },
+            assets: Assets {
+                bucket: self.node.bucket.clone(),
+                prefix: self.node.prefix.clone(),
+                kms_key_id: self.kms_key.clone(),
+                bucket_owner: self.node.bucket_owner.clone(),
+            },
             etcd: Etcd {
                 expected_members: self.etcd_members,
                 discovery_timeout_seconds: self.discovery_timeout,
@@ -90,7 +111,7 @@ pub fn run(args: &UserdataArgs) -> anyhow::Result<()> {
     let ud = args.user_data();
     let text = ud.to_toml().context("rendering user data")?;
     // The node's own parser is the check.
-    UserData::parse(text.as_bytes(), args.role).context("checking the rendered user data")?;
+    UserData::parse(text.as_bytes(), args.node.role).context("checking the rendered user data")?;
     if args.base64 {
         use base64::Engine;
         println!("{}", base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));

@@ -273,6 +273,7 @@ fn expected_files(role: Role) -> BTreeSet<&'static str> {
             "kubernetes/pki/apiserver-etcd-client.key",
             "etcd/pki/ca.crt",
             "kubernetes/encryption-config.yaml",
+            "kubernetes/join-objects.json",
         ]
         .into(),
         Role::Worker => ["kubernetes/pki/ca.crt", "kubernetes/bootstrap-token"].into(),
@@ -400,8 +401,8 @@ fn init_writes_a_verifiable_pki_with_tight_modes() {
     };
     assert!(ok(id, 6) && ok(secret, 16), "{id}");
     let manifest = String::from_utf8(read("kubernetes/bootstrap-token-secret.yaml")).unwrap();
-    assert!(manifest.contains(&format!("name: bootstrap-token-{id}")));
-    assert!(manifest.contains(&format!("token-secret: \"{secret}\"")));
+    assert!(manifest.contains(&format!("\"name\": \"bootstrap-token-{id}\"")));
+    assert!(manifest.contains(&format!("\"token-secret\": \"{secret}\"")));
     assert!(stdout.contains(id) && !stdout.contains(secret));
 
     // Encryption config: a 32-byte secretbox key.

@@ -8,12 +8,15 @@
 //!   server certificates at boot).
 //! - controller: the cluster CA and key, the service-account key pair, the
 //!   front-proxy CA and key, the API server's etcd client certificate and
-//!   key, the etcd CA certificate (to verify etcd) and the encryption
-//!   config for secrets at rest.
+//!   key, the etcd CA certificate (to verify etcd), the encryption
+//!   config for secrets at rest, and the objects nodes need to join (the
+//!   bootstrap-token Secret and RBAC bindings, `crate::join`), which the
+//!   controllers apply.
 //! - worker: the cluster CA certificate and a bootstrap token, nothing else.
 //!
 //! Never in any bundle: the admin credentials and kubeconfig, the bootstrap
-//! token's Secret manifest and the fingerprint key.
+//! token's own Secret manifest (the controller gets the Secret inside the
+//! join objects) and the fingerprint key.
 
 use crate::Role;
 
@@ -33,8 +36,14 @@ pub mod paths {
     pub const ENCRYPTION_CONFIG: &str = "kubernetes/encryption-config.yaml";
     pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
     pub const BOOTSTRAP_TOKEN_SECRET: &str = "kubernetes/bootstrap-token-secret.yaml";
+    /// The objects nodes need to join (token Secret, RBAC bindings).
+    pub const JOIN_OBJECTS: &str = crate::join::OBJECTS;
     pub const ETCD_CA_CRT: &str = "etcd/pki/ca.crt";
     pub const ETCD_CA_KEY: &str = "etcd/pki/ca.key";
+
+    /// Every certificate of the asset directory.
+    pub const ALL_CERTS: &[&str] =
+        &[CA_CRT, ETCD_CA_CRT, FRONT_PROXY_CA_CRT, APISERVER_ETCD_CLIENT_CRT, ADMIN_CRT];
 }
 
 /// Permission bits for certificates and public keys.
@@ -54,6 +63,7 @@ const CONTROLLER: &[&str] = &[
     paths::APISERVER_ETCD_CLIENT_KEY,
     paths::ETCD_CA_CRT,
     paths::ENCRYPTION_CONFIG,
+    paths::JOIN_OBJECTS,
 ];
 const WORKER: &[&str] = &[paths::CA_CRT, paths::BOOTSTRAP_TOKEN];
 

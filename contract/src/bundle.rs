@@ -115,6 +115,10 @@ pub enum BundleError {
     BadPath { path: String, reason: &'static str },
     #[error("bundle file {path:?} has mode {mode:#o}, more than permission bits")]
     BadMode { path: String, mode: u32 },
+    #[error("a {role} bundle may not write {path:?}: its files are {}", crate::assets::files(*role).join(", "))]
+    NotRolePath { role: Role, path: String },
+    #[error("bundle file {path:?} has mode {mode:#o}, looser than {max:#o}")]
+    ModeTooLoose { path: String, mode: u32, max: u32 },
     #[error("bundle holds {path:?} twice")]
     DuplicatePath { path: String },
     #[error("bundle field {what} is {len} bytes, more than the format allows ({max})")]
@@ -139,6 +143,22 @@ pub fn object_key(prefix: &str, role: Role) -> String {
     } else {
         format!("{prefix}/{role}.bundle")
     }
+}
+
+/// Checks that `role`'s bundle may write `path` with `mode`: only the
+/// files the contract gives that role (`assets::files`), with a mode no
+/// looser than the contract's (`assets::mode`). A node refuses a bundle
+/// that names anything else before it writes any file.
+pub fn check_role_file(role: Role, path: &str, mode: u32) -> Result<(), BundleError> {
+    check_path(path)?;
+    if !crate::assets::files(role).contains(&path) {
+        return Err(BundleError::NotRolePath { role, path: path.to_string() });
+    }
+    let max = crate::assets::mode(path);
+    if mode & !max != 0 {
+        return Err(BundleError::ModeTooLoose { path: path.to_string(), mode, max });
+    }
+    Ok(())
 }
 
 /// Checks a bundle file path: relative to /etc, no `..`, `.` or empty
@@ -445,6 +465,27 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_writes_only_its_roles_paths_with_modes_no_looser_than_the_table() {
+        check_role_file(Role::Etcd, "etcd/pki/ca.key", 0o600).unwrap();
+        check_role_file(Role::Etcd, "etcd/pki/ca.crt", 0o644).unwrap();
+        check_role_file(Role::Controller, "kubernetes/pki/sa.pub", 0o644).unwrap();
+        check_role_file(Role::Worker, "kubernetes/bootstrap-token", 0o400).unwrap();
+        for (role, path, mode, why) in [
+            (Role::Worker, "kubernetes/pki/ca.key", 0o600, "may not write"),
+            (Role::Worker, "systemd/system/evil.service", 0o644, "may not write"),
+            (Role::Etcd, "etcd/pki/sub/x.crt", 0o644, "may not write"),
+            (Role::Etcd, "kubernetes/pki/ca.crt", 0o644, "may not write"),
+            (Role::Controller, "etcd/pki/ca.key", 0o600, "may not write"),
+            (Role::Controller, "kubernetes/pki/ca.key", 0o640, "looser than 0o600"),
+            (Role::Worker, "kubernetes/pki/ca.crt", 0o666, "looser than 0o644"),
+            (Role::Worker, "kubernetes/bootstrap-token", 0o4600, "looser"),
+        ] {
+            let err = check_role_file(role, path, mode).unwrap_err().to_string();
+            assert!(err.contains(why), "{role} {path} {mode:o}: {err}");
+        }
+    }
 
     const KEY: [u8; 32] = [7u8; 32];
     const EDK: &[u8] = b"encrypted-data-key-blob";

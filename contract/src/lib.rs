@@ -8,6 +8,8 @@
 
 pub mod assets;
 pub mod bundle;
+pub mod join;
+pub mod kube_names;
 pub mod kubeconfig;
 pub mod names;
 pub mod net;

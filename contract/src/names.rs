@@ -23,6 +23,15 @@ pub fn check_cluster_name(name: &str) -> Result<(), ClusterNameError> {
     }
 }
 
+/// A 12-digit AWS account id (an S3 bucket's owner).
+pub fn check_account(owner: &str) -> Result<(), String> {
+    if owner.len() == 12 && owner.chars().all(|c| c.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("bucket owner {owner:?} is not a 12-digit AWS account id"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

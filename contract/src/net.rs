@@ -1,6 +1,6 @@
-//! IPv4 CIDR arithmetic for the few addresses a node derives: the API
-//! server's service IP (first host of the service CIDR) and the node's pod
-//! subnet.
+//! IPv4 CIDR arithmetic for the few addresses a node derives (the API
+//! server's service IP, the first host of the service CIDR) and the checks
+//! of user data's ranges.
 
 use std::net::Ipv4Addr;
 
@@ -33,15 +33,21 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.network).wrapping_add(n))
     }
 
-    /// The node's /24 inside a /16 (or larger) pod range, chosen by the last
-    /// octet of its private address. `None` when the range is too small.
-    pub fn node_subnet(&self, node_ip: Ipv4Addr) -> Option<Ipv4Cidr> {
-        if self.prefix > 16 {
-            return None;
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
         }
-        let octets = self.network.octets();
-        let last = node_ip.octets()[3];
-        Some(Ipv4Cidr { network: Ipv4Addr::new(octets[0], octets[1], last, 0), prefix: 24 })
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.network)
+    }
+
+    /// Whether the two ranges share an address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
     }
 }
 
@@ -60,10 +66,10 @@ mod tests {
         let svc = Ipv4Cidr::parse("10.96.0.0/12").unwrap();
         assert_eq!(svc.nth(1), Ipv4Addr::new(10, 96, 0, 1));
         let pods = Ipv4Cidr::parse("10.244.0.0/16").unwrap();
-        assert_eq!(
-            pods.node_subnet(Ipv4Addr::new(10, 0, 3, 17)).unwrap().to_string(),
-            "10.244.17.0/24"
-        );
+        assert!(pods.contains(Ipv4Addr::new(10, 244, 3, 17)));
+        assert!(!pods.contains(Ipv4Addr::new(10, 245, 0, 1)));
+        assert!(pods.overlaps(&Ipv4Cidr::parse("10.0.0.0/8").unwrap()));
+        assert!(!pods.overlaps(&svc));
         assert!(Ipv4Cidr::parse("10.96.0.1/12").unwrap_err().contains("host bits"));
         assert!(Ipv4Cidr::parse("10.96.0.0").is_err());
         assert!(Ipv4Cidr::parse("10.96.0.0/33").is_err());

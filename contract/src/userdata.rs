@@ -21,7 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Role;
+use crate::{kube_names, Role};
 
 /// The only user data version this build reads.
 pub const VERSION: u32 = 1;
@@ -53,6 +53,14 @@ pub struct Assets {
     pub bucket: String,
     #[serde(default)]
     pub prefix: String,
+    /// The KMS key the bundles are sealed under (ARN, id or alias):
+    /// passed to Decrypt, which refuses a bundle sealed under another key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// The account that owns the bucket: passed to GetObject
+    /// (ExpectedBucketOwner), which refuses a bucket of another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +120,24 @@ pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_CLUSTER_DNS: &str = "10.96.0.10";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_MAX_PODS: u32 = 110;
+/// The controller manager's per-node pod range (`--node-cidr-mask-size`).
+pub const NODE_CIDR_MASK: u8 = 24;
+/// The smallest pod CIDR worth allocating from: 4 nodes' ranges.
+pub const MAX_POD_CIDR_PREFIX: u8 = 22;
+/// etcd's defaults, which keel-bootstrap renders when user data is silent.
+pub const DEFAULT_HEARTBEAT_MS: u32 = 100;
+pub const DEFAULT_ELECTION_MS: u32 = 1000;
+/// etcd refuses an election timeout above 50 s.
+pub const MAX_ELECTION_MS: u32 = 50_000;
+
+/// S3's bucket naming rules (3-63 characters of lowercase letters, digits,
+/// '-' and '.', alphanumeric at both ends).
+fn s3_bucket_name(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum UserDataError {
@@ -123,6 +149,61 @@ pub enum UserDataError {
     Invalid(String),
     #[error("user data is for role {user_data} but this image is a {image} image")]
     RoleMismatch { user_data: Role, image: Role },
+}
+
+/// One step of a path into the document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Key {
+    Name(&'static str),
+    Index(usize),
+}
+
+/// A value that fails a check: the field's path and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {message}", path_string(path))]
+pub struct FieldError {
+    pub path: Vec<Key>,
+    pub message: String,
+}
+
+fn path_string(path: &[Key]) -> String {
+    let mut out = String::new();
+    for k in path {
+        match k {
+            Key::Name(n) if out.is_empty() => out.push_str(n),
+            Key::Name(n) => {
+                out.push('.');
+                out.push_str(n);
+            }
+            Key::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+impl FieldError {
+    /// The error at the field's line and column in `text` (the innermost
+    /// part of the path the document has: a defaulted key points at its
+    /// table, or at the first line).
+    pub fn locate(self, text: &str) -> UserDataError {
+        let mut span = None;
+        if let Ok(doc) = toml_edit::ImDocument::parse(text) {
+            let mut item = doc.as_item();
+            for k in &self.path {
+                let next = match k {
+                    Key::Name(n) => item.get(*n),
+                    Key::Index(i) => item.get(*i),
+                };
+                match next {
+                    Some(n) => item = n,
+                    None => break,
+                }
+                span = item.span().or(span);
+            }
+        }
+        let (line, column) = span.map_or((1, 1), |s| line_column(text, s.start));
+        UserDataError::At { line, column, message: self.to_string() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,45 +253,167 @@ impl UserData {
             None => return Err(UserDataError::Invalid(format!("missing `version = {VERSION}`"))),
         }
         let ud: UserData = toml::from_str(text).map_err(at)?;
-        ud.check()?;
+        ud.check().map_err(|e| e.locate(text))?;
         if ud.role != image_role {
             return Err(UserDataError::RoleMismatch { user_data: ud.role, image: image_role });
         }
         Ok(ud)
     }
 
-    /// Value checks that the schema alone cannot express.
-    pub fn check(&self) -> Result<(), UserDataError> {
-        let bad = |m: String| Err(UserDataError::Invalid(m));
+    /// Value checks that the schema alone cannot express. An error names
+    /// the field (`kubelet.node-labels[1]`); [`UserData::parse`] adds its
+    /// line and column.
+    pub fn check(&self) -> Result<(), FieldError> {
+        fn bad<T>(path: &[Key], message: String) -> Result<T, FieldError> {
+            Err(FieldError { path: path.to_vec(), message })
+        }
+        use Key::{Index as I, Name as N};
         if let Err(e) = crate::names::check_cluster_name(&self.cluster) {
-            return bad(e.to_string());
+            return bad(&[N("cluster")], e.to_string());
         }
         if !self.api_endpoint.starts_with("https://") || self.api_host().is_empty() {
-            return bad(format!("api-endpoint {:?} must be an https:// URL", self.api_endpoint));
+            return bad(
+                &[N("api-endpoint")],
+                format!("{:?} must be an https:// URL", self.api_endpoint),
+            );
         }
-        if self.assets.bucket.is_empty() {
-            return bad("assets.bucket must not be empty".into());
+        let host = self.api_host();
+        if host.parse::<std::net::IpAddr>().is_err() {
+            kube_names::dns_subdomain(host)
+                .or_else(|e| bad(&[N("api-endpoint")], format!("host {e}")))?;
+        }
+        if !s3_bucket_name(&self.assets.bucket) {
+            return bad(
+                &[N("assets"), N("bucket")],
+                format!(
+                    "{:?} is not an S3 bucket name (3-63 lowercase letters, digits, '-' or '.')",
+                    self.assets.bucket
+                ),
+            );
+        }
+        if !self.assets.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            return bad(
+                &[N("assets"), N("prefix")],
+                format!(
+                    "{:?} may hold only letters, digits, '-', '_', '.' or '/'",
+                    self.assets.prefix
+                ),
+            );
+        }
+        if let Some(owner) = &self.assets.bucket_owner {
+            crate::names::check_account(owner)
+                .or_else(|e| bad(&[N("assets"), N("bucket-owner")], e))?;
+        }
+        if let Some(key) = &self.assets.kms_key_id {
+            if key.is_empty()
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || ":/-_".contains(c))
+            {
+                return bad(
+                    &[N("assets"), N("kms-key-id")],
+                    format!("{key:?} is not a KMS key ARN, key id or alias"),
+                );
+            }
         }
         if self.etcd.expected_members == 0 {
-            return bad("etcd.expected-members must be at least 1".into());
+            return bad(&[N("etcd"), N("expected-members")], "must be at least 1".into());
         }
         if self.etcd.discovery_timeout_seconds.is_some_and(|s| s > MAX_DISCOVERY_TIMEOUT_SECONDS) {
-            return bad(format!(
-                "etcd.discovery-timeout-seconds must be at most {MAX_DISCOVERY_TIMEOUT_SECONDS} \
-                 (keel-bootstrap.service gives the whole boot 15 minutes)"
+            return bad(
+                &[N("etcd"), N("discovery-timeout-seconds")],
+                format!(
+                    "must be at most {MAX_DISCOVERY_TIMEOUT_SECONDS} \
+                     (keel-bootstrap.service gives the whole boot 15 minutes)"
+                ),
+            );
+        }
+        self.check_etcd_timing()?;
+        if self.etcd.quota_backend_bytes == Some(0) {
+            return bad(&[N("etcd"), N("quota-backend-bytes")], "must be more than 0".into());
+        }
+        let mut cidrs = Vec::new();
+        for (table, key, cidr) in [
+            ("kubernetes", "service-cidr", self.service_cidr()),
+            ("kubernetes", "pod-cidr", self.pod_cidr()),
+        ] {
+            let c = crate::net::Ipv4Cidr::parse(cidr).or_else(|e| bad(&[N(table), N(key)], e))?;
+            cidrs.push(c);
+        }
+        let (service, pods) = (cidrs[0], cidrs[1]);
+        if pods.prefix > MAX_POD_CIDR_PREFIX {
+            return bad(
+                &[N("kubernetes"), N("pod-cidr")],
+                format!(
+                    "{pods} is too small: the controller manager gives each node a /{NODE_CIDR_MASK} \
+                     of it, so it must be a /{MAX_POD_CIDR_PREFIX} or larger"
+                ),
+            );
+        }
+        if pods.overlaps(&service) {
+            return bad(
+                &[N("kubernetes"), N("pod-cidr")],
+                format!("{pods} overlaps the service CIDR {service}"),
+            );
+        }
+        let dns = self.cluster_dns();
+        match dns.parse::<std::net::Ipv4Addr>() {
+            Ok(a) if service.contains(a) => {}
+            Ok(_) => {
+                return bad(
+                    &[N("kubelet"), N("cluster-dns")],
+                    format!("{dns} is outside the service CIDR {service}"),
+                )
+            }
+            Err(_) => {
+                return bad(
+                    &[N("kubelet"), N("cluster-dns")],
+                    format!("{dns:?} is not an IPv4 address"),
+                )
+            }
+        }
+        kube_names::dns_subdomain(self.cluster_domain())
+            .or_else(|e| bad(&[N("kubelet"), N("cluster-domain")], e))?;
+        if self.max_pods() == 0 {
+            return bad(&[N("kubelet"), N("max-pods")], "must be at least 1".into());
+        }
+        for (i, label) in self.node_labels().iter().enumerate() {
+            kube_names::node_label(label)
+                .or_else(|e| bad(&[N("kubelet"), N("node-labels"), I(i)], e))?;
+        }
+        Ok(())
+    }
+
+    /// etcd's own start-up rules: heartbeat at least 1 ms, election timeout
+    /// at least five heartbeats and at most 50 s.
+    fn check_etcd_timing(&self) -> Result<(), FieldError> {
+        use Key::Name as N;
+        let heartbeat = self.etcd.heartbeat_interval_ms.unwrap_or(DEFAULT_HEARTBEAT_MS);
+        let election = self.etcd.election_timeout_ms.unwrap_or(DEFAULT_ELECTION_MS);
+        let field = |key: &'static str, message: String| FieldError {
+            path: vec![N("etcd"), N(key)],
+            message,
+        };
+        if heartbeat == 0 {
+            return Err(field("heartbeat-interval-ms", "must be at least 1".into()));
+        }
+        // Point at whichever of the two the document sets.
+        let key = if self.etcd.election_timeout_ms.is_some() {
+            "election-timeout-ms"
+        } else {
+            "heartbeat-interval-ms"
+        };
+        if u64::from(election) < 5 * u64::from(heartbeat) {
+            return Err(field(
+                key,
+                format!(
+                    "election timeout {election} ms must be at least 5 heartbeat intervals \
+                     ({heartbeat} ms each): etcd refuses to start otherwise"
+                ),
             ));
         }
-        for (name, cidr) in [
-            ("kubernetes.service-cidr", self.service_cidr()),
-            ("kubernetes.pod-cidr", self.pod_cidr()),
-        ] {
-            crate::net::Ipv4Cidr::parse(cidr)
-                .map_err(|e| UserDataError::Invalid(format!("{name}: {e}")))?;
-        }
-        if self.cluster_dns().parse::<std::net::Ipv4Addr>().is_err() {
-            return bad(format!(
-                "kubelet.cluster-dns {:?} is not an IPv4 address",
-                self.cluster_dns()
+        if election > MAX_ELECTION_MS {
+            return Err(field(
+                "election-timeout-ms",
+                format!("{election} ms is more than etcd's maximum of {MAX_ELECTION_MS} ms"),
             ));
         }
         Ok(())
@@ -328,6 +531,92 @@ expected-members = 3
         let role = GOOD.replace("role = \"etcd\"", "role = \"master\"");
         let err = UserData::parse(role.as_bytes(), Role::Etcd).unwrap_err().to_string();
         assert!(err.starts_with("user data line 3"), "{err}");
+    }
+
+    /// Issue 16: a node label reached the kubelet through a variable
+    /// systemd splits at spaces, so a label could add a kubelet flag.
+    #[test]
+    fn bug_worker_label_that_adds_a_flag_is_refused_at_parsing() {
+        let text = format!(
+            "{}\n[kubelet]\nnode-labels = [\"tier=general\", \"x=y --anonymous-auth=true\"]\n",
+            GOOD.replace("role = \"etcd\"", "role = \"worker\"")
+        );
+        let err = UserData::parse(text.as_bytes(), Role::Worker).unwrap_err();
+        let UserDataError::At { line, column, ref message } = err else {
+            panic!("unexpected {err:?}")
+        };
+        assert_eq!((line, column), (14, 32), "{err}");
+        assert!(message.starts_with("kubelet.node-labels[1]: label value"), "{message}");
+    }
+
+    #[test]
+    fn values_kubernetes_and_etcd_refuse_are_refused_with_line_and_column() {
+        let worker = GOOD.replace("role = \"etcd\"", "role = \"worker\"");
+        for (extra, at, want) in [
+            (
+                "[kubelet]\nnode-labels = [\"node-role.kubernetes.io/control-plane=\"]\n",
+                (14, 16),
+                "kubelet.node-labels[0]: label key \"node-role.kubernetes.io/control-plane\" is in a namespace Kubernetes reserves",
+            ),
+            (
+                "[kubelet]\nnode-labels = [\"k8s.io/x=y\"]\n",
+                (14, 16),
+                "reserves",
+            ),
+            (
+                "[kubelet]\ncluster-domain = \"cluster.local --x\"\n",
+                (14, 18),
+                "kubelet.cluster-domain: \"cluster.local --x\" is not a lowercase RFC 1123 DNS name",
+            ),
+            (
+                "[kubelet]\ncluster-dns = \"10.0.0.10\"\n",
+                (14, 15),
+                "kubelet.cluster-dns: 10.0.0.10 is outside the service CIDR 10.96.0.0/12",
+            ),
+            (
+                "[kubernetes]\npod-cidr = \"10.96.0.0/16\"\n",
+                (14, 12),
+                "kubernetes.pod-cidr: 10.96.0.0/16 overlaps the service CIDR",
+            ),
+            (
+                "[kubernetes]\npod-cidr = \"10.244.0.0/24\"\n",
+                (14, 12),
+                "kubernetes.pod-cidr: 10.244.0.0/24 is too small",
+            ),
+        ] {
+            let text = format!("{worker}\n{extra}");
+            let err = UserData::parse(text.as_bytes(), Role::Worker).unwrap_err();
+            let UserDataError::At { line, column, ref message } = err else {
+                panic!("{extra}: unexpected {err:?}")
+            };
+            assert!(message.contains(want), "{extra}: {message}");
+            assert_eq!((line, column), at, "{extra}: {message}");
+        }
+        // etcd: the election timeout at least five heartbeats (both set,
+        // or one set against the other's default).
+        for (extra, at, want) in [
+            (
+                "heartbeat-interval-ms = 100\nelection-timeout-ms = 400\n",
+                (13, 23),
+                "etcd.election-timeout-ms: election timeout 400 ms must be at least 5 heartbeat intervals (100 ms each)",
+            ),
+            ("heartbeat-interval-ms = 300\n", (12, 25), "etcd.heartbeat-interval-ms: election timeout 1000 ms"),
+            ("heartbeat-interval-ms = 0\n", (12, 25), "etcd.heartbeat-interval-ms: must be at least 1"),
+            ("election-timeout-ms = 60000\n", (12, 23), "more than etcd's maximum"),
+        ] {
+            let text = GOOD.replace("expected-members = 3\n", &format!("expected-members = 3\n{extra}"));
+            let err = UserData::parse(text.as_bytes(), Role::Etcd).unwrap_err();
+            let UserDataError::At { line, column, ref message } = err else {
+                panic!("{extra}: unexpected {err:?}")
+            };
+            assert!(message.contains(want), "{extra}: {message}");
+            assert_eq!((line, column), at, "{extra}: {message}");
+        }
+        let ok = GOOD.replace(
+            "expected-members = 3\n",
+            "expected-members = 3\nheartbeat-interval-ms = 100\nelection-timeout-ms = 500\n",
+        );
+        UserData::parse(ok.as_bytes(), Role::Etcd).unwrap();
     }
 
     #[test]

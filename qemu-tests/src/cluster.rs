@@ -169,6 +169,8 @@ impl Cluster {
             assets: Assets {
                 bucket: self.account.bucket.clone(),
                 prefix: self.assets_prefix().to_string(),
+                kms_key_id: Some(self.account.kms_key_id.clone()),
+                bucket_owner: None,
             },
             etcd: Etcd {
                 expected_members: etcd_members,

@@ -176,6 +176,8 @@ fn user_data(role: Role) -> UserData {
         assets: userdata::Assets {
             bucket: format!("keel-{CLUSTER}-assets"),
             prefix: CLUSTER.into(),
+            kms_key_id: None,
+            bucket_owner: None,
         },
         etcd: userdata::Etcd {
             expected_members: 1,
@@ -293,6 +295,14 @@ impl NodeRoot {
     /// certificates).
     pub fn render(&self) -> Result<()> {
         let (l, ud, id) = (&self.layout, &self.ud, &self.id);
+        // A fresh node has no CNI network: containerd writes one later.
+        let cni = self.path(worker::CNI_CONF_DIR);
+        match std::fs::remove_dir_all(&cni) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", cni.display()))
+            }
+            _ => {}
+        }
         let assets =
             Assets::install(l, self.bundle.clone(), None).context("installing the bundle")?;
         let steps = match ud.role {
@@ -304,7 +314,6 @@ impl NodeRoot {
             _ => {
                 assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string()).and_then(|token| {
                     worker::write_containerd_config(l)?;
-                    worker::write_cni_config(l, ud, id)?;
                     worker::write_kubelet_config(l, ud, id, token.trim())
                 })
             }
@@ -339,16 +348,49 @@ impl NodeRoot {
         self.write(rel, text.replace(from, to).as_bytes())
     }
 
-    /// The arguments systemd passes for `$VAR` from the environment file
-    /// `rel` (`VAR="..."`, split at whitespace).
-    pub fn env_args(&self, rel: &str, var: &str) -> Result<Vec<String>> {
-        let text = self.read(rel)?;
-        let prefix = format!("{var}=");
-        let value = text
+    /// The arguments systemd passes to `component` (its unit in the
+    /// image's `units/`): the unit's `ExecStart=` with the variables of its
+    /// `EnvironmentFile=` (read under the root) expanded as systemd does,
+    /// `$VAR` split at whitespace, `${VAR}` as exactly one argument.
+    pub fn exec_args(&self, component: &str) -> Result<Vec<String>> {
+        let unit_path = images::workspace()
+            .join("images")
+            .join(self.ud.role.as_str())
+            .join("units")
+            .join(format!("{component}.service"));
+        let unit = std::fs::read_to_string(&unit_path)
+            .with_context(|| format!("reading {}", unit_path.display()))?;
+        let setting = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .with_context(|| format!("{} has no {key}", unit_path.display()))
+        };
+        let env_file = setting("EnvironmentFile=")?;
+        let env = self.read(env_file.trim_start_matches('/'))?;
+        let vars: Vec<(&str, &str)> = env
             .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .with_context(|| format!("{rel} sets no {var}:\n{text}"))?;
-        Ok(value.trim_matches('"').split_whitespace().map(str::to_string).collect())
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        let value = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| *v)
+                .with_context(|| format!("{env_file} sets no {name}:\n{env}"))
+        };
+        let mut args = Vec::new();
+        // Skip the program itself.
+        for word in setting("ExecStart=")?.split_whitespace().skip(1) {
+            if let Some(name) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) {
+                args.push(value(name)?.to_string());
+            } else if let Some(name) = word.strip_prefix('$') {
+                args.extend(value(name)?.split_whitespace().map(str::to_string));
+            } else {
+                args.push(word.to_string());
+            }
+        }
+        Ok(args)
     }
 
     /// The environment the kubelet double needs besides its flags: where

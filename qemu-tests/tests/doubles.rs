@@ -38,6 +38,9 @@ fn fault(
     Fault { what, apply: Box::new(apply), expect }
 }
 
+/// A network a CNI DaemonSet would install into containerd's conf_dir.
+const OTHER_CNI: &str = "etc/cni/net.d/05-other.conflist";
+
 fn flags(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
@@ -54,18 +57,9 @@ fn remove(root: &NodeRoot, rel: &str) {
     std::fs::remove_file(root.path(rel)).unwrap();
 }
 
-/// The flags keel-bootstrap wrote for `component` (its environment file).
+/// The flags keel-bootstrap wrote for `component`, as its unit passes them.
 fn rendered_args(root: &NodeRoot, component: &str) -> Vec<String> {
-    let (file, var) = match component {
-        "kubelet" => (kube::KUBELET_ENV, "KUBELET_ARGS"),
-        "kube-apiserver" => (controller::APISERVER_ENV, "KUBE_APISERVER_ARGS"),
-        "kube-controller-manager" => {
-            (controller::CONTROLLER_MANAGER_ENV, "KUBE_CONTROLLER_MANAGER_ARGS")
-        }
-        "kube-scheduler" => (controller::SCHEDULER_ENV, "KUBE_SCHEDULER_ARGS"),
-        other => panic!("no environment file for {other}"),
-    };
-    root.env_args(file, var).unwrap()
+    root.exec_args(component).unwrap()
 }
 
 fn run(doubles: &Doubles, root: &NodeRoot, component: &str, extra: Vec<String>) -> Verdict {
@@ -142,11 +136,14 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
 
     let v = run(&doubles, &root, "kubelet", vec![]);
     let summary = expect_accepted(&v, "kubelet");
-    let conflist = root.path(worker::CNI_CONFLIST);
+    let template = root.path(worker::CNI_TEMPLATE);
     for part in [
-        "node ip-10-0-1-5.eu-central-1.compute.internal (10.0.1.5)".to_string(),
+        "node ip-10-0-1-5.eu-central-1.compute.internal (10.0.1.5), taints none,".to_string(),
         format!("at unix://{} with CRI plugin ok", root.path(kube::CONTAINERD_SOCKET).display()),
-        format!("CNI network keel (host-local bridge portmap) from {}", conflist.display()),
+        format!(
+            "CNI network keel (host-local bridge portmap) from containerd's template {} with the Node's spec.podCIDR",
+            template.display()
+        ),
         "request a client certificate for node ip-10-0-1-5.eu-central-1.compute.internal from https://api.dbl.internal:6443".to_string(),
     ] {
         assert!(summary.contains(&part), "{part:?} not in {summary:?}");
@@ -156,8 +153,21 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
     let v = run(&doubles, &root, "kubelet", flags(&["--max-pods=20"]));
     expect_accepted(&v, "kubelet");
     assert!(v.stderr.contains("flag --max-pods has been deprecated"), "{}", v.stderr);
-    // No CNI network yet is not fatal (a CNI DaemonSet may add one).
-    remove(&root, worker::CNI_CONFLIST);
+    // A network a CNI DaemonSet installed takes the template's place.
+    root.write(
+        OTHER_CNI,
+        root.read(worker::CNI_TEMPLATE)
+            .unwrap()
+            .replace("{{.PodCIDR}}", "10.244.7.0/24")
+            .as_bytes(),
+    )
+    .unwrap();
+    let v = run(&doubles, &root, "kubelet", vec![]);
+    let summary = expect_accepted(&v, "kubelet");
+    assert!(summary.contains(&format!("from {}", root.path(OTHER_CNI).display())), "{summary}");
+    // Without a template and without a network, the node waits for one.
+    root.render().unwrap();
+    root.replace(worker::CONTAINERD_CONFIG, "conf_template", "# conf_template").unwrap();
     let v = run(&doubles, &root, "kubelet", vec![]);
     assert!(expect_accepted(&v, "kubelet").contains("no CNI network in"), "{}", v.stderr);
 
@@ -249,11 +259,20 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
             vec![]
         }),
         fault("a CNI network list that does not parse", "not valid JSON", |r| {
-            r.write(worker::CNI_CONFLIST, b"{\"cniVersion\": \"1.0.0\", \"name\": \"keel\", \"plugins\": [}\n").unwrap();
+            r.write(OTHER_CNI, b"{\"cniVersion\": \"1.0.0\", \"name\": \"keel\", \"plugins\": [}\n").unwrap();
+            vec![]
+        }),
+        fault("a CNI template that does not parse", "conf_template", |r| {
+            r.replace(worker::CNI_TEMPLATE, "\"plugins\": [", "\"plugins\": [}").unwrap();
             vec![]
         }),
         fault("a CNI plugin that is not installed", "plugin \"flannel\" not found in /usr/lib/cni", |r| {
-            r.replace(worker::CNI_CONFLIST, "\"type\": \"bridge\"", "\"type\": \"flannel\"").unwrap();
+            r.replace(worker::CNI_TEMPLATE, "\"type\": \"bridge\"", "\"type\": \"flannel\"").unwrap();
+            vec![]
+        }),
+        // Issue 16: a range chosen on the node collides with another's.
+        fault("a CNI template with a fixed pod range", "does not use {{.PodCIDR}}", |r| {
+            r.replace(worker::CNI_TEMPLATE, "{{.PodCIDR}}", "10.244.17.0/24").unwrap();
             vec![]
         }),
     ];
@@ -293,14 +312,44 @@ async fn control_plane_doubles_accept_a_controllers_configuration_and_reject_bad
         let v = run(&doubles, &root, "kubelet", vec![]);
         let summary = expect_accepted(&v, "kubelet");
         assert!(summary.contains("register node ip-10-0-1-10.eu-central-1.compute.internal with https://127.0.0.1:6443 (client certificate"), "{summary}");
+        // Issue 16: controllers register tainted, so ordinary pods stay
+        // off the nodes that hold the CA and service-account keys.
+        assert!(
+            summary.contains("taints node-role.kubernetes.io/control-plane:NoSchedule,"),
+            "{summary}"
+        );
         expect_rejections(
             &doubles,
             &root,
             "kubelet",
-            vec![fault("no kubeconfig", "invalid kubeconfig: stat", |r| {
-                remove(r, controller::KUBELET_KUBECONFIG);
-                vec![]
-            })],
+            vec![
+                fault("no kubeconfig", "invalid kubeconfig: stat", |r| {
+                    remove(r, controller::KUBELET_KUBECONFIG);
+                    vec![]
+                }),
+                fault("a taint effect kubelet does not know", "effect \"NoSchedul\"", |r| {
+                    edit_json(r, kube::KUBELET_CONFIG, |c| {
+                        c["registerWithTaints"][0]["effect"] = "NoSchedul".into()
+                    });
+                    vec![]
+                }),
+                fault("a taint key with a space", "registerWithTaints: key", |r| {
+                    edit_json(r, kube::KUBELET_CONFIG, |c| {
+                        c["registerWithTaints"][0]["key"] = "a b".into()
+                    });
+                    vec![]
+                }),
+                fault(
+                    "a taint as a string",
+                    "field .registerWithTaints[0]: object expected",
+                    |r| {
+                        edit_json(r, kube::KUBELET_CONFIG, |c| {
+                            c["registerWithTaints"][0] = "x:NoSchedule".into()
+                        });
+                        vec![]
+                    },
+                ),
+            ],
         );
     }
 

@@ -77,7 +77,7 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
         tail(&console, 40)
     );
 
-    for step in ["containerd config", "cni config", "kubelet config"] {
+    for step in ["containerd config", "kubelet config"] {
         assert!(
             console.contains(&format!("keel-bootstrap: {step}: ok")),
             "no {step} step:\n{}",
@@ -87,9 +87,9 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
     let line =
         console.lines().find_map(|l| l.split_once(ACCEPTED).map(|(_, s)| s.trim_end())).unwrap();
     for part in [
-        format!("node {} ({})", node.hostname, node.private_ip),
+        format!("node {} ({}), taints none,", node.hostname, node.private_ip),
         "at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),
-        "CNI network keel (host-local bridge portmap) from /etc/cni/net.d/10-keel.conflist".to_string(),
+        "CNI network keel (host-local bridge portmap) from containerd's template /etc/containerd/cni.conflist.template with the Node's spec.podCIDR".to_string(),
         "client CA /etc/kubernetes/pki/ca.crt".to_string(),
         format!("request a client certificate for node {} from https://{}:6443 with the bootstrap token", node.hostname, c.api_host()),
     ] {

@@ -1,6 +1,9 @@
 //! The role's assets: one S3 GetObject and one KMS Decrypt (through
-//! `envelope::fetch`), then each file written atomically under /etc with
-//! the mode the bundle gives it (keys 0600) before any byte is written.
+//! `envelope::fetch_expecting`), then, once every file is checked to lie
+//! under the role's own paths with a mode no looser than the format's
+//! table (`bundle::check_role_file`), each file written atomically under
+//! /etc with the mode the bundle gives it (keys 0600) before any byte is
+//! written.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +20,8 @@ pub enum AssetsError {
     Missing { role: crate::Role, path: String },
     #[error("{path} in the bundle is not UTF-8 text")]
     NotText { path: String },
+    #[error("refusing the bundle: {0}")]
+    Refused(#[from] crate::bundle::BundleError),
 }
 
 /// The bundle's files by path (relative to /etc), kept in memory for the
@@ -35,6 +40,9 @@ impl Assets {
         bundle: Bundle,
         owner: Option<(&str, u32, u32)>,
     ) -> Result<Assets, AssetsError> {
+        for f in &bundle.files {
+            crate::bundle::check_role_file(bundle.role, &f.path, f.mode)?;
+        }
         let mut files = BTreeMap::new();
         for f in bundle.files {
             let path = layout.path("etc").join(&f.path);

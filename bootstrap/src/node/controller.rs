@@ -127,8 +127,25 @@ pub const CONTROLLER_MANAGER_KUBECONFIG: &str = "etc/kubernetes/controller-manag
 pub const SCHEDULER_KUBECONFIG: &str = "etc/kubernetes/scheduler.kubeconfig";
 pub const KUBELET_KUBECONFIG: &str = "etc/kubernetes/kubelet.kubeconfig";
 
+/// The variables of kube-apiserver's, kube-controller-manager's and
+/// kube-scheduler's environment files: one of split flags, one per flag
+/// that carries a user data value (their units name those `${VAR}`).
+pub const APISERVER_ARGS: &str = "KUBE_APISERVER_ARGS";
+pub const APISERVER_SERVICE_CIDR: &str = "KUBE_APISERVER_SERVICE_CIDR";
+pub const APISERVER_SA_ISSUER: &str = "KUBE_APISERVER_SA_ISSUER";
+pub const CONTROLLER_MANAGER_ARGS: &str = "KUBE_CONTROLLER_MANAGER_ARGS";
+pub const CONTROLLER_MANAGER_CLUSTER_NAME: &str = "KUBE_CONTROLLER_MANAGER_CLUSTER_NAME";
+pub const CONTROLLER_MANAGER_CLUSTER_CIDR: &str = "KUBE_CONTROLLER_MANAGER_CLUSTER_CIDR";
+pub const CONTROLLER_MANAGER_SERVICE_CIDR: &str = "KUBE_CONTROLLER_MANAGER_SERVICE_CIDR";
+pub const SCHEDULER_ARGS: &str = "KUBE_SCHEDULER_ARGS";
+
 /// kube-apiserver's flags.
-pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer]) -> String {
+pub fn apiserver_env(
+    layout: &Layout,
+    ud: &UserData,
+    id: &Identity,
+    etcd: &[Peer],
+) -> Result<String, kube::FlagError> {
     let p = |n: &str, e: &str| layout.shown(&pki_path(n, e));
     let endpoints: Vec<String> =
         etcd.iter().map(|e| super::etcd::client_url(&e.private_ip)).collect();
@@ -152,8 +169,6 @@ pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer
             "--encryption-provider-config={}",
             layout.shown("etc/kubernetes/encryption-config.yaml")
         ),
-        format!("--service-cluster-ip-range={}", ud.service_cidr()),
-        format!("--service-account-issuer=https://kubernetes.default.svc.{}", ud.cluster_domain()),
         format!("--service-account-key-file={}", p("sa", "pub")),
         format!("--service-account-signing-key-file={}", p("sa", "key")),
         format!("--requestheader-client-ca-file={}", p("front-proxy-ca", "crt")),
@@ -164,11 +179,24 @@ pub fn apiserver_env(layout: &Layout, ud: &UserData, id: &Identity, etcd: &[Peer
         format!("--proxy-client-cert-file={}", p("front-proxy-client", "crt")),
         format!("--proxy-client-key-file={}", p("front-proxy-client", "key")),
     ];
-    kube::env_file("KUBE_APISERVER_ARGS", &args)
+    kube::Flags {
+        split: (APISERVER_ARGS, args),
+        single: vec![
+            (APISERVER_SERVICE_CIDR, format!("--service-cluster-ip-range={}", ud.service_cidr())),
+            (
+                APISERVER_SA_ISSUER,
+                format!(
+                    "--service-account-issuer=https://kubernetes.default.svc.{}",
+                    ud.cluster_domain()
+                ),
+            ),
+        ],
+    }
+    .render()
 }
 
 /// kube-controller-manager's flags.
-pub fn controller_manager_env(layout: &Layout, ud: &UserData) -> String {
+pub fn controller_manager_env(layout: &Layout, ud: &UserData) -> Result<String, kube::FlagError> {
     let p = |n: &str, e: &str| layout.shown(&pki_path(n, e));
     let kc = layout.shown(CONTROLLER_MANAGER_KUBECONFIG);
     let args = vec![
@@ -176,7 +204,6 @@ pub fn controller_manager_env(layout: &Layout, ud: &UserData) -> String {
         format!("--kubeconfig={kc}"),
         format!("--authentication-kubeconfig={kc}"),
         format!("--authorization-kubeconfig={kc}"),
-        format!("--cluster-name={}", ud.cluster),
         format!("--cluster-signing-cert-file={}", p("ca", "crt")),
         format!("--cluster-signing-key-file={}", p("ca", "key")),
         format!("--root-ca-file={}", p("ca", "crt")),
@@ -184,16 +211,26 @@ pub fn controller_manager_env(layout: &Layout, ud: &UserData) -> String {
         "--use-service-account-credentials=true".into(),
         "--controllers=*,bootstrapsigner,tokencleaner".into(),
         "--allocate-node-cidrs=true".into(),
-        format!("--cluster-cidr={}", ud.pod_cidr()),
-        format!("--service-cluster-ip-range={}", ud.service_cidr()),
+        format!("--node-cidr-mask-size={}", crate::userdata::NODE_CIDR_MASK),
         format!("--requestheader-client-ca-file={}", p("front-proxy-ca", "crt")),
         "--leader-elect=true".into(),
     ];
-    kube::env_file("KUBE_CONTROLLER_MANAGER_ARGS", &args)
+    kube::Flags {
+        split: (CONTROLLER_MANAGER_ARGS, args),
+        single: vec![
+            (CONTROLLER_MANAGER_CLUSTER_NAME, format!("--cluster-name={}", ud.cluster)),
+            (CONTROLLER_MANAGER_CLUSTER_CIDR, format!("--cluster-cidr={}", ud.pod_cidr())),
+            (
+                CONTROLLER_MANAGER_SERVICE_CIDR,
+                format!("--service-cluster-ip-range={}", ud.service_cidr()),
+            ),
+        ],
+    }
+    .render()
 }
 
 /// kube-scheduler's flags.
-pub fn scheduler_env(layout: &Layout) -> String {
+pub fn scheduler_env(layout: &Layout) -> Result<String, kube::FlagError> {
     let kc = layout.shown(SCHEDULER_KUBECONFIG);
     let args = vec![
         "--bind-address=127.0.0.1".into(),
@@ -202,7 +239,7 @@ pub fn scheduler_env(layout: &Layout) -> String {
         format!("--authorization-kubeconfig={kc}"),
         "--leader-elect=true".into(),
     ];
-    kube::env_file("KUBE_SCHEDULER_ARGS", &args)
+    kube::Flags { split: (SCHEDULER_ARGS, args), single: vec![] }.render()
 }
 
 /// The local API server, for the components on this node.
@@ -292,14 +329,15 @@ pub fn write_config(
             kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes(),
         )?;
     }
-    super::write(layout, APISERVER_ENV, 0o644, apiserver_env(layout, ud, id, etcd).as_bytes())?;
+    let s = |r: Result<String, kube::FlagError>| r.map_err(|e| e.to_string());
+    super::write(layout, APISERVER_ENV, 0o644, s(apiserver_env(layout, ud, id, etcd))?.as_bytes())?;
     super::write(
         layout,
         CONTROLLER_MANAGER_ENV,
         0o644,
-        controller_manager_env(layout, ud).as_bytes(),
+        s(controller_manager_env(layout, ud))?.as_bytes(),
     )?;
-    super::write(layout, SCHEDULER_ENV, 0o644, scheduler_env(layout).as_bytes())
+    super::write(layout, SCHEDULER_ENV, 0o644, s(scheduler_env(layout))?.as_bytes())
 }
 
 /// The "kubelet config" step: the KubeletConfiguration and the kubelet's
@@ -311,7 +349,8 @@ pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> Re
         0o644,
         kube::kubelet_config(layout, ud, id).as_bytes(),
     )?;
-    let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG));
+    let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG))
+        .map_err(|e| e.to_string())?;
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 

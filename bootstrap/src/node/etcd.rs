@@ -35,8 +35,7 @@ use crate::Role;
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
-pub const DEFAULT_HEARTBEAT_MS: u32 = 100;
-pub const DEFAULT_ELECTION_MS: u32 = 1000;
+pub use crate::userdata::{DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS};
 
 /// Is a peer already serving? Two quick tries: members of a cluster that
 /// is still forming do not answer, and that is the expected answer.

@@ -46,9 +46,15 @@ pub(crate) fn pretty(v: &serde_json::Value) -> String {
     s
 }
 
-/// The kubelet's KubeletConfiguration.
+/// The taint a controller registers with, so that only pods that tolerate
+/// it land next to the cluster CA and service-account keys.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+
+/// The kubelet's KubeletConfiguration. A controller's kubelet registers
+/// its node with the control-plane taint (`registerWithTaints`: applied
+/// only when the Node object is created, as `--register-with-taints` is).
 pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
-    let doc = json!({
+    let mut doc = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {
@@ -64,20 +70,32 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
         "maxPods": ud.max_pods(),
         "providerID": format!("aws:///{}/{}", id.availability_zone, id.instance_id),
         "rotateCertificates": true,
-        "serverTLSBootstrap": true,
+        // Self-made serving certificates, as kubeadm's default: nothing
+        // approves kubelet-serving requests (see `crate::join`).
+        "serverTLSBootstrap": false,
         "tlsMinVersion": "VersionTLS12",
     });
+    if ud.role == crate::Role::Controller {
+        doc["registerWithTaints"] = json!([{ "key": CONTROL_PLANE_TAINT, "effect": "NoSchedule" }]);
+    }
     pretty(&doc)
 }
 
-/// The kubelet's flags (`/etc/default/kubelet`, `KUBELET_ARGS`).
+/// The kubelet's split flags, and its single argument carrying user data.
+pub const KUBELET_ARGS: &str = "KUBELET_ARGS";
+pub const KUBELET_NODE_LABELS: &str = "KUBELET_NODE_LABELS";
+
+/// The kubelet's flags (`/etc/default/kubelet`): paths and what the
+/// metadata service says in `KUBELET_ARGS`, the node labels from user
+/// data as one argument in `KUBELET_NODE_LABELS` (`--node-labels=` when
+/// there are none).
 pub fn kubelet_env(
     layout: &Layout,
     ud: &UserData,
     id: &Identity,
     bootstrap_kubeconfig: Option<&str>,
     kubeconfig: &str,
-) -> String {
+) -> Result<String, FlagError> {
     let mut args = vec![
         format!("--config={}", layout.shown(KUBELET_CONFIG)),
         format!("--kubeconfig={kubeconfig}"),
@@ -87,15 +105,55 @@ pub fn kubelet_env(
     if let Some(b) = bootstrap_kubeconfig {
         args.push(format!("--bootstrap-kubeconfig={b}"));
     }
-    if !ud.node_labels().is_empty() {
-        args.push(format!("--node-labels={}", ud.node_labels().join(",")));
-    }
-    env_file("KUBELET_ARGS", &args)
+    let labels = format!("--node-labels={}", ud.node_labels().join(","));
+    Flags { split: (KUBELET_ARGS, args), single: vec![(KUBELET_NODE_LABELS, labels)] }.render()
 }
 
-/// A systemd environment file with one variable holding flags.
-pub(crate) fn env_file(var: &str, args: &[String]) -> String {
-    let mut out = String::from("# Written by keel-bootstrap at boot.\n");
-    out.push_str(&format!("{var}=\"{}\"\n", args.join(" ")));
-    out
+/// A flag that would not reach its service as written.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{var}: argument {arg:?} {why}")]
+pub struct FlagError {
+    pub var: &'static str,
+    pub arg: String,
+    pub why: &'static str,
+}
+
+/// One service's flags as its unit passes them from an environment file.
+/// systemd splits `$VAR` at whitespace, so `split` holds only flags made
+/// of constants, paths and metadata-service values; every flag carrying a
+/// user data value is its own variable, which the unit names as `${VAR}`
+/// (exactly one argument, never split). Every argument is checked to hold
+/// no whitespace, quote, backslash, `$` or control character, so each
+/// reaches the service exactly as rendered.
+pub struct Flags {
+    pub split: (&'static str, Vec<String>),
+    pub single: Vec<(&'static str, String)>,
+}
+
+impl Flags {
+    pub fn render(&self) -> Result<String, FlagError> {
+        let check = |var: &'static str, arg: &String| {
+            let why = if arg.is_empty() {
+                Some("is empty")
+            } else if arg.chars().any(|c| {
+                c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '\'' | '$')
+            }) {
+                Some("holds whitespace, a quote, a backslash, '$' or a control character")
+            } else {
+                None
+            };
+            why.map_or(Ok(()), |why| Err(FlagError { var, arg: arg.clone(), why }))
+        };
+        let (var, args) = &self.split;
+        let mut out = String::from("# Written by keel-bootstrap at boot.\n");
+        for a in args {
+            check(var, a)?;
+        }
+        out.push_str(&format!("{var}=\"{}\"\n", args.join(" ")));
+        for (var, arg) in &self.single {
+            check(var, arg)?;
+            out.push_str(&format!("{var}=\"{arg}\"\n"));
+        }
+        Ok(out)
+    }
 }

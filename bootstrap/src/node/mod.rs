@@ -3,6 +3,7 @@
 //! bundle (one S3 GetObject, one KMS Decrypt) -> the role's steps -> status
 //! file and systemd readiness. Each step prints one console line.
 
+pub mod apply;
 pub mod assets;
 pub mod controller;
 pub mod etcd;
@@ -154,16 +155,28 @@ impl Boot<'_> {
             // The SDK retried each call; a throttled or unreachable S3 or
             // KMS is tried again here for a few minutes, a final answer
             // (no such key, access denied, another context) is not.
+            let expected = envelope::Expected {
+                kms_key_id: ud.assets.kms_key_id.as_deref(),
+                bucket_owner: ud.assets.bucket_owner.as_deref(),
+            };
             let bundle = retry::retry(&ASSETS_POLICY, |_| async {
-                envelope::fetch(&s3, &kms, &ud.assets.bucket, &ud.assets.prefix, &ud.cluster, role)
-                    .await
-                    .map_err(|e| {
-                        if envelope::is_final(&e) {
-                            retry::Attempt::Fail(e)
-                        } else {
-                            retry::Attempt::Retry(e)
-                        }
-                    })
+                envelope::fetch_expecting(
+                    &s3,
+                    &kms,
+                    &ud.assets.bucket,
+                    &ud.assets.prefix,
+                    &ud.cluster,
+                    role,
+                    &expected,
+                )
+                .await
+                .map_err(|e| {
+                    if envelope::is_final(&e) {
+                        retry::Attempt::Fail(e)
+                    } else {
+                        retry::Attempt::Retry(e)
+                    }
+                })
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -330,7 +343,6 @@ impl Boot<'_> {
     ) -> Result<(), BootError> {
         let layout = self.layout;
         step(rep, "containerd config", async { worker::write_containerd_config(layout) }).await?;
-        step(rep, "cni config", async { worker::write_cni_config(layout, ud, id) }).await?;
         step(rep, "kubelet config", async {
             let token = assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string())?.trim();
             worker::write_kubelet_config(layout, ud, id, token)

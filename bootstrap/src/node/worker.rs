@@ -1,5 +1,6 @@
-//! The worker role: containerd's configuration, a CNI network (bridge and
-//! host-local on this node's pod subnet, plus portmap), the kubelet's
+//! The worker role: containerd's configuration with a CNI network template
+//! (bridge and host-local on the pod range the controller manager gives
+//! the node, plus portmap), the kubelet's
 //! configuration and flags, and a bootstrap kubeconfig with the bootstrap
 //! token from the bundle. systemd starts containerd and the kubelet after
 //! keel-bootstrap.
@@ -8,13 +9,13 @@ use serde_json::json;
 
 use crate::imds::Identity;
 use crate::layout::Layout;
-use crate::net::Ipv4Cidr;
 use crate::userdata::UserData;
 
 use super::kube;
 
 pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
-pub const CNI_CONFLIST: &str = "etc/cni/net.d/10-keel.conflist";
+/// The CNI network template containerd renders with the node's pod range.
+pub const CNI_TEMPLATE: &str = "etc/containerd/cni.conflist.template";
 pub const BOOTSTRAP_KUBECONFIG: &str = "etc/kubernetes/bootstrap-kubelet.kubeconfig";
 pub const BOOTSTRAP_TOKEN: &str = keel_contract::assets::paths::BOOTSTRAP_TOKEN;
 /// Where Debian's containernetworking-plugins installs the plugins.
@@ -45,30 +46,22 @@ pub fn containerd_config(layout: &Layout) -> String {
          \n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
          bin_dir = \"{CNI_BIN_DIR}\"\n\
-         conf_dir = \"{}\"\n",
+         conf_dir = \"{}\"\n\
+         conf_template = \"{}\"\n",
         layout.shown(kube::CONTAINERD_SOCKET),
-        layout.shown(CNI_CONF_DIR)
+        layout.shown(CNI_CONF_DIR),
+        layout.shown(CNI_TEMPLATE)
     )
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("pod CIDR {cidr}: {message}")]
-    PodCidr { cidr: String, message: String },
-    #[error("private IPv4 address {0:?} is not an IPv4 address")]
-    NodeIp(String),
-}
-
-/// The CNI network list: a bridge with host-local addresses from this
-/// node's /24 of the pod CIDR, and portmap.
-pub fn cni_conflist(ud: &UserData, id: &Identity) -> Result<String, WorkerError> {
-    let cidr = Ipv4Cidr::parse(ud.pod_cidr())
-        .map_err(|message| WorkerError::PodCidr { cidr: ud.pod_cidr().into(), message })?;
-    let ip = id.private_ipv4.parse().map_err(|_| WorkerError::NodeIp(id.private_ipv4.clone()))?;
-    let subnet = cidr.node_subnet(ip).ok_or_else(|| WorkerError::PodCidr {
-        cidr: ud.pod_cidr().into(),
-        message: "must be a /16 or larger to give each node a /24".into(),
-    })?;
+/// The CNI network list containerd writes into its conf_dir
+/// (`10-containerd-net.conflist`) once the kubelet tells it the node's pod
+/// range: a bridge with host-local addresses from `{{.PodCIDR}}` (the
+/// Node's `spec.podCIDR`, which the controller manager allocates from the
+/// cluster's pod CIDR, `--allocate-node-cidrs`), and portmap. No range is
+/// derived on the node, so two nodes cannot collide. containerd skips the
+/// template when a CNI plugin (a DaemonSet) has installed its own network.
+pub fn cni_template() -> String {
     let doc = json!({
         "cniVersion": "1.0.0",
         "name": "keel",
@@ -81,25 +74,21 @@ pub fn cni_conflist(ud: &UserData, id: &Identity) -> Result<String, WorkerError>
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": subnet.to_string() }]],
+                    "ranges": [[{ "subnet": "{{.PodCIDR}}" }]],
                     "routes": [{ "dst": "0.0.0.0/0" }],
                 },
             },
             { "type": "portmap", "capabilities": { "portMappings": true } },
         ],
     });
-    Ok(kube::pretty(&doc))
+    kube::pretty(&doc)
 }
 
-/// The "containerd config" step: /etc/containerd/config.toml.
+/// The "containerd config" step: /etc/containerd/config.toml and the CNI
+/// template it names.
 pub fn write_containerd_config(layout: &Layout) -> Result<(), String> {
+    super::write(layout, CNI_TEMPLATE, 0o644, cni_template().as_bytes())?;
     super::write(layout, CONTAINERD_CONFIG, 0o644, containerd_config(layout).as_bytes())
-}
-
-/// The "cni config" step: the CNI network list in containerd's conf_dir.
-pub fn write_cni_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result<(), String> {
-    let conf = cni_conflist(ud, id).map_err(|e| e.to_string())?;
-    super::write(layout, CNI_CONFLIST, 0o644, conf.as_bytes())
 }
 
 /// The "kubelet config" step: the bootstrap kubeconfig with `token` (a
@@ -131,7 +120,8 @@ pub fn write_kubelet_config(
         id,
         Some(&layout.shown(BOOTSTRAP_KUBECONFIG)),
         &layout.shown(kube::KUBELET_KUBECONFIG),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 

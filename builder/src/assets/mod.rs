@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use zeroize::Zeroizing;
 
 mod fingerprint;
 mod metadata;
@@ -25,8 +26,11 @@ pub enum Command {
     /// bundles are left alone; replacing a CA needs --rotate.
     Publish(PublishArgs),
     /// List the bundles under a prefix and what each role gets, without
-    /// decrypting anything.
+    /// decrypting anything; with --dir, every expiry in an asset directory.
     Show(ShowArgs),
+    /// Reissue the leaf certificates, the admin kubeconfig and the
+    /// bootstrap token from the existing CAs (never a CA); then publish.
+    Renew(RenewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,10 +81,21 @@ pub struct PublishArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Asset directory made by `keel assets init`.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct ShowArgs {
     /// S3 bucket.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "dir", default_value = "")]
     pub bucket: String,
+    /// Instead of S3: show every certificate's and the token's expiry in
+    /// this asset directory.
+    #[arg(long, conflicts_with = "bucket")]
+    pub dir: Option<PathBuf>,
     /// Key prefix the bundles were published under.
     #[arg(long, default_value = "")]
     pub prefix: String,
@@ -92,8 +107,56 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init(args) => init(&args),
         Command::Publish(args) => publish::run(&args).await.context("publishing assets"),
-        Command::Show(args) => show::run(&args).await.context("showing published assets"),
+        Command::Show(args) => match &args.dir {
+            Some(dir) => show::expiries(dir).context("showing asset expiries"),
+            None => show::run(&args).await.context("showing published assets"),
+        },
+        Command::Renew(args) => renew(&args),
     }
+}
+
+fn renew(args: &RenewArgs) -> anyhow::Result<()> {
+    let mut store = store::Store::open(&args.dir)?;
+    let endpoints = store
+        .manifest
+        .api_endpoints
+        .iter()
+        .map(|e| pki::Endpoint::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let text = |rel: &str| -> anyhow::Result<Zeroizing<String>> {
+        let bytes = store.read(rel, rel.ends_with(".key"))?;
+        Ok(Zeroizing::new(
+            String::from_utf8(bytes.to_vec()).with_context(|| format!("{rel} is not text"))?,
+        ))
+    };
+    let (ca, ca_key) = (text(pki::paths::CA_CRT)?, text(pki::paths::CA_KEY)?);
+    let (etcd, etcd_key) = (text(pki::paths::ETCD_CA_CRT)?, text(pki::paths::ETCD_CA_KEY)?);
+    let now = time::OffsetDateTime::now_utc();
+    let renewed = pki::renew(
+        &store.manifest.cluster,
+        &endpoints,
+        now,
+        (ca.as_str(), ca_key.as_str()),
+        (etcd.as_str(), etcd_key.as_str()),
+    )?;
+    store.replace_renewed(&renewed, pki::rfc3339(now))?;
+    println!(
+        "cluster {} assets in {} renewed from the existing CAs",
+        store.manifest.cluster,
+        args.dir.display()
+    );
+    for c in &renewed.certs {
+        println!("  {} expires {}", c.path, pki::rfc3339(c.not_after));
+    }
+    println!(
+        "  {} new bootstrap token id {}, expires {}",
+        pki::paths::BOOTSTRAP_TOKEN,
+        renewed.token_id,
+        pki::rfc3339(renewed.token_expires)
+    );
+    println!("CAs, service-account keys and the encryption config are unchanged.");
+    println!("Next: keel assets publish (no --rotate needed), then replace the nodes.");
+    Ok(())
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
@@ -104,18 +167,14 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let now = time::OffsetDateTime::now_utc();
     let generated = pki::generate(&args.cluster, &endpoints, now)?;
-    let rfc3339 = |t: time::OffsetDateTime| {
-        t.replace_nanosecond(0)
-            .unwrap_or(t)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| t.to_string())
-    };
+    let rfc3339 = pki::rfc3339;
     let manifest = store::Manifest {
         format: store::LAYOUT_VERSION,
         cluster: args.cluster.clone(),
         api_endpoints: endpoints.iter().map(ToString::to_string).collect(),
         created: rfc3339(now),
         bootstrap_token_id: generated.token_id.clone(),
+        renewed: None,
     };
     store::write(&args.out, &manifest, &generated)?;
 
@@ -149,6 +208,10 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         rfc3339(generated.token_expires)
     );
     println!("  {:<42} Secret for the token (kubectl apply)", pki::paths::BOOTSTRAP_TOKEN_SECRET);
+    println!(
+        "  {:<42} token Secret and RBAC for nodes to join (controller bundle)",
+        pki::paths::JOIN_OBJECTS
+    );
     for role in keel_contract::Role::ALL {
         println!("{role} bundle: {}", roles::files(role).join(", "));
     }

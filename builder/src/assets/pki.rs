@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
+use keel_contract::join;
 use keel_contract::kubeconfig::{CaSource, Credential, Kubeconfig};
 use rand::Rng as _;
 use rcgen::{
@@ -276,40 +277,102 @@ pub fn generate(
     let sa = generate_key("the service-account key")?;
     g.secret(paths::SA_KEY, sa.serialize_pem().into_bytes());
     g.public(paths::SA_PUB, sa.public_key_pem().into_bytes());
-
-    g.client(
-        "the API server's etcd client certificate",
-        paths::APISERVER_ETCD_CLIENT_CRT,
-        paths::APISERVER_ETCD_CLIENT_KEY,
-        "kube-apiserver-etcd-client",
-        None,
-        &etcd_ca,
-        "CN=etcd-ca",
-    )?;
-    let admin = g.client(
-        "the admin client certificate",
-        paths::ADMIN_CRT,
-        paths::ADMIN_KEY,
-        "kubernetes-admin",
-        Some("system:masters"),
-        &ca,
-        "CN=kubernetes",
-    )?;
-    let kubeconfig = admin_kubeconfig(cluster, &first.url(), &ca.cert.pem(), &admin);
-    g.secret(paths::ADMIN_KUBECONFIG, kubeconfig.into_bytes());
-
     g.secret(paths::ENCRYPTION_CONFIG, encryption_config(now).into_bytes());
+    let ca_pem = ca.cert.pem();
+    g.leaves(cluster, first, (&ca, &ca_pem), &etcd_ca)
+}
 
-    let (token_id, token_secret) = bootstrap_token();
-    let token_expires = now + LEAF_LIFETIME;
-    let token = Zeroizing::new(format!("{token_id}.{}\n", token_secret.as_str()));
-    g.secret(paths::BOOTSTRAP_TOKEN, token.as_bytes().to_vec());
-    g.secret(
-        paths::BOOTSTRAP_TOKEN_SECRET,
-        bootstrap_token_secret(cluster, &token_id, &token_secret, token_expires).into_bytes(),
-    );
+/// The files `keel assets renew` replaces: every leaf certificate and key,
+/// the admin kubeconfig, the bootstrap token, its Secret and the join
+/// objects. Never a CA, the service-account keys or the encryption config.
+pub const RENEWED: &[&str] = &[
+    paths::APISERVER_ETCD_CLIENT_CRT,
+    paths::APISERVER_ETCD_CLIENT_KEY,
+    paths::ADMIN_CRT,
+    paths::ADMIN_KEY,
+    paths::ADMIN_KUBECONFIG,
+    paths::BOOTSTRAP_TOKEN,
+    paths::BOOTSTRAP_TOKEN_SECRET,
+    paths::JOIN_OBJECTS,
+];
 
-    Ok(Pki { files: g.files, certs: g.certs, token_id, token_expires })
+/// Reissues the leaves and the token from the existing cluster and etcd
+/// CAs (PEM), valid from `now`. The CAs themselves are only read.
+pub fn renew(
+    cluster: &str,
+    endpoints: &[Endpoint],
+    now: OffsetDateTime,
+    ca: (&str, &str),
+    etcd_ca: (&str, &str),
+) -> Result<Pki, PkiError> {
+    check_cluster_name(cluster)?;
+    let first = endpoints.first().ok_or(PkiError::NoEndpoint)?;
+    let load = |what: &'static str, (crt, key): (&str, &str)| -> Result<Issued, PkiError> {
+        let err = |source| PkiError::Generate { what, source };
+        let key = KeyPair::from_pem(key).map_err(err)?;
+        // The same name and key: what it signs chains to the existing CA.
+        let cert = CertificateParams::from_ca_cert_pem(crt)
+            .map_err(err)?
+            .self_signed(&key)
+            .map_err(err)?;
+        Ok(Issued { cert, key })
+    };
+    let ca_pem = ca.0;
+    let ca = load("the cluster CA", ca)?;
+    let etcd_ca = load("the etcd CA", etcd_ca)?;
+    let g = Generator { now, files: Vec::new(), certs: Vec::new() };
+    g.leaves(cluster, first, (&ca, ca_pem), &etcd_ca)
+}
+
+impl Generator {
+    /// The leaf certificates, the admin kubeconfig and the bootstrap token
+    /// (with its Secret and the join objects), from the two CAs (the
+    /// cluster CA with its certificate as published, for the kubeconfig).
+    fn leaves(
+        mut self,
+        cluster: &str,
+        first: &Endpoint,
+        (ca, ca_pem): (&Issued, &str),
+        etcd_ca: &Issued,
+    ) -> Result<Pki, PkiError> {
+        let g = &mut self;
+        let now = g.now;
+        g.client(
+            "the API server's etcd client certificate",
+            paths::APISERVER_ETCD_CLIENT_CRT,
+            paths::APISERVER_ETCD_CLIENT_KEY,
+            "kube-apiserver-etcd-client",
+            None,
+            etcd_ca,
+            "CN=etcd-ca",
+        )?;
+        let admin = g.client(
+            "the admin client certificate",
+            paths::ADMIN_CRT,
+            paths::ADMIN_KEY,
+            "kubernetes-admin",
+            Some("system:masters"),
+            ca,
+            "CN=kubernetes",
+        )?;
+        let kubeconfig = admin_kubeconfig(cluster, &first.url(), ca_pem, &admin);
+        g.secret(paths::ADMIN_KUBECONFIG, kubeconfig.into_bytes());
+
+        let (token_id, token_secret) = bootstrap_token();
+        let token_expires = now + LEAF_LIFETIME;
+        let token = Zeroizing::new(format!("{token_id}.{}\n", token_secret.as_str()));
+        g.secret(paths::BOOTSTRAP_TOKEN, token.as_bytes().to_vec());
+        let expiration = rfc3339(token_expires);
+        let secret = join::token_secret(cluster, &token_id, &token_secret, &expiration);
+        g.secret(
+            paths::BOOTSTRAP_TOKEN_SECRET,
+            Zeroizing::new(pretty(&secret)).as_bytes().to_vec(),
+        );
+        let objects = join::list(join::objects(cluster, &token_id, &token_secret, &expiration));
+        g.secret(paths::JOIN_OBJECTS, Zeroizing::new(pretty(&objects)).as_bytes().to_vec());
+
+        Ok(Pki { files: self.files, certs: self.certs, token_id, token_expires })
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -363,33 +426,20 @@ fn bootstrap_token() -> (String, Zeroizing<String>) {
     (id, secret)
 }
 
-/// The Secret that makes the token valid, for `kubectl apply` on the
-/// cluster (bootstrap-token authentication, kube-system namespace).
-fn bootstrap_token_secret(
-    cluster: &str,
-    id: &str,
-    secret: &str,
-    expires: OffsetDateTime,
-) -> String {
-    let expiration = expires
-        .replace_nanosecond(0)
-        .unwrap_or(expires)
+/// `t` in RFC 3339, whole seconds (the bootstrap token's expiration).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1\n\
-         kind: Secret\n\
-         metadata:\n  name: bootstrap-token-{id}\n  namespace: kube-system\n\
-         type: bootstrap.kubernetes.io/token\n\
-         stringData:\n\
-         \x20 description: \"keel worker bootstrap token for cluster {cluster}\"\n\
-         \x20 token-id: \"{id}\"\n\
-         \x20 token-secret: \"{secret}\"\n\
-         \x20 expiration: \"{expiration}\"\n\
-         \x20 usage-bootstrap-authentication: \"true\"\n\
-         \x20 usage-bootstrap-signing: \"true\"\n\
-         \x20 auth-extra-groups: \"system:bootstrappers:keel:worker\"\n"
-    )
+        .unwrap_or_default()
+}
+
+/// JSON (which is YAML too: `kubectl apply -f` reads it), one newline at
+/// the end.
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
@@ -432,7 +482,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), pki.files.len());
-        assert_eq!(paths.len(), 16);
+        assert_eq!(paths.len(), 17);
         for f in &pki.files {
             let public = f.path.ends_with(".crt") || f.path.ends_with(".pub");
             assert_eq!(f.mode, if public { 0o644 } else { 0o600 }, "{}", f.path);

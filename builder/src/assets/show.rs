@@ -82,3 +82,42 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `keel assets show --dir`: the expiry of every certificate in an asset
+/// directory and of the bootstrap token, soonest first. Reads no key.
+pub fn expiries(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = super::store::Store::open(dir)?;
+    let mut rows = Vec::new();
+    let mut certs: Vec<&str> = keel_contract::assets::paths::ALL_CERTS.to_vec();
+    certs.sort();
+    for rel in certs {
+        let pem = store.read(rel, false)?;
+        let pem = std::str::from_utf8(&pem).with_context(|| format!("{rel} is not text"))?;
+        let params = rcgen::CertificateParams::from_ca_cert_pem(pem)
+            .with_context(|| format!("parsing {rel}"))?;
+        rows.push((params.not_after, rel.to_string()));
+    }
+    let objects = store.read(super::pki::paths::JOIN_OBJECTS, true)?;
+    let list: serde_json::Value = serde_json::from_slice(&objects)
+        .with_context(|| format!("parsing {}", super::pki::paths::JOIN_OBJECTS))?;
+    let expiration = list["items"][0]["stringData"]["expiration"].as_str().unwrap_or("");
+    let token_expires =
+        time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("the bootstrap token's expiration {expiration:?}"))?;
+    rows.push((
+        token_expires,
+        format!(
+            "{} (id {})",
+            super::pki::paths::BOOTSTRAP_TOKEN,
+            store.manifest.bootstrap_token_id
+        ),
+    ));
+    rows.sort();
+    println!("cluster {} assets in {}", store.manifest.cluster, dir.display());
+    let now = time::OffsetDateTime::now_utc();
+    for (t, what) in rows {
+        println!("  {}  {:>5} days  {what}", super::pki::rfc3339(t), (t - now).whole_days());
+    }
+    Ok(())
+}

@@ -41,6 +41,9 @@ pub struct Manifest {
     /// RFC 3339.
     pub created: String,
     pub bootstrap_token_id: String,
+    /// When `keel assets renew` last reissued the leaves (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<String>,
 }
 
 /// An asset directory, opened for reading.
@@ -115,6 +118,25 @@ fn write_tree(root: &Path, manifest: &Manifest, pki: &Pki) -> anyhow::Result<()>
 }
 
 impl Store {
+    /// Replaces the renewed files (`keel assets renew`), each atomically
+    /// with its mode, then the manifest. Only paths in `pki::RENEWED` are
+    /// written: a CA is never touched.
+    pub fn replace_renewed(&mut self, pki: &Pki, renewed: String) -> anyhow::Result<()> {
+        for f in &pki.files {
+            if !super::pki::RENEWED.contains(&f.path) {
+                bail!("renewal produced {}, which it may not replace", f.path);
+            }
+            let path = self.dir.join(f.path);
+            atomic_file::write(&path, f.mode, &f.contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        self.manifest.bootstrap_token_id = pki.token_id.clone();
+        self.manifest.renewed = Some(renewed);
+        let text = toml::to_string_pretty(&self.manifest).context("encoding the asset manifest")?;
+        atomic_file::write(&self.dir.join(MANIFEST), 0o644, text.as_bytes())
+            .with_context(|| format!("writing {}", self.dir.join(MANIFEST).display()))
+    }
+
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         let path = dir.join(MANIFEST);
         let text = fs::read_to_string(&path).with_context(|| {
@@ -179,6 +201,7 @@ mod tests {
             api_endpoints: vec!["10.0.0.1".into()],
             created: "2026-01-01T00:00:00Z".into(),
             bootstrap_token_id: "abcdef".into(),
+            renewed: None,
         }
     }
 

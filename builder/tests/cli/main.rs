@@ -5,8 +5,10 @@
 
 mod fetch;
 mod golden;
+mod join;
 mod man;
 mod pin;
+mod renew;
 mod resolve;
 mod userdata;
 

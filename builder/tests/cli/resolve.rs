@@ -258,7 +258,7 @@ fn bad_role_files_and_roles_are_errors() {
 #[test]
 fn help_fits_80_columns() {
     let repo = repo();
-    for sub in ["resolve", "fetch", "pin", "userdata", "build", "inspect"] {
+    for sub in ["resolve", "fetch", "pin", "userdata", "iam-policy", "build", "inspect", "assets"] {
         let help = ok(&keel(&repo, &[sub, "--help"]));
         for line in help.lines() {
             assert!(line.chars().count() <= 80, "keel {sub} --help: line too long: {line:?}");

@@ -62,3 +62,96 @@ fn userdata_refuses_values_the_node_would_refuse() {
     let err = super::stderr(&out);
     assert!(err.contains("checking the rendered user data") && err.contains("https://"), "{err}");
 }
+
+const KEY_ARN: &str =
+    "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+/// A worker's `keel userdata` arguments with `extra` after them.
+fn worker_userdata<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "userdata",
+        "--role",
+        "worker",
+        "--cluster",
+        "prod",
+        "--bucket",
+        "prod-assets",
+        "--api-endpoint",
+        "https://api.prod.example.com:6443",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn userdata_carries_the_expected_kms_key_and_bucket_owner() {
+    let repo = repo();
+    let args = worker_userdata(&["--kms-key", KEY_ARN, "--bucket-owner", "111122223333"]);
+    let text = ok(&keel(&repo, &args));
+    let ud = UserData::parse(text.as_bytes(), Role::Worker).unwrap();
+    assert_eq!(ud.assets.kms_key_id.as_deref(), Some(KEY_ARN));
+    assert_eq!(ud.assets.bucket_owner.as_deref(), Some("111122223333"));
+    let err = super::fails(&keel(&repo, &worker_userdata(&["--bucket-owner", "me"])));
+    assert!(err.contains("assets.bucket-owner: bucket owner \"me\" is not a 12-digit"), "{err}");
+}
+
+/// `keel iam-policy` prints valid JSON per role: S3 read of that role's
+/// bundle only, Decrypt conditioned on that cluster's and role's context,
+/// DescribeInstances only for the roles that discover etcd peers.
+#[test]
+fn iam_policy_is_valid_json_scoped_to_each_role() {
+    let repo = repo();
+    for role in Role::ALL {
+        let out = ok(&keel(
+            &repo,
+            &[
+                "iam-policy",
+                "--role",
+                role.as_str(),
+                "--cluster",
+                "prod",
+                "--bucket",
+                "prod-assets",
+                "--prefix",
+                "prod",
+                "--kms-key",
+                KEY_ARN,
+                "--bucket-owner",
+                "111122223333",
+            ],
+        ));
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["Version"], "2012-10-17");
+        let st = p["Statement"].as_array().unwrap();
+        let actions: Vec<&str> = st.iter().map(|s| s["Action"].as_str().unwrap()).collect();
+        let mut want = vec!["s3:GetObject", "kms:Decrypt"];
+        if role != Role::Worker {
+            want.push("ec2:DescribeInstances");
+        }
+        assert_eq!(actions, want, "{role}");
+        assert_eq!(st[0]["Resource"], format!("arn:aws:s3:::prod-assets/prod/{role}.bundle"));
+        assert_eq!(
+            st[1]["Condition"]["StringEquals"]["kms:EncryptionContext:keel:role"],
+            role.as_str()
+        );
+        assert_eq!(
+            st[1]["Condition"]["StringEquals"]["kms:EncryptionContext:keel:cluster"],
+            "prod"
+        );
+    }
+    let err = super::fails(&keel(
+        &repo,
+        &[
+            "iam-policy",
+            "--role",
+            "worker",
+            "--cluster",
+            "prod",
+            "--bucket",
+            "b",
+            "--kms-key",
+            "1234abcd",
+        ],
+    ));
+    assert!(err.contains("is not a key ARN"), "{err}");
+}

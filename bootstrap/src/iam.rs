@@ -1,0 +1,163 @@
+//! The IAM policy a node role's instance profile needs, generated from the
+//! same names keel-bootstrap uses (bundle key, encryption context, tags),
+//! so that the policy grants exactly what the node asks for:
+//!
+//! - `s3:GetObject` on that role's bundle object only (and, with a bucket
+//!   owner, only in that account: `s3:ResourceAccount`);
+//! - `kms:Decrypt` on the cluster's key, only with the encryption context
+//!   of that cluster and role (`kms:EncryptionContext:keel:cluster`,
+//!   `kms:EncryptionContext:keel:role`), so a worker's profile cannot
+//!   decrypt the controller's bundle even if it reads it;
+//! - `ec2:DescribeInstances` only for the roles that discover etcd peers
+//!   (etcd, controller). EC2 does not support resource-level permissions
+//!   for Describe calls: its resource is `*`.
+//!
+//! keel-bootstrap sends the key id and the bucket owner from user data
+//! (`[assets] kms-key-id`, `bucket-owner`), so a node also refuses a
+//! bundle sealed under another key or served from another account.
+
+use serde_json::{json, Value};
+
+use crate::{bundle, Role};
+
+/// What a role's policy is made from.
+#[derive(Debug, Clone)]
+pub struct PolicyInput<'a> {
+    pub role: Role,
+    pub cluster: &'a str,
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    /// The KMS key's ARN (`arn:<partition>:kms:<region>:<account>:key/<id>`).
+    pub kms_key_arn: &'a str,
+    /// The account that owns the bucket, when known.
+    pub bucket_owner: Option<&'a str>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyError {
+    #[error(
+        "KMS key {0:?} is not a key ARN (arn:aws:kms:<region>:<account>:key/<id>): a policy \
+         names its resource by ARN; find it with `aws kms describe-key --key-id <id>`"
+    )]
+    KeyNotArn(String),
+    #[error("bucket owner {0:?} is not a 12-digit AWS account id")]
+    BucketOwner(String),
+}
+
+/// Whether the role finds etcd members through EC2 tags.
+pub fn discovers_peers(role: Role) -> bool {
+    matches!(role, Role::Etcd | Role::Controller)
+}
+
+/// The partition of an ARN (`aws`, `aws-cn`, `aws-us-gov`).
+fn kms_key_partition(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "kms", region, account, resource]
+            if !partition.is_empty()
+                && !region.is_empty()
+                && account.len() == 12
+                && account.chars().all(|c| c.is_ascii_digit())
+                && resource.strip_prefix("key/").is_some_and(|id| !id.is_empty()) =>
+        {
+            Some(partition)
+        }
+        _ => None,
+    }
+}
+
+/// A 12-digit account id.
+pub fn check_account(owner: &str) -> Result<(), PolicyError> {
+    keel_contract::names::check_account(owner)
+        .map_err(|_| PolicyError::BucketOwner(owner.to_string()))
+}
+
+/// The instance profile policy of `input.role` (an IAM policy document).
+pub fn instance_policy(input: &PolicyInput<'_>) -> Result<Value, PolicyError> {
+    let partition = kms_key_partition(input.kms_key_arn)
+        .ok_or_else(|| PolicyError::KeyNotArn(input.kms_key_arn.to_string()))?;
+    let object = format!(
+        "arn:{partition}:s3:::{}/{}",
+        input.bucket,
+        bundle::object_key(input.prefix, input.role)
+    );
+    let mut get = json!({
+        "Sid": "ReadOwnBundle",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": object,
+    });
+    if let Some(owner) = input.bucket_owner {
+        check_account(owner)?;
+        get["Condition"] = json!({ "StringEquals": { "s3:ResourceAccount": owner } });
+    }
+    let context: serde_json::Map<String, Value> =
+        bundle::encryption_context(input.cluster, input.role)
+            .into_iter()
+            .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), Value::String(v)))
+            .collect();
+    let mut statements = vec![
+        get,
+        json!({
+            "Sid": "DecryptOwnBundleKey",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": input.kms_key_arn,
+            "Condition": { "StringEquals": context },
+        }),
+    ];
+    if discovers_peers(input.role) {
+        statements.push(json!({
+            "Sid": "DiscoverEtcdPeers",
+            "Effect": "Allow",
+            "Action": "ec2:DescribeInstances",
+            "Resource": "*",
+        }));
+    }
+    Ok(json!({ "Version": "2012-10-17", "Statement": statements }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn input(role: Role) -> PolicyInput<'static> {
+        PolicyInput {
+            role,
+            cluster: "prod",
+            bucket: "prod-assets",
+            prefix: "prod",
+            kms_key_arn: KEY,
+            bucket_owner: Some("111122223333"),
+        }
+    }
+
+    #[test]
+    fn each_role_reads_its_own_bundle_with_its_own_context() {
+        for role in Role::ALL {
+            let p = instance_policy(&input(role)).unwrap();
+            let s = p["Statement"].as_array().unwrap();
+            assert_eq!(s[0]["Resource"], format!("arn:aws:s3:::prod-assets/prod/{role}.bundle"));
+            assert_eq!(s[0]["Condition"]["StringEquals"]["s3:ResourceAccount"], "111122223333");
+            assert_eq!(s[1]["Resource"], KEY);
+            let ctx = &s[1]["Condition"]["StringEquals"];
+            assert_eq!(ctx["kms:EncryptionContext:keel:role"], role.as_str());
+            assert_eq!(ctx["kms:EncryptionContext:keel:cluster"], "prod");
+            assert_eq!(s.len(), if role == Role::Worker { 2 } else { 3 }, "{role}: {p}");
+            assert!(!p.to_string().contains("s3:*") && !p.to_string().contains("kms:*"));
+        }
+    }
+
+    #[test]
+    fn a_key_id_or_a_bad_owner_is_refused() {
+        let mut i = input(Role::Worker);
+        i.kms_key_arn = "1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert!(matches!(instance_policy(&i), Err(PolicyError::KeyNotArn(_))));
+        let mut i = input(Role::Worker);
+        i.bucket_owner = Some("me");
+        assert_eq!(instance_policy(&i), Err(PolicyError::BucketOwner("me".into())));
+    }
+}
