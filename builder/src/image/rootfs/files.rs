@@ -1,7 +1,12 @@
 //! The role's files copied onto the tree, and what the role directories
 //! feed to the build key.
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::walk;
+use crate::image::BuildError;
 
 /// Copies a tree of files (`images/<role>/files`) onto `root` as laid out.
 pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {

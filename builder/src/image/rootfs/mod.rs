@@ -5,16 +5,11 @@
 //! `/etc` as a factory copy in `/usr/share/factory/etc` that systemd-tmpfiles
 //! copies to the writable root on first boot; and the kernel and initrd.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Component as PathPart, Path, PathBuf};
-
-use flate2::read::GzDecoder;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use super::BuildError;
-use crate::fetch::Fetched;
-use crate::profile::{Component, Install, Source};
 
 mod components;
 mod dpkg;
@@ -73,6 +68,8 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::components::image_path;
+    use std::os::unix::fs::symlink;
+
     use super::etc::ETC_TMPFILES;
     use super::units::install_targets;
     use super::*;

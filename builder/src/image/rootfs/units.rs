@@ -1,7 +1,13 @@
 //! The role's systemd units installed into /usr and enabled by their
 //! `[Install]` section, plus the base units every image enables.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::walk;
+use crate::image::BuildError;
 
 /// Units of the base that every image enables: DHCP on every Ethernet
 /// interface, its wait-online (so network-online.target means it), DNS;
