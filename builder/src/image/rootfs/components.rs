@@ -1,7 +1,16 @@
 //! Component layers: each URL component's verified artifact installed
 //! under /usr as its `install` says (a binary, or a tarball's entries).
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use super::mkdir_parent;
+use crate::fetch::Fetched;
+use crate::image::BuildError;
+use crate::profile::{Component, Install, Source};
 
 /// A path in the image (absolute, under /usr) as a path under `root`.
 pub(super) fn image_path(root: &Path, component: &str, path: &str) -> Result<PathBuf, BuildError> {

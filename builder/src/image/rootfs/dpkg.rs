@@ -1,6 +1,9 @@
 //! The Debian packages installed in the base, read from dpkg's status file.
 
-use super::*;
+use std::fs;
+use std::path::Path;
+
+use crate::image::BuildError;
 
 /// A Debian package installed in the base.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,12 @@
 //! recreated on first boot by systemd-tmpfiles; units Keel does not run
 //! disabled, the base's enablement hoisted into /usr.
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use super::{mkdir_parent, walk, write_file};
+use crate::image::BuildError;
 
 /// Units Debian's packages enable that a Keel node does not run: package
 /// maintenance on an immutable /usr (apt and dpkg timers), ext4 metadata

@@ -1,9 +1,15 @@
 //! The role's files copied onto the tree, and what the role directories
 //! feed to the build key.
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-/// Copies a tree of files (`images/<role>/files`) onto `root` as laid out.
+use super::{copy_file, walk};
+use crate::image::BuildError;
+
+/// Copies a tree of files (`images/<role>/files`) onto `root` as laid out,
+/// with modes that do not depend on the checkout ([`copy_file`]).
 pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {
     if !src.is_dir() {
         return Ok(());
@@ -13,14 +19,19 @@ pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {
         let dest = root.join(rel);
         let meta = fs::symlink_metadata(&entry).map_err(|e| BuildError::io(&entry, e))?;
         if meta.is_dir() {
-            fs::create_dir_all(&dest).map_err(|e| BuildError::io(&dest, e))?;
+            // A directory the tree lacks is made 0755; the base's keep theirs.
+            if fs::symlink_metadata(&dest).is_err() {
+                fs::create_dir_all(&dest).map_err(|e| BuildError::io(&dest, e))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| BuildError::io(&dest, e))?;
+            }
         } else {
             let _ = fs::remove_file(&dest);
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&entry).map_err(|e| BuildError::io(&entry, e))?;
                 symlink(target, &dest).map_err(|e| BuildError::io(&dest, e))?;
             } else {
-                fs::copy(&entry, &dest).map_err(|e| BuildError::io(&dest, e))?;
+                copy_file(&entry, &dest)?;
             }
         }
     }

@@ -1,6 +1,9 @@
 //! The base's kernel and initrd.
 
-use super::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::image::BuildError;
 
 /// The kernel and initrd of the base (`/boot/vmlinuz-*`, `/boot/initrd.img-*`)
 /// and the kernel's version.

@@ -5,16 +5,11 @@
 //! `/etc` as a factory copy in `/usr/share/factory/etc` that systemd-tmpfiles
 //! copies to the writable root on first boot; and the kernel and initrd.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Component as PathPart, Path, PathBuf};
-
-use flate2::read::GzDecoder;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use super::BuildError;
-use crate::fetch::Fetched;
-use crate::profile::{Component, Install, Source};
 
 mod components;
 mod dpkg;
@@ -41,6 +36,17 @@ fn mkdir_parent(p: &Path) -> Result<(), BuildError> {
         fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
     }
     Ok(())
+}
+
+/// Copies the file `src` to `dest` with a mode that does not depend on the
+/// checkout: 0755 when `src` has any execute bit, 0644 otherwise (a
+/// checkout made under umask 002 has 0664 files; the image must not
+/// change with it).
+pub fn copy_file(src: &Path, dest: &Path) -> Result<(), BuildError> {
+    let executable = fs::metadata(src).map_err(|e| BuildError::io(src, e))?.mode() & 0o111 != 0;
+    fs::copy(src, dest).map_err(|e| BuildError::io(dest, e))?;
+    let mode = if executable { 0o755 } else { 0o644 };
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io(dest, e))
 }
 
 /// Every path under `dir`, sorted, parents before children.
@@ -73,9 +79,30 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::components::image_path;
+    use std::os::unix::fs::symlink;
+
     use super::etc::ETC_TMPFILES;
     use super::units::install_targets;
     use super::*;
+
+    #[test]
+    fn copied_role_files_get_modes_that_do_not_depend_on_the_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, root) = (dir.path().join("files"), dir.path().join("root"));
+        fs::create_dir_all(src.join("etc/keel")).unwrap();
+        fs::set_permissions(src.join("etc/keel"), fs::Permissions::from_mode(0o775)).unwrap();
+        for (name, mode) in [("conf", 0o664), ("tool", 0o775), ("private", 0o600)] {
+            fs::write(src.join("etc/keel").join(name), name).unwrap();
+            fs::set_permissions(src.join("etc/keel").join(name), fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        add_files(&src, &root).unwrap();
+        let mode = |p: &str| fs::metadata(root.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("etc/keel"), 0o755);
+        assert_eq!(mode("etc/keel/conf"), 0o644);
+        assert_eq!(mode("etc/keel/tool"), 0o755);
+        assert_eq!(mode("etc/keel/private"), 0o644);
+    }
 
     #[test]
     fn install_targets_reads_only_the_install_section() {

@@ -1,6 +1,10 @@
 //! The writable root file system's skeleton.
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use crate::image::BuildError;
 
 /// The root file system's skeleton: mount points, /etc (filled on first
 /// boot) and the merged-/usr links.

@@ -1,6 +1,9 @@
 //! Timestamps clamped to the build's epoch (reproducible images).
 
-use super::*;
+use std::path::Path;
+
+use super::walk;
+use crate::image::BuildError;
 
 /// Sets the modification time of every path under `dir` (and `dir`) to
 /// `epoch`, without following symlinks.

@@ -1,7 +1,13 @@
 //! The role's systemd units installed into /usr and enabled by their
 //! `[Install]` section, plus the base units every image enables.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::{copy_file, walk};
+use crate::image::BuildError;
 
 /// Units of the base that every image enables: DHCP on every Ethernet
 /// interface, its wait-online (so network-online.target means it), DNS;
@@ -32,7 +38,7 @@ pub fn add_units(dirs: &[PathBuf], root: &Path) -> Result<Vec<String>, BuildErro
     }
     for (name, src) in &units {
         let dest = unit_dir.join(name);
-        fs::copy(src, &dest).map_err(|e| BuildError::io(&dest, e))?;
+        copy_file(src, &dest)?;
         let text = fs::read_to_string(src).map_err(|e| BuildError::io(src, e))?;
         for (kind, target) in install_targets(&text) {
             enable(root, &target, kind, name)?;

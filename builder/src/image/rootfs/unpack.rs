@@ -1,7 +1,10 @@
 //! The Debian base tarball unpacked into the file tree (tar crate; device
 //! nodes left out).
 
-use super::*;
+use std::fs;
+use std::path::Path;
+
+use crate::image::BuildError;
 
 /// Unpacks the base tarball into `root` (device nodes are left out: /dev
 /// is a devtmpfs at boot).
