@@ -16,6 +16,7 @@ mod man;
 mod pin;
 mod profile;
 mod publish;
+mod secureboot;
 mod userdata;
 
 /// Build, publish and provision immutable Kubernetes node images for AWS.
@@ -45,6 +46,9 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// Create the UEFI Secure Boot keys that sign images.
+    #[command(subcommand)]
+    Keys(secureboot::command::Command),
     /// Write a man page for keel and each of its subcommands.
     Man(man::ManArgs),
 }
@@ -59,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Keys(command) => secureboot::command::run(&command),
         Command::Man(args) => man::run(&args, Cli::command()),
     }
 }
