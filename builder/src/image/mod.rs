@@ -11,6 +11,7 @@ mod esp;
 mod gpt;
 pub mod manifest;
 mod rootfs;
+pub mod sbom;
 mod tools;
 mod uki;
 mod usr;
@@ -68,12 +69,17 @@ pub struct Request<'a> {
     pub force: bool,
     /// Draw spinners (on a terminal).
     pub progress: bool,
+    /// Sign the UKI for Secure Boot with this db key; `None` builds an
+    /// unsigned image (development), which the manifest says.
+    pub secure_boot: Option<&'a crate::secureboot::SigningKey>,
 }
 
 /// What [`build`] made.
 pub struct Outcome {
     pub image: PathBuf,
     pub manifest_path: PathBuf,
+    /// The SPDX SBOM beside the image (the same document is in its ESP).
+    pub sbom_path: PathBuf,
     pub manifest: Manifest,
     pub up_to_date: bool,
 }
@@ -119,13 +125,22 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     let stem = file_stem(r);
     let image_path = req.out_dir.join(format!("{stem}.raw"));
     let manifest_path = req.out_dir.join(format!("{stem}.manifest.json"));
+    let sbom_path = req.out_dir.join(format!("{stem}.spdx.json"));
     elf::check_static(req.bootstrap_bin)?;
     let role_dirs = [req.images_dir.join("common"), req.images_dir.join(r.role.as_str())];
 
     let key = build_key(req, epoch, &role_dirs)?;
     if !req.force {
         if let Some(m) = up_to_date(&image_path, &manifest_path, &key) {
-            return Ok(Outcome { image: image_path, manifest_path, manifest: m, up_to_date: true });
+            if sbom_path.is_file() {
+                return Ok(Outcome {
+                    image: image_path,
+                    manifest_path,
+                    sbom_path,
+                    manifest: m,
+                    up_to_date: true,
+                });
+            }
         }
     }
     let stage = Stage::new(req.progress);
@@ -144,7 +159,13 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     let tree = work.join("tree");
     fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
     rootfs::unpack_base(&base_tar, &tree)?;
-    let packages = rootfs::debian_packages(&tree)?;
+    // Before /etc and /usr/share/doc change: dpkg's status and the
+    // copyright files are what the SBOM says of each package.
+    let debian = sbom::debian_packages(&tree)?;
+    let packages: Vec<rootfs::Package> = debian
+        .iter()
+        .map(|d| rootfs::Package { name: d.name.clone(), version: d.version.clone() })
+        .collect();
     let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
     for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
         fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
@@ -185,8 +206,14 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     stage.start("unified kernel image");
     let cmdline = uki::cmdline(&usr.root_hash, &root_uuid);
     uki::make(&tools, work, "vmlinuz", "initrd", os_release, &cmdline, &kernel)?;
-    let uki_bytes =
-        fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
+    let uki_path = match req.secure_boot {
+        Some(key) => {
+            stage.start("signing the UKI with db (Secure Boot)");
+            uki::sign(work, key, epoch)?
+        }
+        None => work.join("uki.efi"),
+    };
+    let uki_bytes = fs::read(&uki_path).map_err(|e| BuildError::io(&uki_path, e))?;
 
     stage.start("disk image");
     let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
@@ -240,6 +267,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         kernel,
         cmdline,
         verity_root_hash: usr.root_hash.clone(),
+        secure_boot: manifest::secure_boot(req.secure_boot),
         components: manifest::components(&r.components, &packages).map_err(BuildError::Other)?,
         debian_packages: packages,
         disk_guid: table.disk_guid,
@@ -247,6 +275,16 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     };
     let inner = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+    let sbom = sbom::document(
+        &manifest,
+        &sbom::Inputs {
+            name: &stem,
+            debian: &debian,
+            bootstrap_sha256: &hex::encode(Sha256::digest(&bootstrap)),
+        },
+    );
+    let sbom = serde_json::to_vec_pretty(&sbom)
+        .map_err(|e| BuildError::Other(format!("serializing the SBOM: {e}")))?;
     let esp_part =
         table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
     let volume_id =
@@ -255,7 +293,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         &esp_img,
         esp_part.size,
         volume_id,
-        &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)],
+        &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner), (sbom::ESP_PATH, &sbom)],
     )?;
     let sha = assemble(
         &scratch.image_tmp,
@@ -270,16 +308,18 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     // between the two renames never leaves an old manifest beside a new image.
     let _ = fs::remove_file(&manifest_path);
     fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
+    keel_bootstrap::atomic_file::write(&sbom_path, 0o644, &sbom)
+        .map_err(|e| BuildError::io(&sbom_path, e))?;
     keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
         .map_err(|e| BuildError::io(&manifest_path, e))?;
     stage.finish();
-    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+    Ok(Outcome { image: image_path, manifest_path, sbom_path, manifest, up_to_date: false })
 }
 
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-4";
+const RECIPE: &str = "keel-image-5";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
@@ -296,6 +336,8 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
     field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
+    // Signed with another key (or not at all) is another image.
+    field(&mut h, manifest::secure_boot(req.secure_boot).as_bytes());
     for f in req.fetched {
         field(&mut h, f.name.as_bytes());
         field(&mut h, f.digest.hex().as_bytes());
@@ -451,5 +493,50 @@ impl Stage {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_key_includes_the_secure_boot_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let paths =
+            crate::profile::Paths { profiles: root.join("profiles"), images: root.join("images") };
+        let resolved =
+            crate::profile::resolve(&paths, "local", keel_bootstrap::Role::Etcd).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("keel-bootstrap");
+        fs::write(&bin, b"not really a binary: build_key only hashes it").unwrap();
+        let keys: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let dir = tmp.path().join(n);
+                crate::secureboot::init(&dir, "Test", time::OffsetDateTime::now_utc()).unwrap();
+                crate::secureboot::SigningKey::open(&dir).unwrap()
+            })
+            .collect();
+        let key_for = |sb: Option<&crate::secureboot::SigningKey>| {
+            let req = Request {
+                resolved: &resolved,
+                fetched: &[],
+                bootstrap_bin: &bin,
+                images_dir: &paths.images,
+                cache_dir: tmp.path(),
+                out_dir: tmp.path(),
+                force: false,
+                progress: false,
+                secure_boot: sb,
+            };
+            let dirs = [paths.images.join("common"), paths.images.join("etcd")];
+            build_key(&req, DEFAULT_EPOCH, &dirs).unwrap()
+        };
+        let (unsigned, a, b) = (key_for(None), key_for(Some(&keys[0])), key_for(Some(&keys[1])));
+        assert_eq!(unsigned, key_for(None));
+        assert_eq!(a, key_for(Some(&keys[0])));
+        assert_ne!(unsigned, a);
+        assert_ne!(a, b);
     }
 }

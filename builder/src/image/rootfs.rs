@@ -81,27 +81,6 @@ pub fn unpack_base(tar_path: &Path, root: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The installed packages of the base, from dpkg's status file.
-pub fn debian_packages(root: &Path) -> Result<Vec<Package>, BuildError> {
-    let status = root.join("var/lib/dpkg/status");
-    let text = fs::read_to_string(&status).map_err(|e| BuildError::io(&status, e))?;
-    let mut out = Vec::new();
-    for stanza in text.split("\n\n") {
-        let field = |name: &str| {
-            stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        };
-        if let (Some(name), Some(version), Some(state)) =
-            (field("Package:"), field("Version:"), field("Status:"))
-        {
-            if state.ends_with(" installed") {
-                out.push(Package { name, version });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
 /// A path in the image (absolute, under /usr) as a path under `root`.
 fn image_path(root: &Path, component: &str, path: &str) -> Result<PathBuf, BuildError> {
     let p = Path::new(path);
