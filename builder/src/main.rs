@@ -46,6 +46,9 @@ enum Command {
     Build(image::command::BuildArgs),
     /// Print the manifest stored inside a disk image.
     Inspect(image::command::InspectArgs),
+    /// Explain how two images differ: manifest, SBOM, partitions, then the
+    /// first differing file in /usr.
+    Diff(image::diff::DiffArgs),
     /// Create the UEFI Secure Boot keys that sign images.
     #[command(subcommand)]
     Keys(secureboot::command::Command),
@@ -63,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Userdata(args) => userdata::run(&args),
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
+        Command::Diff(args) => image::diff::run(&args),
         Command::Keys(command) => secureboot::command::run(&command),
         Command::Man(args) => man::run(&args, Cli::command()),
     }

@@ -6,6 +6,7 @@
 
 mod base;
 pub mod command;
+pub mod diff;
 mod elf;
 mod esp;
 mod gpt;
