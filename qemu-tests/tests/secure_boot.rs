@@ -1,6 +1,6 @@
 //! Secure Boot and SBOM tests (need root, a warm ~/.cache/keel or
-//! mmdebstrap's Debian mirror, sbsigntool and faketime; the boot tests
-//! QEMU and OVMF's Secure Boot build): one etcd image of the `local`
+//! mmdebstrap's Debian mirror, sbsigntool, faketime, mtools, and for the
+//! boots QEMU, OVMF's Secure Boot build and virt-firmware): one etcd image of the `local`
 //! profile, signed with a test key hierarchy made by `keel keys init`, is
 //! built once per run (found up to date on the next) and shared by every
 //! test here.
@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -18,6 +19,17 @@ use sha2::Digest as _;
 use keel_bootstrap::Role;
 use keel_qemu_tests::images::{self, Image};
 use keel_qemu_tests::rundir::target_dir;
+use keel_qemu_tests::vm::{Config, Vm};
+
+/// Generous: a first boot under TCG (with SMM) on a loaded 2-core machine.
+const BOOT_DEADLINE: Duration = Duration::from_secs(600);
+/// The firmware gets to the boot option in well under this.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(300);
+/// keel-bootstrap's unit ran: every line it prints starts so.
+const MILESTONE: &str = "keel-bootstrap:";
+/// What OVMF prints when Secure Boot refuses the UKI: `BdsDxe: failed to
+/// load Boot0001 "UEFI Misc Device" from ...: Access Denied`.
+const REFUSED: &str = "Access Denied";
 
 /// Where the signed image and its keys live, across runs.
 fn secure_dir() -> PathBuf {
@@ -61,13 +73,17 @@ fn signed() -> &'static Image {
 }
 
 /// Copies one file out of the image's ESP with mtools.
-fn esp_file(image: &Image, path: &str, to: &Path) {
+fn esp_offset(image: &Image) -> u64 {
     let m = image.manifest().unwrap();
-    let esp = m["partitions"]
+    m["partitions"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == "esp"))
         .and_then(|p| p["offset"].as_u64())
-        .expect("an esp partition in the manifest");
+        .expect("an esp partition in the manifest")
+}
+
+fn esp_file(image: &Image, path: &str, to: &Path) {
+    let esp = esp_offset(image);
     let status = Command::new("mcopy")
         .arg("-n")
         .arg("-i")
@@ -199,4 +215,129 @@ fn sbom_validates_and_lists_what_inspect_lists() {
         .count();
     assert_eq!(contains, packages.len() - 1, "every package but the image is CONTAINED by it");
     assert_eq!(sbom["creationInfo"]["created"], "2026-01-01T00:00:00Z");
+}
+
+/// An OVMF VARS file with the hierarchy in `keys` enrolled (PK, KEK, db;
+/// no Microsoft keys) and Secure Boot on, made by virt-firmware.
+fn enrolled_vars(keys: &Path, out: &Path) -> PathBuf {
+    let owner = std::fs::read_to_string(keys.join("owner-guid")).unwrap().trim().to_string();
+    let tool = keel_testkit::pytools::bin("virt-fw-vars").unwrap();
+    let cert = |n: &str| keys.join(format!("{n}.crt"));
+    let out_ = Command::new(&tool)
+        .arg("-i")
+        .arg(keel_qemu_tests::vm::OVMF_VARS)
+        .arg("-o")
+        .arg(out)
+        .arg("--set-pk")
+        .arg(&owner)
+        .arg(cert("PK"))
+        .arg("--add-kek")
+        .arg(&owner)
+        .arg(cert("KEK"))
+        .arg("--add-db")
+        .arg(&owner)
+        .arg(cert("db"))
+        .args(["--secure-boot", "--no-microsoft"])
+        .output()
+        .expect("running virt-fw-vars");
+    assert!(out_.status.success(), "virt-fw-vars: {}", String::from_utf8_lossy(&out_.stderr));
+    out.to_path_buf()
+}
+
+/// A copy of the signed image whose UKI `change` rewrote (mtools in, the
+/// same bytes back at the same path).
+fn with_changed_uki(image: &Image, dir: &Path, change: impl FnOnce(&Path)) -> PathBuf {
+    let copy = dir.join("image.raw");
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image.path)
+        .arg(&copy)
+        .status()
+        .expect("running cp");
+    assert!(status.success());
+    let uki = dir.join("BOOTX64.EFI");
+    esp_file(image, "EFI/BOOT/BOOTX64.EFI", &uki);
+    change(&uki);
+    let esp = esp_offset(image);
+    let status = Command::new("mcopy")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{esp}", copy.display()))
+        .arg(&uki)
+        .arg("::EFI/BOOT/BOOTX64.EFI")
+        .status()
+        .expect("running mcopy");
+    assert!(status.success(), "writing the changed UKI back");
+    copy
+}
+
+/// Boots `disk` with OVMF's Secure Boot build and `vars`; waits for the
+/// firmware's refusal, and fails if Linux starts.
+fn refused(disk: &Path, vars: &Path, name: &str) {
+    let state = scratch(&format!("boot-{name}"));
+    let mut cfg = Config::new(disk, &state);
+    cfg.name = format!("qemu ({name})");
+    cfg.secure_boot_vars = Some(vars.to_path_buf());
+    let mut vm = Vm::start(&cfg).expect("starting the VM");
+    let seen = vm
+        .wait_for_any(&[REFUSED, "Linux version", MILESTONE], REFUSAL_DEADLINE)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let console = vm.console();
+    assert_eq!(seen, 0, "{name}: the firmware started the UKI:\n{console}");
+    let line = console.lines().find(|l| l.contains(REFUSED)).unwrap_or_default();
+    eprintln!("{name}: refused after {:?}: {}", vm.uptime(), line.trim());
+}
+
+/// Under OVMF's Secure Boot build with the test hierarchy enrolled: the
+/// signed image boots to keel-bootstrap; the same image is refused by
+/// firmware that enrolled another hierarchy (signed with another key), and
+/// so are a copy whose UKI command line carries another usrhash and a copy
+/// whose UKI signature was removed. One VM at a time.
+#[test]
+fn secure_boot_firmware_boots_the_signed_image_and_refuses_the_rest() {
+    let image = signed();
+    let dir = scratch("firmware");
+    let ours = enrolled_vars(&test_keys(), &dir.join("ours.fd"));
+    let theirs = enrolled_vars(&keys(&dir.join("other-keys")), &dir.join("theirs.fd"));
+
+    refused(&image.path, &theirs, "another-key");
+
+    let tampered_dir = scratch("tampered");
+    let tampered = with_changed_uki(image, &tampered_dir, |uki| {
+        let mut bytes = std::fs::read(uki).unwrap();
+        let at = bytes
+            .windows(8)
+            .position(|w| w == b"usrhash=")
+            .expect("usrhash= in the UKI's command line")
+            + 8;
+        // Another root hash of the same length: the PE layout is unchanged.
+        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        std::fs::write(uki, bytes).unwrap();
+    });
+    refused(&tampered, &ours, "changed-usrhash");
+    std::fs::remove_file(&tampered).unwrap();
+
+    let unsigned_dir = scratch("unsigned");
+    let unsigned = with_changed_uki(image, &unsigned_dir, |uki| {
+        let status = Command::new("sbattach")
+            .arg("--remove")
+            .arg(uki)
+            .status()
+            .expect("running sbattach (sbsigntool)");
+        assert!(status.success(), "sbattach --remove");
+        assert!(!sbverify(&test_keys().join("db.crt"), uki).0, "the signature is gone");
+    });
+    refused(&unsigned, &ours, "unsigned");
+    std::fs::remove_file(&unsigned).unwrap();
+
+    let state = scratch("boot-signed");
+    let mut cfg = Config::new(&image.path, &state);
+    cfg.name = "qemu (signed)".into();
+    cfg.secure_boot_vars = Some(ours);
+    let mut vm = Vm::start(&cfg).expect("starting the VM");
+    vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("Secure Boot to keel-bootstrap.service");
+    let console = vm.console();
+    assert!(!console.contains(REFUSED), "{console}");
+    assert!(!console.contains("is corrupted"), "verity complained:\n{console}");
+    eprintln!("signed image reached {MILESTONE:?} under Secure Boot after {:?}", vm.uptime());
 }
