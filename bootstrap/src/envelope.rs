@@ -14,7 +14,7 @@ use crate::role::Role;
 
 /// A bundle object larger than this is refused before it is read: real
 /// bundles are a few KiB.
-pub const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
+pub(crate) const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -160,14 +160,14 @@ pub async fn fetch(
 mod tests {
     //! Against moto's server (KMS and S3), started per test.
     use super::*;
-    use crate::aws::{s3_client, sdk_config_with_keys, Target};
+    use crate::aws::{s3_client, sdk_config, Target};
     use crate::bundle::BundleFile;
     use keel_testkit::moto::Moto;
 
     async fn clients(moto: &Moto) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
         let target =
             Target { region: Some("eu-west-1".into()), endpoint_url: Some(moto.endpoint.clone()) };
-        let config = sdk_config_with_keys(&target, "testing", "testing").await;
+        let config = keel_testkit::moto::with_test_keys(sdk_config(&target).await);
         (s3_client(&config), aws_sdk_kms::Client::new(&config))
     }
 

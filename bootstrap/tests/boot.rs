@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
-use keel_bootstrap::bundle::{self, Bundle, BundleFile};
 use keel_bootstrap::etcd_api::EtcdApi;
 use keel_bootstrap::imds::{Identity, Imds};
 use keel_bootstrap::layout::Layout;
 use keel_bootstrap::node::{self, etcd::Plan};
 use keel_bootstrap::pki::{self, Ca, Usage};
 use keel_bootstrap::retry::Policy;
-use keel_bootstrap::userdata::{self, UserData};
-use keel_bootstrap::{aws, discovery, envelope, tags, Role};
+use keel_bootstrap::{aws, discovery, envelope};
+use keel_contract::bundle::{self, Bundle, BundleFile};
+use keel_contract::userdata::{self, UserData};
+use keel_contract::{tags, Role};
 use keel_testkit::imds::{Credentials, Fault, ImdsEmulator, Instance};
 use keel_testkit::moto::Moto;
 use keel_testkit::process::Guard;
@@ -73,7 +74,7 @@ async fn aws_env() -> Aws {
     let moto = Moto::start().expect("moto");
     let target =
         aws::Target { region: Some(REGION.into()), endpoint_url: Some(moto.endpoint.clone()) };
-    let sdk = aws::sdk_config_with_keys(&target, "testing", "testing").await;
+    let sdk = keel_testkit::moto::with_test_keys(aws::sdk_config(&target).await);
     aws::s3_client(&sdk).create_bucket().bucket(BUCKET).send().await.expect("create bucket");
     let key = aws_sdk_kms::Client::new(&sdk).create_key().send().await.expect("create key");
     let key_id = key.key_metadata().unwrap().key_id().to_string();

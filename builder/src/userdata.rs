@@ -4,8 +4,8 @@
 //! the node would refuse.
 
 use anyhow::Context;
-use keel_bootstrap::userdata::{self, Assets, Aws, Etcd, Kubelet, Kubernetes, UserData};
-use keel_bootstrap::Role;
+use keel_contract::userdata::{self, Assets, Aws, Etcd, Kubelet, Kubernetes, UserData};
+use keel_contract::Role;
 
 /// Render user data for a node role's launch template.
 #[derive(Debug, clap::Args)]

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use keel_bootstrap::aws::{s3_client, sdk_config_with_keys, Target};
-use keel_bootstrap::bundle::{BundleError, Header};
+use keel_bootstrap::aws::{s3_client, sdk_config, Target};
 use keel_bootstrap::envelope::{self, EnvelopeError};
-use keel_bootstrap::Role;
+use keel_contract::bundle::{BundleError, Header};
+use keel_contract::Role;
 use keel_testkit::moto::Moto;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -32,7 +32,7 @@ const BUCKET: &str = "keel-assets";
 /// S3 and KMS clients for `endpoint`, with moto's dummy credentials.
 async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_kms::Client) {
     let target = Target { region: Some(REGION.into()), endpoint_url: Some(endpoint.to_string()) };
-    let config = sdk_config_with_keys(&target, "testing", "testing").await;
+    let config = keel_testkit::moto::with_test_keys(sdk_config(&target).await);
     (s3_client(&config), aws_sdk_kms::Client::new(&config))
 }
 
@@ -172,7 +172,7 @@ impl Env {
         prefix: &str,
         cluster: &str,
         role: Role,
-    ) -> Result<keel_bootstrap::bundle::Bundle, EnvelopeError> {
+    ) -> Result<keel_contract::bundle::Bundle, EnvelopeError> {
         envelope::fetch(&self.s3, &self.kms, BUCKET, prefix, cluster, role).await
     }
 
@@ -226,10 +226,9 @@ fn secrets(dir: &Path) -> Vec<String> {
     out.push(token.trim().split_once('.').unwrap().1.to_string());
     let enc = fs::read_to_string(dir.join("kubernetes/encryption-config.yaml")).unwrap();
     out.push(enc.lines().find_map(|l| l.trim().strip_prefix("secret: ")).unwrap().to_string());
-    let admin = fs::read_to_string(dir.join("kubernetes/admin.conf")).unwrap();
-    out.push(
-        admin.lines().find_map(|l| l.trim().strip_prefix("client-key-data: ")).unwrap().to_string(),
-    );
+    let admin: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("kubernetes/admin.conf")).unwrap()).unwrap();
+    out.push(admin["users"][0]["user"]["client-key-data"].as_str().unwrap().to_string());
     let fp = fs::read(dir.join("fingerprint.key")).unwrap();
     out.push(hex::encode(&fp));
     out.push(b64(&fp));
@@ -412,10 +411,10 @@ fn init_writes_a_verifiable_pki_with_tight_modes() {
     assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 32);
 
     // Admin kubeconfig: server from the first endpoint, the cluster CA.
-    let conf = String::from_utf8(read("kubernetes/admin.conf")).unwrap();
-    assert!(conf.contains("server: https://api.c1.example:6443"), "{conf}");
-    let ca_data =
-        conf.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data: ")).unwrap();
+    let conf: serde_json::Value = serde_json::from_slice(&read("kubernetes/admin.conf")).unwrap();
+    let cluster = &conf["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], "https://api.c1.example:6443", "{conf}");
+    let ca_data = cluster["certificate-authority-data"].as_str().unwrap();
     assert_eq!(
         base64::engine::general_purpose::STANDARD.decode(ca_data).unwrap(),
         read("kubernetes/pki/ca.crt")

@@ -115,7 +115,7 @@ async fn config(endpoint: &str, region: &str) -> aws_types::SdkConfig {
         region: Some(region.into()),
         endpoint_url: Some(endpoint.into()),
     };
-    keel_bootstrap::aws::sdk_config_with_keys(&target, "testing", "testing").await
+    keel_testkit::moto::with_test_keys(keel_bootstrap::aws::sdk_config(&target).await)
 }
 
 async fn ec2(moto: &Moto, region: &str) -> aws_sdk_ec2::Client {

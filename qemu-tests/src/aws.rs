@@ -13,8 +13,9 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use keel_bootstrap::aws::{display_error, s3_client, sdk_config_with_keys, Target};
-use keel_bootstrap::{discovery, tags, Role};
+use keel_bootstrap::aws::{display_error, s3_client, sdk_config, Target};
+use keel_bootstrap::discovery;
+use keel_contract::{tags, Role};
 use keel_testkit::moto::Moto;
 
 /// The region of every test account.
@@ -49,7 +50,7 @@ pub struct Account {
 /// The SDK configuration for an endpoint, with the test credentials.
 pub async fn test_config(endpoint: &str) -> aws_config::SdkConfig {
     let target = Target { region: Some(REGION.into()), endpoint_url: Some(endpoint.into()) };
-    sdk_config_with_keys(&target, ACCESS_KEY_ID, SECRET_ACCESS_KEY).await
+    keel_testkit::moto::with_keys(sdk_config(&target).await, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
 }
 
 impl Account {

@@ -3,7 +3,7 @@
 //! DHCP lease (MAC -> address, hostname) and an EC2 instance with that
 //! private address and the cluster and role tags, and keeps the identity
 //! the metadata emulator serves it (instance id, AZ, private IP, hostname,
-//! user data rendered with `keel_bootstrap::userdata`, role credentials):
+//! user data rendered with `keel_contract::userdata`, role credentials):
 //! one emulator bound in the namespace on 169.254.169.254:80 answers every
 //! guest, choosing the identity by the request's source address. The
 //! run's work directory is
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::userdata::{self, Assets, Aws, Etcd, UserData};
-use keel_bootstrap::Role;
+use keel_contract::userdata::{self, Assets, Aws, Etcd, UserData};
+use keel_contract::Role;
 use keel_testkit::imds::{Credentials, ImdsEmulator, Instance};
 
 use crate::aws::{Account, AZ, REGION};

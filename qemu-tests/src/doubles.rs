@@ -15,14 +15,15 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::bundle::{Bundle, BundleFile};
 use keel_bootstrap::discovery::Peer;
 use keel_bootstrap::imds::Identity;
 use keel_bootstrap::layout::Layout;
 use keel_bootstrap::node::assets::Assets;
 use keel_bootstrap::node::{controller, kube, worker};
-use keel_bootstrap::userdata::{self, UserData};
-use keel_bootstrap::{envelope, pki, Role};
+use keel_bootstrap::{envelope, pki};
+use keel_contract::bundle::{Bundle, BundleFile};
+use keel_contract::userdata::{self, UserData};
+use keel_contract::Role;
 use keel_testkit::process::Guard;
 use tempfile::TempDir;
 use zeroize::Zeroizing;

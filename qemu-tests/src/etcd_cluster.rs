@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use crate::cluster::{Cluster, Node};
 use crate::etcdctl::{self, Credentials, Etcdctl, Member};

@@ -38,10 +38,9 @@ const WAIT: Policy = Policy {
 
 /// The bundle paths of the etcd CA and of the API server's etcd client
 /// certificate (what a controller gets in its bundle).
-pub const ETCD_CA_CRT: &str = "etcd/pki/ca.crt";
-pub const ETCD_CA_KEY: &str = "etcd/pki/ca.key";
-pub const APISERVER_ETCD_CLIENT_CRT: &str = "kubernetes/pki/apiserver-etcd-client.crt";
-pub const APISERVER_ETCD_CLIENT_KEY: &str = "kubernetes/pki/apiserver-etcd-client.key";
+pub use keel_contract::assets::paths::{
+    APISERVER_ETCD_CLIENT_CRT, APISERVER_ETCD_CLIENT_KEY, ETCD_CA_CRT, ETCD_CA_KEY,
+};
 
 /// The files etcdctl presents: the CA that signed the servers'
 /// certificates, a client certificate and its key.

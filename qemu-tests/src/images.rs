@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use crate::rundir::target_dir;
 

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use keel_bootstrap::{envelope, Role};
+use keel_bootstrap::envelope;
+use keel_contract::Role;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::etcd_cluster::{EtcdCluster, FAILED};
 use keel_qemu_tests::etcdctl::{self, Credentials, Etcdctl};

@@ -19,11 +19,14 @@ use std::ffi::OsString;
 use keel_bootstrap::node::{controller, kube, worker};
 use keel_qemu_tests::doubles::{self, Containerd, Doubles, NodeRoot, Verdict, TOKEN};
 
+/// Applies a fault to a rendered root and returns the flags to add.
+type ApplyFault = dyn Fn(&NodeRoot) -> Vec<String>;
+
 /// One fault: what it is, how to apply it to a freshly rendered root (it
 /// returns flags to add), and what the rejection must say.
 struct Fault {
     what: &'static str,
-    apply: Box<dyn Fn(&NodeRoot) -> Vec<String>>,
+    apply: Box<ApplyFault>,
     expect: &'static str,
 }
 

@@ -16,9 +16,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use keel_bootstrap::aws::{sdk_config_with_keys, Target};
-use keel_bootstrap::userdata::UserData;
-use keel_bootstrap::Role;
+use keel_bootstrap::aws::{sdk_config, Target};
+use keel_contract::userdata::UserData;
+use keel_contract::Role;
 use keel_qemu_tests::aws::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::images::{self, Image};
@@ -252,9 +252,11 @@ async fn bundle_sealed_with_a_key_of_another_region_fails_the_bootstrap() {
     let mut c = cluster_with_node("failures-kms-key", |c| c.user_data(Role::Etcd, 1)).await;
     let target =
         Target { region: Some(KEY_REGION.into()), endpoint_url: Some(c.account.endpoint().into()) };
-    let kms = aws_sdk_kms::Client::new(
-        &sdk_config_with_keys(&target, ACCESS_KEY_ID, SECRET_ACCESS_KEY).await,
-    );
+    let kms = aws_sdk_kms::Client::new(&keel_testkit::moto::with_keys(
+        sdk_config(&target).await,
+        ACCESS_KEY_ID,
+        SECRET_ACCESS_KEY,
+    ));
     let key = kms.create_key().description("keel assets, wrong region").send().await.unwrap();
     let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
     assert!(key_arn.contains(&format!(":{KEY_REGION}:")), "{key_arn}");

@@ -6,8 +6,9 @@
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 
-use keel_bootstrap::userdata::UserData;
-use keel_bootstrap::{envelope, Role};
+use keel_bootstrap::envelope;
+use keel_contract::userdata::UserData;
+use keel_contract::Role;
 use keel_qemu_tests::cluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

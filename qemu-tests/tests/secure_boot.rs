@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::Digest as _;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use keel_qemu_tests::images::{self, Image};
 use keel_qemu_tests::rundir::target_dir;
 use keel_qemu_tests::vm::{Config, Vm};

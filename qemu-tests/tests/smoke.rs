@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use keel_qemu_tests::disk;
 use keel_qemu_tests::images::{self, Image};
 use keel_qemu_tests::vm::{self, Config, Vm};

@@ -24,8 +24,8 @@
 
 use std::time::Duration;
 
-use keel_bootstrap::userdata::Kubelet;
-use keel_bootstrap::Role;
+use keel_contract::userdata::Kubelet;
+use keel_contract::Role;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::images;
 use keel_qemu_tests::vm::tail;

@@ -87,3 +87,26 @@ impl Moto {
         ]
     }
 }
+
+/// The access key moto accepts (any will do; these are moto's documented
+/// test keys).
+pub const ACCESS_KEY_ID: &str = "testing";
+pub const SECRET_ACCESS_KEY: &str = "testing";
+
+/// `config` with fixed keys instead of the standard credential chain: for
+/// moto, which accepts any keys. Test code only; production code uses the
+/// standard chain (keel_bootstrap::aws::sdk_config).
+pub fn with_keys(
+    config: aws_types::SdkConfig,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> aws_types::SdkConfig {
+    use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
+    let keys = Credentials::new(access_key_id, secret_access_key, None, None, "keel-fixed-keys");
+    config.to_builder().credentials_provider(SharedCredentialsProvider::new(keys)).build()
+}
+
+/// `config` with moto's test keys.
+pub fn with_test_keys(config: aws_types::SdkConfig) -> aws_types::SdkConfig {
+    with_keys(config, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+}

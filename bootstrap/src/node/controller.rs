@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use keel_contract::assets::paths;
+
 use crate::discovery::Peer;
 use crate::imds::Identity;
 use crate::layout::Layout;
@@ -273,16 +275,13 @@ pub fn issue_from_assets(
     assets: &super::assets::Assets,
 ) -> Result<Vec<Cert>, String> {
     let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
-    let ca = Ca::load(
-        "kubernetes/pki/ca.crt and ca.key",
-        text("kubernetes/pki/ca.crt")?,
-        text("kubernetes/pki/ca.key")?,
-    )
-    .map_err(|e| e.to_string())?;
+    let ca =
+        Ca::load("kubernetes/pki/ca.crt and ca.key", text(paths::CA_CRT)?, text(paths::CA_KEY)?)
+            .map_err(|e| e.to_string())?;
     let fp = Ca::load(
         "kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key",
-        text("kubernetes/pki/front-proxy-ca.crt")?,
-        text("kubernetes/pki/front-proxy-ca.key")?,
+        text(paths::FRONT_PROXY_CA_CRT)?,
+        text(paths::FRONT_PROXY_CA_KEY)?,
     )
     .map_err(|e| e.to_string())?;
     issue(ud, id, &ca, &fp).map_err(|e| e.to_string())

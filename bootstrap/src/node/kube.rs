@@ -2,11 +2,14 @@
 //! kubeconfigs, the kubelet's KubeletConfiguration (JSON, which is valid
 //! YAML) and its flags, and systemd environment files for flags.
 
+use keel_contract::kubeconfig::{CaSource, Kubeconfig};
 use serde_json::json;
 
 use crate::imds::Identity;
 use crate::layout::Layout;
 use crate::userdata::UserData;
+
+pub use keel_contract::kubeconfig::Credential;
 
 pub const CA_CRT: &str = "etc/kubernetes/pki/ca.crt";
 pub const KUBELET_CONFIG: &str = "etc/kubernetes/kubelet/config.json";
@@ -17,15 +20,8 @@ pub const KUBELET_KUBECONFIG: &str = "var/lib/kubelet/kubeconfig";
 /// the kubelet reaches it (containerRuntimeEndpoint).
 pub const CONTAINERD_SOCKET: &str = "run/containerd/containerd.sock";
 
-/// How a kubeconfig's user authenticates.
-pub enum Credential<'a> {
-    /// A bootstrap token (`<id>.<secret>`): the file is a secret (0600).
-    Token(&'a str),
-    /// Certificate and key files (paths as the node sees them).
-    Certificate { cert: String, key: String },
-}
-
-/// A kubeconfig (JSON) for one user against `server`.
+/// A kubeconfig (JSON) for one user against `server`, with the cluster CA
+/// as the node sees it.
 pub fn kubeconfig(
     layout: &Layout,
     cluster: &str,
@@ -33,24 +29,18 @@ pub fn kubeconfig(
     user: &str,
     credential: &Credential<'_>,
 ) -> String {
-    let user_entry = match credential {
-        Credential::Token(t) => json!({ "token": t }),
-        Credential::Certificate { cert, key } => {
-            json!({ "client-certificate": cert, "client-key": key })
-        }
-    };
-    let doc = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": cluster, "cluster": { "certificate-authority": layout.shown(CA_CRT), "server": server } }],
-        "users": [{ "name": user, "user": user_entry }],
-        "contexts": [{ "name": "default", "context": { "cluster": cluster, "user": user } }],
-        "current-context": "default",
-    });
-    pretty(&doc)
+    Kubeconfig {
+        cluster,
+        server,
+        ca: CaSource::File(layout.shown(CA_CRT)),
+        user,
+        credential: credential.clone(),
+        context: "default",
+    }
+    .render()
 }
 
-pub fn pretty(v: &serde_json::Value) -> String {
+pub(crate) fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
@@ -104,7 +94,7 @@ pub fn kubelet_env(
 }
 
 /// A systemd environment file with one variable holding flags.
-pub fn env_file(var: &str, args: &[String]) -> String {
+pub(crate) fn env_file(var: &str, args: &[String]) -> String {
     let mut out = String::from("# Written by keel-bootstrap at boot.\n");
     out.push_str(&format!("{var}=\"{}\"\n", args.join(" ")));
     out

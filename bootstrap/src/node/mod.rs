@@ -14,6 +14,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use keel_contract::assets::paths;
+
 use crate::discovery::{self, Counter, Peer};
 use crate::etcd_api::EtcdApi;
 use crate::imds::{Identity, Imds};
@@ -210,8 +212,8 @@ impl Boot<'_> {
         let api = step(rep, "etcd certificates", async {
             let ca = Ca::load(
                 "etcd/pki/ca.crt and etcd/pki/ca.key",
-                assets.text("etcd/pki/ca.crt").map_err(|e| e.to_string())?,
-                assets.text("etcd/pki/ca.key").map_err(|e| e.to_string())?,
+                assets.text(paths::ETCD_CA_CRT).map_err(|e| e.to_string())?,
+                assets.text(paths::ETCD_CA_KEY).map_err(|e| e.to_string())?,
             )
             .map_err(|e| e.to_string())?;
             etcd::issue_certificates(layout, &ca, &me, owner).map_err(|e| e.to_string())
@@ -279,9 +281,9 @@ impl Boot<'_> {
 async fn check_etcd(assets: &Assets, peers: &[Peer]) -> Result<(), String> {
     let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
     let api = EtcdApi::new(
-        text("etcd/pki/ca.crt")?,
-        text("kubernetes/pki/apiserver-etcd-client.crt")?,
-        text("kubernetes/pki/apiserver-etcd-client.key")?,
+        text(paths::ETCD_CA_CRT)?,
+        text(paths::APISERVER_ETCD_CLIENT_CRT)?,
+        text(paths::APISERVER_ETCD_CLIENT_KEY)?,
         Policy::quick(),
     )
     .map_err(|e| e.to_string())?;
@@ -320,11 +322,8 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
     }
     write(layout, "etc/hostname", 0o644, format!("{short}\n").as_bytes())?;
     if layout.is_system_root() {
-        // SAFETY: the pointer and length describe `short`'s bytes.
-        let rc = unsafe { libc::sethostname(short.as_ptr().cast(), short.len()) };
-        if rc != 0 {
-            return Err(format!("sethostname({short}): {}", std::io::Error::last_os_error()));
-        }
+        rustix::system::sethostname(short.as_bytes())
+            .map_err(|e| format!("sethostname({short}): {}", std::io::Error::from(e)))?;
     }
     Ok(())
 }

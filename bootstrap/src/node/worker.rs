@@ -16,7 +16,7 @@ use super::kube;
 pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 pub const CNI_CONFLIST: &str = "etc/cni/net.d/10-keel.conflist";
 pub const BOOTSTRAP_KUBECONFIG: &str = "etc/kubernetes/bootstrap-kubelet.kubeconfig";
-pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
+pub const BOOTSTRAP_TOKEN: &str = keel_contract::assets::paths::BOOTSTRAP_TOKEN;
 /// Where Debian's containernetworking-plugins installs the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Where containerd reads the CNI network configuration.

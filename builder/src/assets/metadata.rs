@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use keel_bootstrap::bundle::{Bundle, FORMAT_VERSION};
-use keel_bootstrap::Role;
+use keel_contract::bundle::{Bundle, FORMAT_VERSION};
+use keel_contract::Role;
 
 use super::{fingerprint, roles};
 
@@ -99,7 +99,7 @@ impl ObjectMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_bootstrap::bundle::BundleFile;
+    use keel_contract::bundle::BundleFile;
     use zeroize::Zeroizing;
 
     #[test]

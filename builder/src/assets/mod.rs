@@ -1,7 +1,7 @@
 //! `keel assets`: the cluster's TLS assets. `init` generates them into a
 //! local directory, `publish` seals one bundle per role with KMS into S3,
 //! `show` lists what is published. The bundle format itself is
-//! `keel_bootstrap::bundle`, shared with the node.
+//! `keel_contract::bundle`, shared with the node.
 
 use std::path::PathBuf;
 
@@ -149,7 +149,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         rfc3339(generated.token_expires)
     );
     println!("  {:<42} Secret for the token (kubectl apply)", pki::paths::BOOTSTRAP_TOKEN_SECRET);
-    for role in keel_bootstrap::Role::ALL {
+    for role in keel_contract::Role::ALL {
         println!("{role} bundle: {}", roles::files(role).join(", "));
     }
     Ok(())

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
+use keel_contract::kubeconfig::{CaSource, Credential, Kubeconfig};
 use rand::Rng as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -34,8 +35,8 @@ pub const KEY_ALGORITHM: &str = "ECDSA P-256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("cluster name {0:?} is not valid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
-    ClusterName(String),
+    #[error(transparent)]
+    ClusterName(#[from] keel_contract::names::ClusterNameError),
     #[error("API endpoint {0:?} is not an IP address or DNS name")]
     Endpoint(String),
     #[error("at least one --api-endpoint is needed")]
@@ -71,43 +72,11 @@ pub struct Pki {
     pub token_expires: OffsetDateTime,
 }
 
-pub mod paths {
-    pub const CA_CRT: &str = "kubernetes/pki/ca.crt";
-    pub const CA_KEY: &str = "kubernetes/pki/ca.key";
-    pub const FRONT_PROXY_CA_CRT: &str = "kubernetes/pki/front-proxy-ca.crt";
-    pub const FRONT_PROXY_CA_KEY: &str = "kubernetes/pki/front-proxy-ca.key";
-    pub const SA_KEY: &str = "kubernetes/pki/sa.key";
-    pub const SA_PUB: &str = "kubernetes/pki/sa.pub";
-    pub const APISERVER_ETCD_CLIENT_CRT: &str = "kubernetes/pki/apiserver-etcd-client.crt";
-    pub const APISERVER_ETCD_CLIENT_KEY: &str = "kubernetes/pki/apiserver-etcd-client.key";
-    pub const ADMIN_CRT: &str = "kubernetes/pki/admin.crt";
-    pub const ADMIN_KEY: &str = "kubernetes/pki/admin.key";
-    pub const ADMIN_KUBECONFIG: &str = "kubernetes/admin.conf";
-    pub const ENCRYPTION_CONFIG: &str = "kubernetes/encryption-config.yaml";
-    pub const BOOTSTRAP_TOKEN: &str = "kubernetes/bootstrap-token";
-    pub const BOOTSTRAP_TOKEN_SECRET: &str = "kubernetes/bootstrap-token-secret.yaml";
-    pub const ETCD_CA_CRT: &str = "etcd/pki/ca.crt";
-    pub const ETCD_CA_KEY: &str = "etcd/pki/ca.key";
-}
+pub use keel_contract::assets::{paths, PUBLIC_MODE, SECRET_MODE};
 
-/// Permission bits for certificates and public keys.
-pub const PUBLIC_MODE: u32 = 0o644;
-/// Permission bits for keys, tokens and files that embed them.
-pub const SECRET_MODE: u32 = 0o600;
-
-/// Checks a cluster name: it ends up in KMS encryption contexts, S3
-/// metadata, EC2 tags and kubeconfig names.
+/// Checks a cluster name (the one rule, `keel_contract::names`).
 pub fn check_cluster_name(name: &str) -> Result<(), PkiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::ClusterName(name.to_string()))
-    }
+    Ok(keel_contract::names::check_cluster_name(name)?)
 }
 
 /// An API endpoint: an IP address or a DNS name.
@@ -350,20 +319,19 @@ fn b64(bytes: &[u8]) -> String {
 fn admin_kubeconfig(cluster: &str, server: &str, ca_pem: &str, admin: &Issued) -> String {
     let user = "kubernetes-admin";
     let key_pem = Zeroizing::new(admin.key.serialize_pem());
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: {user}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\n\
-         contexts:\n\
-         - name: {user}@{cluster}\n  context:\n    cluster: {cluster}\n    user: {user}\n\
-         current-context: {user}@{cluster}\n",
-        ca = b64(ca_pem.as_bytes()),
-        crt = b64(admin.cert.pem().as_bytes()),
-        key = b64(key_pem.as_bytes()),
-    )
+    let context = format!("{user}@{cluster}");
+    Kubeconfig {
+        cluster,
+        server,
+        ca: CaSource::Pem(ca_pem),
+        user,
+        credential: Credential::EmbeddedCertificate {
+            cert_pem: &admin.cert.pem(),
+            key_pem: key_pem.as_str(),
+        },
+        context: &context,
+    }
+    .render()
 }
 
 /// An EncryptionConfiguration that encrypts Secrets with a fresh 32-byte

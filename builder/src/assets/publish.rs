@@ -12,8 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Context as _};
 use keel_bootstrap::aws::{self, display_error};
-use keel_bootstrap::bundle::{self, Header};
-use keel_bootstrap::{envelope, Role};
+use keel_bootstrap::envelope;
+use keel_contract::bundle::{self, Header};
+use keel_contract::Role;
 
 use super::metadata::ObjectMeta;
 use super::store::Store;

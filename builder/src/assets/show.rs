@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use keel_bootstrap::aws::{self, display_error};
-use keel_bootstrap::bundle::{self, Header};
+use keel_contract::bundle::{self, Header};
 
 use super::metadata::ObjectMeta;
 use super::publish::{list_keys, list_prefix};

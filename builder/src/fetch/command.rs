@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use super::{fetch_all, Cache, FetchOptions, Mirrors};
 use crate::profile::{self, command::PathArgs};

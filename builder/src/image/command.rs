@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use super::{build, manifest, Request, Scratch};
 use crate::fetch::{self, command::FetchFlags};

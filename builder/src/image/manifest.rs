@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use serde::{Deserialize, Serialize};
 
 use super::esp::{self, Slice};
@@ -75,7 +75,7 @@ pub fn secure_boot(key: Option<&crate::secureboot::SigningKey>) -> String {
 pub fn components(
     components: &[Component],
     packages: &[Package],
-) -> Result<Vec<ComponentEntry>, String> {
+) -> Result<Vec<ComponentEntry>, super::BuildError> {
     components
         .iter()
         .map(|c| match &c.source {
@@ -94,10 +94,10 @@ pub fn components(
             }
             Source::Debian { package } => {
                 let installed = packages.iter().find(|p| &p.name == package).ok_or_else(|| {
-                    format!(
-                        "component {}: Debian package {package} is not installed in the base",
-                        c.name
-                    )
+                    super::BuildError::PackageNotInstalled {
+                        component: c.name.clone(),
+                        package: package.clone(),
+                    }
                 })?;
                 Ok(ComponentEntry {
                     name: c.name.clone(),

@@ -84,7 +84,7 @@ pub fn sign(work: &Path, key: &SigningKey, epoch: u64) -> Result<PathBuf, BuildE
             ))
             .ok()
         })
-        .ok_or_else(|| BuildError::Other(format!("SOURCE_DATE_EPOCH {epoch} is not a date")))?;
+        .ok_or(BuildError::Epoch { epoch })?;
     let (unsigned, signed) = (work.join("uki.efi"), work.join("uki.signed.efi"));
     let mut cmd = Command::new(faketime);
     cmd.env("TZ", "UTC")

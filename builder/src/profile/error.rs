@@ -6,7 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 /// A position in a profile or role file (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use toml::Spanned;
 
 use super::error::{Location, ProfileError};

@@ -16,7 +16,7 @@ mod table;
 
 use std::path::PathBuf;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 pub use error::{Location, ProfileError};
 pub use load::{ComponentSpec, Profile, SpecSource};

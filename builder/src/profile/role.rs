@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 
 use super::error::{Location, ProfileError};
 use super::schema::{self, RoleFile};

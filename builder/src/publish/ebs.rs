@@ -26,6 +26,11 @@ use sha2::{Digest, Sha256};
 
 use super::error::{aws, BlockFailure, Error};
 use super::image::Image;
+use super::wait::{until_state, Seen};
+
+/// One block's upload: its index and SHA-256 when sent, `None` when all
+/// zero (skipped), or why it failed.
+type BlockOutcome = Result<Option<(u64, [u8; 32])>, BlockFailure>;
 
 /// The EBS direct APIs' block size (AWS answers StartSnapshot with it).
 pub const BLOCK_SIZE: usize = 524_288;
@@ -114,7 +119,7 @@ pub async fn upload(
         .map_err(|source| Error::Read { path: image.path.clone(), source })?;
     let file = Arc::new(file);
     let blocks = image.size.div_ceil(BLOCK_SIZE as u64);
-    let results: Vec<Result<Option<(u64, [u8; 32])>, BlockFailure>> = stream::iter(0..blocks)
+    let results: Vec<BlockOutcome> = stream::iter(0..blocks)
         .map(|index| {
             let file = Arc::clone(&file);
             let snapshot_id = snapshot_id.clone();
@@ -179,7 +184,7 @@ async fn upload_block(
     image: &Image,
     file: Arc<std::fs::File>,
     index: u64,
-) -> Result<Option<(u64, [u8; 32])>, BlockFailure> {
+) -> BlockOutcome {
     let fail = |message: String| BlockFailure { index, message };
     let offset = index * BLOCK_SIZE as u64;
     let len = (image.size - offset).min(BLOCK_SIZE as u64) as usize;
@@ -269,32 +274,31 @@ async fn wait_completed(
     region: &str,
     snapshot_id: &str,
 ) -> Result<(), Error> {
-    retry(&COMPLETION_WAIT, |_| async {
-        let out = ec2
-            .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-            .await
-            .map_err(|e| Attempt::Retry(aws("DescribeSnapshots", region, snapshot_id, &e)))?;
-        let snap = out.snapshots().first();
-        let state =
-            snap.and_then(|s| s.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
-        match state.as_str() {
-            "completed" => Ok(()),
-            "error" => Err(Attempt::Fail(Error::BadState {
-                what: format!("snapshot {snapshot_id}"),
-                region: region.into(),
-                state,
-                message: snap.and_then(|s| s.state_message()).unwrap_or("no message").to_string(),
-            })),
-            _ => Err(Attempt::Retry(Error::Wait {
-                what: format!("snapshot {snapshot_id}"),
-                region: region.into(),
-                wanted: "completed",
-                state,
-            })),
-        }
-    })
+    let what = format!("snapshot {snapshot_id}");
+    until_state(
+        &COMPLETION_WAIT,
+        &what,
+        region,
+        "completed",
+        |s| s != "error",
+        || async {
+            let out = ec2
+                .describe_snapshots()
+                .snapshot_ids(snapshot_id)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeSnapshots", region, snapshot_id, &e))?;
+            let snap = out.snapshots().first();
+            Ok(Seen {
+                state: snap
+                    .and_then(|s| s.state())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                reason: snap.and_then(|s| s.state_message()).unwrap_or("no message").to_string(),
+                value: snap.map(|_| ()),
+            })
+        },
+    )
     .await
 }
 

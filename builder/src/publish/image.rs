@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use keel_bootstrap::{tags, Role};
+use keel_contract::{tags, Role};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use serde::{Deserialize, Serialize};
 
 use super::image::Image;

@@ -128,8 +128,8 @@ fn write_new_dir(dir: &Path, files: &[(String, u32, Zeroizing<Vec<u8>>)]) -> Res
             let p = tmp.join(file);
             keel_bootstrap::atomic_file::write(&p, *mode, bytes).map_err(io(&p))?;
         }
-        fs::rename(&tmp, dir).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => {
+        fs::rename(&tmp, dir).map_err(|e| match e.kind() {
+            ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists => {
                 KeysError::NotEmpty { path: dir.display().to_string() }
             }
             _ => io(dir)(e),

@@ -1,7 +1,7 @@
 //! `keel userdata`: what it prints is what keel-bootstrap accepts.
 
-use keel_bootstrap::userdata::UserData;
-use keel_bootstrap::Role;
+use keel_contract::userdata::UserData;
+use keel_contract::Role;
 
 use super::{keel, ok, repo};
 

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keel_bootstrap::Role;
+use keel_contract::Role;
 use keel_qemu_tests::vm::{self, Config, Vm};
 use keel_qemu_tests::{images, stock};
 
@@ -161,7 +161,7 @@ fn boot(s: &Subject, state: &Path) -> Result<Run> {
 /// console line containing `pattern`.
 fn stamp(console: &str, pattern: &str, last: bool) -> Option<f64> {
     let mut lines = console.lines().filter(|l| l.contains(pattern));
-    let line = if last { lines.last()? } else { lines.next()? };
+    let line = if last { lines.next_back()? } else { lines.next()? };
     // Terminal escapes may come first ("[?7h"); the stamp is the first
     // bracketed decimal number.
     line.match_indices('[').find_map(|(i, _)| {

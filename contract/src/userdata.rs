@@ -178,16 +178,8 @@ impl UserData {
     /// Value checks that the schema alone cannot express.
     pub fn check(&self) -> Result<(), UserDataError> {
         let bad = |m: String| Err(UserDataError::Invalid(m));
-        if self.cluster.is_empty()
-            || !self
-                .cluster
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return bad(format!(
-                "cluster {:?} must be non-empty letters, digits, '-', '_' or '.'",
-                self.cluster
-            ));
+        if let Err(e) = crate::names::check_cluster_name(&self.cluster) {
+            return bad(e.to_string());
         }
         if !self.api_endpoint.starts_with("https://") || self.api_host().is_empty() {
             return bad(format!("api-endpoint {:?} must be an https:// URL", self.api_endpoint));

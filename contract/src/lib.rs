@@ -1,0 +1,18 @@
+//! The contract between the `keel` builder and `keel-bootstrap` on a node:
+//! everything both sides must agree on, in one place, so that the builder
+//! writes exactly what the node reads. Roles, EC2 tag names, the user data
+//! schema, the asset bundle format and which files each role's bundle
+//! holds, name rules, and kubeconfig rendering. Parsing and rendering only:
+//! no network, no AWS (the KMS and S3 envelope is keel-bootstrap's
+//! `envelope`).
+
+pub mod assets;
+pub mod bundle;
+pub mod kubeconfig;
+pub mod names;
+pub mod net;
+pub mod role;
+pub mod tags;
+pub mod userdata;
+
+pub use role::Role;
