@@ -18,6 +18,7 @@ mod man;
 mod pin;
 mod profile;
 mod publish;
+mod secureboot;
 mod userdata;
 
 pub use image::tools::Tools;
@@ -55,6 +56,12 @@ enum Command {
     /// List the etcd cluster's snapshots in S3; choose one to restore.
     #[command(subcommand)]
     Etcd(etcd::Command),
+    /// Explain how two images differ: manifest, SBOM, partitions, then the
+    /// first differing file in /usr.
+    Diff(image::diff::DiffArgs),
+    /// Create the UEFI Secure Boot keys that sign images.
+    #[command(subcommand)]
+    Keys(secureboot::command::Command),
     /// Write a man page for keel and each of its subcommands.
     Man(man::ManArgs),
 }
@@ -72,6 +79,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => image::command::run(&args).await,
         Command::Inspect(args) => image::command::inspect(&args),
         Command::Etcd(command) => etcd::run(command).await,
+        Command::Diff(args) => image::diff::run(&args),
+        Command::Keys(command) => secureboot::command::run(&command),
         Command::Man(args) => man::run(&args, Cli::command()),
     }
 }

@@ -468,6 +468,141 @@ async fn bad_credentials_are_reported_with_the_service_message() {
     assert!(out.stdout.is_empty(), "no manifest on failure");
 }
 
+/// Makes a key hierarchy with `keel keys init`; returns its directory and
+/// db's sha256 fingerprint (from the printed summary).
+fn keys_init(dir: &std::path::Path) -> (PathBuf, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["keys", "init", "--out"])
+        .arg(dir)
+        .output()
+        .expect("running keel keys init");
+    assert!(out.status.success(), "keel keys init: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let db = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("db "))
+        .find_map(|l| l.trim().strip_prefix("sha256 "))
+        .unwrap_or_else(|| panic!("no db fingerprint in: {text}"))
+        .to_string();
+    (dir.to_path_buf(), db)
+}
+
+/// The DER bytes of a PEM certificate file.
+fn cert_der(path: &std::path::Path) -> Vec<u8> {
+    let pem = std::fs::read_to_string(path).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+}
+
+/// A signed image is registered with UefiData enrolling the hierarchy's
+/// PK, KEK and db (moto keeps no UefiData: the blob keel sent, recorded by
+/// the proxy, is parsed back with AWS's own `uefivars` tool), and the AMI
+/// tags and the publish manifest name db's fingerprint. Publishing it
+/// without keys, or with another hierarchy, or an unsigned image with
+/// keys, is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_image_enrols_its_keys_in_uefi_data() {
+    let moto = Moto::start().unwrap();
+    let proxy = FaultProxy::start(&moto.endpoint, true).unwrap();
+    let img = synthetic_image();
+    let (keys, db) = keys_init(&img.raw.with_file_name("keys"));
+    let (other, _) = keys_init(&img.raw.with_file_name("other-keys"));
+    let mpath = img.raw.with_extension("manifest.json");
+    let unsigned = std::fs::read_to_string(&mpath).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&unsigned).unwrap();
+    m["secure-boot"] = db.clone().into();
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let raw = img.raw.to_str().unwrap();
+
+    for (args, want) in [
+        (vec![raw, "--regions", HOME], "pass --secure-boot-key"),
+        (
+            vec![raw, "--regions", HOME, "--secure-boot-key", other.to_str().unwrap()],
+            "pass the hierarchy that signed it",
+        ),
+    ] {
+        let out = keel(&moto, &proxy.endpoint, &args).await;
+        assert!(!out.status.success() && stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    std::fs::write(&mpath, &unsigned).unwrap();
+    let out = keel(
+        &moto,
+        &proxy.endpoint,
+        &[raw, "--regions", HOME, "--secure-boot-key", keys.to_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success() && stderr(&out).contains("is unsigned"), "{}", stderr(&out));
+    assert!(proxy.requests().is_empty(), "nothing was sent to AWS");
+
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let out = keel(
+        &moto,
+        &proxy.endpoint,
+        &[raw, "--regions", HOME, "--secure-boot-key", keys.to_str().unwrap()],
+    )
+    .await;
+    let manifest = success(&out);
+    assert_eq!(manifest["secure-boot"], db.as_str());
+    let ami = manifest["regions"][HOME]["ami-id"].as_str().unwrap().to_string();
+    let tags = tags_of_image(&ec2(&moto, HOME).await, &ami).await;
+    assert!(tags.contains(&("keel:secure-boot-db-sha256".to_string(), db.clone())), "{tags:?}");
+
+    let reqs = proxy.requests();
+    let register =
+        reqs.iter().find(|r| r.ec2_action().as_deref() == Some("RegisterImage")).unwrap();
+    let blob = register.form_param("UefiData").expect("RegisterImage sent UefiData");
+    let dir = tempfile::tempdir().unwrap();
+    let (aws, json) = (dir.path().join("uefi.aws"), dir.path().join("uefi.json"));
+    std::fs::write(&aws, &blob).unwrap();
+    let tool = keel_testkit::pytools::bin("uefivars").unwrap();
+    let out = std::process::Command::new(&tool)
+        .args(["-i", "aws", "-o", "json", "-I"])
+        .arg(&aws)
+        .arg("-O")
+        .arg(&json)
+        .output()
+        .expect("running uefivars");
+    assert!(
+        out.status.success(),
+        "uefivars refused UefiData: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let vars = parsed["variables"].as_array().expect("variables");
+    let owner = std::fs::read_to_string(keys.join("owner-guid")).unwrap().trim().to_string();
+    for (name, guid) in [
+        ("PK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        ("KEK", "8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        ("db", "d719b2cb-3d3a-4596-a3bc-dad00e67656f"),
+    ] {
+        let v = vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(v["guid"], guid, "{name}");
+        // Non-volatile, boot and runtime access, time-based authenticated.
+        assert_eq!(v["attr"], 0x27, "{name}");
+        let data = hex::decode(v["data"].as_str().unwrap()).unwrap();
+        let der = cert_der(&keys.join(format!("{name}.crt")));
+        // EFI_SIGNATURE_LIST: EFI_CERT_X509_GUID, sizes, owner, certificate.
+        assert_eq!(hex::encode(&data[..16]), "a159c0a5e494a74a87b5ab155c2bf072", "{name}");
+        assert_eq!(u32::from_le_bytes(data[16..20].try_into().unwrap()) as usize, data.len());
+        assert_eq!(&data[44..], &der[..], "{name} holds its certificate");
+        let owner_le = uuid_le(&owner);
+        assert_eq!(&data[28..44], &owner_le[..], "{name} owner");
+    }
+    assert_eq!(vars.len(), 3, "only PK, KEK and db: {parsed}");
+}
+
+/// A GUID's bytes in EFI (mixed-endian) order.
+fn uuid_le(text: &str) -> Vec<u8> {
+    let hexs: String = text.chars().filter(|c| *c != '-').collect();
+    let b = hex::decode(hexs).unwrap();
+    let mut out = Vec::new();
+    out.extend(b[..4].iter().rev());
+    out.extend(b[4..6].iter().rev());
+    out.extend(b[6..8].iter().rev());
+    out.extend(&b[8..]);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_file_is_a_clear_error() {
     let moto = Moto::start().unwrap();

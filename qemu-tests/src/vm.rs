@@ -16,6 +16,8 @@ use keel_testkit::process::Guard;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (and SMM, which protects its variables).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 const QEMU: &str = "qemu-system-x86_64";
 /// The console log's name in a VM's state directory.
 pub const CONSOLE_LOG: &str = "console.log";
@@ -62,7 +64,7 @@ fn probe_kvm() -> Accel {
         "none",
         "-no-reboot",
     ])
-    .args(pflash(&vars))
+    .args(pflash(OVMF_CODE, &vars))
     .arg("-serial")
     .arg(format!("file:{}", log.display()))
     .stdout(Stdio::null())
@@ -78,10 +80,10 @@ fn probe_kvm() -> Accel {
     Accel::Tcg
 }
 
-fn pflash(vars: &Path) -> Vec<String> {
+fn pflash(code: &str, vars: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
     ]
@@ -109,6 +111,9 @@ pub struct Config {
     /// Run QEMU inside this network namespace (`ip netns exec`), where
     /// its tap device is.
     pub netns: Option<String>,
+    /// Boot OVMF's Secure Boot build (with SMM) from a copy of this VARS
+    /// file, which has the keys enrolled; `None`: OVMF without Secure Boot.
+    pub secure_boot_vars: Option<PathBuf>,
 }
 
 impl Config {
@@ -122,6 +127,7 @@ impl Config {
             snapshot: true,
             network: vec!["-nic".into(), "user,model=virtio-net-pci,restrict=on".into()],
             netns: None,
+            secure_boot_vars: None,
         }
     }
 }
@@ -139,8 +145,13 @@ impl Vm {
         fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
         let vars = cfg.state_dir.join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS, &vars)
-            .with_context(|| format!("copying {OVMF_VARS} (install the Debian package ovmf)"))?;
+        let (code, template) = match &cfg.secure_boot_vars {
+            Some(v) => (OVMF_CODE_SECBOOT, v.as_path()),
+            None => (OVMF_CODE, Path::new(OVMF_VARS)),
+        };
+        fs::copy(template, &vars).with_context(|| {
+            format!("copying {} (install the Debian package ovmf)", template.display())
+        })?;
         let console = cfg.state_dir.join(CONSOLE_LOG);
         let _ = fs::remove_file(&console);
         let qmp = cfg.state_dir.join("qmp.sock");
@@ -153,10 +164,15 @@ impl Vm {
             }
             None => Command::new(QEMU),
         };
+        let smm = if cfg.secure_boot_vars.is_some() { ",smm=on" } else { "" };
         match accel() {
-            Accel::Kvm => cmd.args(["-machine", "q35,accel=kvm", "-cpu", "host"]),
-            Accel::Tcg => cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max"]),
+            Accel::Kvm => cmd.args(["-machine", &format!("q35,accel=kvm{smm}"), "-cpu", "host"]),
+            Accel::Tcg => cmd.args(["-machine", &format!("q35,accel=tcg{smm}"), "-cpu", "max"]),
         };
+        if cfg.secure_boot_vars.is_some() {
+            // Only SMM code may write the (authenticated) variable store.
+            cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
         let snapshot = if cfg.snapshot { ",snapshot=on" } else { "" };
         cmd.args([
             "-smp",
@@ -168,7 +184,7 @@ impl Vm {
             "none",
             "-no-reboot",
         ])
-        .args(pflash(&vars))
+        .args(pflash(code, &vars))
         .arg("-drive")
         .arg(format!("if=virtio,format={},file={}{snapshot}", cfg.format, cfg.disk.display()))
         .args(["-device", "virtio-rng-pci"])

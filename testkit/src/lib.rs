@@ -8,4 +8,5 @@ pub mod http;
 pub mod imds;
 pub mod moto;
 pub mod process;
+pub mod pytools;
 pub mod teardown;

@@ -32,6 +32,11 @@ pub struct BuildArgs {
     /// Rebuild even when the image is up to date.
     #[arg(long)]
     pub force: bool,
+    /// Sign the UKI for UEFI Secure Boot with the db key of this key
+    /// hierarchy (made by `keel keys init`). Without it the image is
+    /// unsigned and its manifest says `secure-boot: unsigned`.
+    #[arg(long, value_name = "DIR")]
+    pub secure_boot_key: Option<PathBuf>,
     #[command(flatten)]
     pub paths: PathArgs,
     #[command(flatten)]
@@ -58,6 +63,12 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let images_dir = paths.images.clone();
     let out_dir = args.out.clone();
     let force = args.force;
+    let signing = args
+        .secure_boot_key
+        .as_deref()
+        .map(crate::secureboot::SigningKey::open)
+        .transpose()
+        .context("reading the Secure Boot key")?;
     let started = std::time::Instant::now();
 
     let req_scratch = Scratch::new(&resolved, &cache_dir, &out_dir);
@@ -72,6 +83,7 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
             out_dir: &out_dir,
             force,
             progress: std::io::stderr().is_terminal(),
+            secure_boot: signing.as_ref(),
         };
         build(&req, &req_scratch)
     });
@@ -86,8 +98,10 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let verb = if outcome.up_to_date { "up to date" } else { "built" };
     println!("{verb}: {} ({} MiB)", outcome.image.display(), m.image_size >> 20);
     println!("  manifest     {}", outcome.manifest_path.display());
+    println!("  sbom         {}", outcome.sbom_path.display());
     println!("  sha256       {}", m.image_sha256.as_deref().unwrap_or("-"));
     println!("  verity root  {}", m.verity_root_hash);
+    println!("  secure boot  {}", m.secure_boot);
     println!("  in           {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -99,10 +113,20 @@ pub struct InspectArgs {
     /// Skip hashing the whole image (image-sha256 is then left out).
     #[arg(long)]
     pub no_hash: bool,
+    /// Print the image's SPDX 2.3 SBOM (JSON) instead of its manifest.
+    #[arg(long)]
+    pub sbom: bool,
 }
 
 /// Prints the manifest stored inside the image, with the image's sha256.
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    if args.sbom {
+        let bytes = manifest::read_esp_file(&args.image, super::sbom::ESP_PATH)?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: the SBOM is not JSON", args.image.display()))?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     let mut m = manifest::read_from_image(&args.image)?;
     if !args.no_hash {
         let f = std::fs::File::open(&args.image)

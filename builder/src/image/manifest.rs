@@ -31,6 +31,10 @@ pub struct Manifest {
     pub kernel: String,
     pub cmdline: String,
     pub verity_root_hash: String,
+    /// `unsigned`, or the sha256 fingerprint of the db certificate whose
+    /// key signed the UKI (`keel build --secure-boot-key`).
+    #[serde(default = "unsigned")]
+    pub secure_boot: String,
     pub components: Vec<ComponentEntry>,
     pub debian_packages: Vec<Package>,
     pub disk_guid: uuid::Uuid,
@@ -53,6 +57,18 @@ pub struct ComponentEntry {
     pub sha512: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian_package: Option<String>,
+}
+
+/// What a manifest says of an unsigned image.
+pub const UNSIGNED: &str = "unsigned";
+
+fn unsigned() -> String {
+    UNSIGNED.into()
+}
+
+/// The manifest's `secure-boot` value for a build signed with `key`.
+pub fn secure_boot(key: Option<&crate::secureboot::SigningKey>) -> String {
+    key.map_or_else(unsigned, |k| k.cert.fingerprint())
 }
 
 /// One entry per component, Debian ones with the version actually installed.
@@ -106,15 +122,22 @@ pub enum InspectError {
     #[error("{path}: no EFI system partition in its partition table")]
     NoEsp { path: String },
     #[error(
-        "{path}: no Keel manifest in the EFI system partition ({source}); is it a Keel image?"
+        "{path}: no {name} in the EFI system partition ({source}); is it a Keel image (one built before SBOMs has no keel/sbom.spdx.json)?"
     )]
-    NoManifest { path: String, source: std::io::Error },
+    NoManifest { path: String, name: String, source: std::io::Error },
     #[error("{path}: the manifest in the EFI system partition is not valid: {source}")]
     Invalid { path: String, source: serde_json::Error },
 }
 
 /// Reads the manifest from the ESP of the image at `path`.
 pub fn read_from_image(path: &Path) -> Result<Manifest, InspectError> {
+    let bytes = read_esp_file(path, esp::MANIFEST_PATH)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|source| InspectError::Invalid { path: path.display().to_string(), source })
+}
+
+/// Reads the file `name` (`keel/...`) from the ESP of the image at `path`.
+pub fn read_esp_file(path: &Path, name: &str) -> Result<Vec<u8>, InspectError> {
     let shown = path.display().to_string();
     let io = |source| InspectError::Io { path: shown.clone(), source };
     let mut file = File::open(path).map_err(io)?;
@@ -125,7 +148,6 @@ pub fn read_from_image(path: &Path) -> Result<Manifest, InspectError> {
         .iter()
         .find(|p| p.type_guid == gpt::types::ESP)
         .ok_or_else(|| InspectError::NoEsp { path: shown.clone() })?;
-    let bytes = esp::read_file(Slice::new(file, esp.offset, esp.size), esp::MANIFEST_PATH)
-        .map_err(|source| InspectError::NoManifest { path: shown.clone(), source })?;
-    serde_json::from_slice(&bytes).map_err(|source| InspectError::Invalid { path: shown, source })
+    esp::read_file(Slice::new(file, esp.offset, esp.size), name)
+        .map_err(|source| InspectError::NoManifest { path: shown, name: name.to_string(), source })
 }

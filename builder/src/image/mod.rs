@@ -6,11 +6,13 @@
 
 mod base;
 pub mod command;
+pub mod diff;
 mod elf;
 mod esp;
 mod gpt;
 pub mod manifest;
 mod rootfs;
+pub mod sbom;
 pub(crate) mod tools;
 mod uki;
 mod usr;
@@ -43,6 +45,8 @@ pub enum BuildError {
     Tool { what: String, message: String },
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
+    #[error("SOURCE_DATE_EPOCH {epoch} is not a date")]
+    Epoch { epoch: u64 },
     #[error("path with a NUL byte: {path}")]
     NulInPath { path: String },
     #[error("{archive}: unpacking {entry}: {source}")]
@@ -96,12 +100,17 @@ pub struct Request<'a> {
     pub force: bool,
     /// Draw spinners (on a terminal).
     pub progress: bool,
+    /// Sign the UKI for Secure Boot with this db key; `None` builds an
+    /// unsigned image (development), which the manifest says.
+    pub secure_boot: Option<&'a crate::secureboot::SigningKey>,
 }
 
 /// What [`build`] made.
 pub struct Outcome {
     pub image: PathBuf,
     pub manifest_path: PathBuf,
+    /// The SPDX SBOM beside the image (the same document is in its ESP).
+    pub sbom_path: PathBuf,
     pub manifest: Manifest,
     pub up_to_date: bool,
 }
@@ -147,13 +156,22 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     let stem = file_stem(r);
     let image_path = req.out_dir.join(format!("{stem}.raw"));
     let manifest_path = req.out_dir.join(format!("{stem}.manifest.json"));
+    let sbom_path = req.out_dir.join(format!("{stem}.spdx.json"));
     elf::check_static(req.bootstrap_bin)?;
     let role_dirs = [req.images_dir.join("common"), req.images_dir.join(r.role.as_str())];
 
     let key = build_key(req, epoch, &role_dirs)?;
     if !req.force {
         if let Some(m) = up_to_date(&image_path, &manifest_path, &key) {
-            return Ok(Outcome { image: image_path, manifest_path, manifest: m, up_to_date: true });
+            if sbom_path.is_file() {
+                return Ok(Outcome {
+                    image: image_path,
+                    manifest_path,
+                    sbom_path,
+                    manifest: m,
+                    up_to_date: true,
+                });
+            }
         }
     }
     let stage = Stage::new(req.progress);
@@ -175,9 +193,12 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     stage.start("root file system");
     let root = RootImage::make(&tools, work, epoch, &seed)?;
     stage.start("unified kernel image");
-    let uki = Uki::make(&tools, work, &tree, &usr, &root)?;
+    if req.secure_boot.is_some() {
+        stage.start("unified kernel image, signed with db (Secure Boot)");
+    }
+    let uki = Uki::make(&tools, work, &tree, &usr, &root, req.secure_boot, epoch)?;
     stage.start("disk image");
-    let manifest = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
+    let (manifest, sbom) = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
 
     let outer = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
@@ -185,18 +206,24 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     // between the two renames never leaves an old manifest beside a new image.
     let _ = fs::remove_file(&manifest_path);
     fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
+    keel_bootstrap::atomic_file::write(&sbom_path, 0o644, &sbom)
+        .map_err(|e| BuildError::io(&sbom_path, e))?;
     keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
         .map_err(|e| BuildError::io(&manifest_path, e))?;
     stage.finish();
-    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+    Ok(Outcome { image: image_path, manifest_path, sbom_path, manifest, up_to_date: false })
 }
 
 /// Stage 1: the image's file tree in `work/tree` (base, components, role
 /// files and units, keel-bootstrap, the factory /etc), with the base's
 /// kernel and initrd moved out to `work/vmlinuz` and `work/initrd`.
 struct FileTree {
-    /// The Debian packages installed in the base.
+    /// The Debian packages installed in the base, as the SBOM lists them.
+    debian: Vec<sbom::DebPackage>,
+    /// The Debian packages installed in the base, as the manifest lists them.
     packages: Vec<rootfs::Package>,
+    /// sha256 of the keel-bootstrap binary, hex.
+    bootstrap_sha256: String,
     /// The kernel's version (`uname -r`).
     kernel: String,
 }
@@ -216,7 +243,13 @@ impl FileTree {
         let tree = work.join(Self::DIR);
         fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
         rootfs::unpack_base(base_tar, &tree)?;
-        let packages = rootfs::debian_packages(&tree)?;
+        // Before /etc and /usr/share/doc change: dpkg's status and the
+        // copyright files are what the SBOM says of each package.
+        let debian = sbom::debian_packages(&tree)?;
+        let packages = debian
+            .iter()
+            .map(|d| rootfs::Package { name: d.name.clone(), version: d.version.clone() })
+            .collect();
         let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
         for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
             fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
@@ -232,7 +265,8 @@ impl FileTree {
         let role = format!("{}\n", req.resolved.role);
         rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
         rootfs::make_factory_etc(&tree)?;
-        Ok(FileTree { packages, kernel })
+        let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
+        Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
     }
 }
 
@@ -298,7 +332,8 @@ impl RootImage {
 }
 
 /// Stage 4: the unified kernel image: kernel, initrd and a command line
-/// that names the verity root hash and the root partition.
+/// that names the verity root hash and the root partition; signed with db
+/// for Secure Boot when the build has a key.
 struct Uki {
     bytes: Vec<u8>,
     cmdline: String,
@@ -311,19 +346,24 @@ impl Uki {
         tree: &FileTree,
         usr: &UsrImage,
         root: &RootImage,
+        secure_boot: Option<&crate::secureboot::SigningKey>,
+        epoch: u64,
     ) -> Result<Self, BuildError> {
         let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid);
         let os_release = FileTree::OS_RELEASE;
         uki::make(tools, work, "vmlinuz", "initrd", os_release, &cmdline, &tree.kernel)?;
-        let path = work.join("uki.efi");
+        let path = match secure_boot {
+            Some(key) => uki::sign(work, key, epoch)?,
+            None => work.join("uki.efi"),
+        };
         let bytes = fs::read(&path).map_err(|e| BuildError::io(&path, e))?;
         Ok(Uki { bytes, cmdline })
     }
 }
 
-/// Stage 5: the GPT disk image in `scratch.image_tmp` (ESP with the UKI
-/// and the manifest, /usr, its hash tree, root) and its manifest, with the
-/// image's sha256.
+/// Stage 5: the GPT disk image in `scratch.image_tmp` (ESP with the UKI,
+/// the manifest and the SBOM, /usr, its hash tree, root), its manifest
+/// with the image's sha256, and its SBOM (JSON).
 #[allow(clippy::too_many_arguments)]
 fn disk_image(
     req: &Request,
@@ -335,7 +375,7 @@ fn disk_image(
     root: &RootImage,
     uki: &Uki,
     scratch: &Scratch,
-) -> Result<Manifest, BuildError> {
+) -> Result<(Manifest, Vec<u8>), BuildError> {
     let r = req.resolved;
     let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
     let esp_img = scratch.work.join("esp.img");
@@ -383,6 +423,7 @@ fn disk_image(
         kernel: tree.kernel,
         cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
+        secure_boot: manifest::secure_boot(req.secure_boot),
         components: manifest::components(&r.components, &tree.packages)?,
         debian_packages: tree.packages,
         disk_guid: table.disk_guid,
@@ -390,6 +431,13 @@ fn disk_image(
     };
     let inner = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
+    let inputs = sbom::Inputs {
+        name: &file_stem(r),
+        debian: &tree.debian,
+        bootstrap_sha256: &tree.bootstrap_sha256,
+    };
+    let sbom = serde_json::to_vec_pretty(&sbom::document(&manifest, &inputs))
+        .map_err(|source| BuildError::Serialize { what: "the SBOM", source })?;
     let esp_part =
         table.get("esp").ok_or_else(|| BuildError::NoPartition { name: "esp".into() })?;
     let volume_id =
@@ -398,7 +446,7 @@ fn disk_image(
         &esp_img,
         esp_part.size,
         volume_id,
-        &[(esp::BOOT_PATH, &uki.bytes), (esp::MANIFEST_PATH, &inner)],
+        &[(esp::BOOT_PATH, &uki.bytes), (esp::MANIFEST_PATH, &inner), (sbom::ESP_PATH, &sbom)],
     )?;
     let sha = assemble(
         &scratch.image_tmp,
@@ -406,13 +454,13 @@ fn disk_image(
         &[("esp", &esp_img), ("usr", &usr.data), ("usr-verity", &usr.hash), ("root", &root.image)],
     )?;
     manifest.image_sha256 = Some(sha);
-    Ok(manifest)
+    Ok((manifest, sbom))
 }
 
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-4";
+const RECIPE: &str = "keel-image-5";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
@@ -431,6 +479,8 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
     field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
+    // Signed with another key (or not at all) is another image.
+    field(&mut h, manifest::secure_boot(req.secure_boot).as_bytes());
     for f in req.fetched {
         field(&mut h, f.name.as_bytes());
         field(&mut h, f.digest.hex().as_bytes());
@@ -587,5 +637,49 @@ impl Stage {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_key_includes_the_secure_boot_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let paths =
+            crate::profile::Paths { profiles: root.join("profiles"), images: root.join("images") };
+        let resolved = crate::profile::resolve(&paths, "local", keel_contract::Role::Etcd).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("keel-bootstrap");
+        fs::write(&bin, b"not really a binary: build_key only hashes it").unwrap();
+        let keys: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let dir = tmp.path().join(n);
+                crate::secureboot::init(&dir, "Test", time::OffsetDateTime::now_utc()).unwrap();
+                crate::secureboot::SigningKey::open(&dir).unwrap()
+            })
+            .collect();
+        let key_for = |sb: Option<&crate::secureboot::SigningKey>| {
+            let req = Request {
+                resolved: &resolved,
+                fetched: &[],
+                bootstrap_bin: &bin,
+                images_dir: &paths.images,
+                cache_dir: tmp.path(),
+                out_dir: tmp.path(),
+                force: false,
+                progress: false,
+                secure_boot: sb,
+            };
+            let dirs = [paths.images.join("common"), paths.images.join("etcd")];
+            build_key(&req, DEFAULT_EPOCH, &dirs).unwrap()
+        };
+        let (unsigned, a, b) = (key_for(None), key_for(Some(&keys[0])), key_for(Some(&keys[1])));
+        assert_eq!(unsigned, key_for(None));
+        assert_eq!(a, key_for(Some(&keys[0])));
+        assert_ne!(unsigned, a);
+        assert_ne!(a, b);
     }
 }

@@ -1,12 +1,16 @@
 //! The unified kernel image: kernel, initrd, os-release and the kernel
 //! command line (which carries the verity root hash of /usr) joined with
 //! systemd's UEFI stub by the tools tree's ukify. UEFI firmware boots it
-//! directly as \EFI\BOOT\BOOTX64.EFI; no boot loader, no boot menu.
+//! directly as \EFI\BOOT\BOOTX64.EFI; no boot loader, no boot menu (so
+//! there is no systemd-boot to sign: with Secure Boot, the UKI is the only
+//! EFI binary and [`sign`] signs it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use super::tools::{Tools, WORK};
+use super::tools::{require_host, run_checked, Tools, WORK};
 use super::BuildError;
+use crate::secureboot::SigningKey;
 
 /// The kernel command line of an image whose /usr has `root_hash` and
 /// whose root partition has `root_uuid`.
@@ -61,4 +65,39 @@ pub fn make(
         &[],
     )?;
     Ok(())
+}
+
+/// Signs `work/uki.efi` for UEFI Secure Boot with `key` (db) into
+/// `work/uki.signed.efi`, with the host's sbsign (Authenticode, sha256).
+/// sbsign puts the clock into the signature's signingTime attribute;
+/// libfaketime freezes that clock at the build's SOURCE_DATE_EPOCH so the
+/// signed UKI, like the rest of the image, depends only on the inputs
+/// (RSA PKCS#1 v1.5 signatures are deterministic).
+pub fn sign(work: &Path, key: &SigningKey, epoch: u64) -> Result<PathBuf, BuildError> {
+    let faketime = require_host("faketime", "faketime")?;
+    let sbsign = require_host("sbsign", "sbsigntool")?;
+    let frozen = time::OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .ok_or(BuildError::Epoch { epoch })?;
+    let (unsigned, signed) = (work.join("uki.efi"), work.join("uki.signed.efi"));
+    let mut cmd = Command::new(faketime);
+    cmd.env("TZ", "UTC")
+        .arg("-f")
+        .arg(&frozen)
+        .arg(sbsign)
+        .arg("--key")
+        .arg(&key.key_path)
+        .arg("--cert")
+        .arg(&key.cert.path)
+        .arg("--output")
+        .arg(&signed)
+        .arg(&unsigned);
+    run_checked(cmd, "sbsign (signing the UKI with db)")?;
+    Ok(signed)
 }

@@ -141,13 +141,14 @@ pub async fn tag(
 }
 
 /// Registers an AMI booting `snapshot_id`: hvm, x86_64, ENA, UEFI, IMDSv2
-/// only, gp3 root volume. The tags are given inline (so the AMI is never
+/// only, gp3 root volume, and Secure Boot keys when `uefi_data` is given. The tags are given inline (so the AMI is never
 /// untagged on AWS) and the caller puts them on again with CreateTags.
 pub async fn register(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     image: &Image,
     snapshot_id: &str,
+    uefi_data: Option<&str>,
 ) -> Result<String, Error> {
     let root = BlockDeviceMapping::builder()
         .device_name(ROOT_DEVICE)
@@ -170,6 +171,8 @@ pub async fn register(
         .ena_support(true)
         .boot_mode(BootModeValues::Uefi)
         .imds_support(ImdsSupportValues::V20)
+        // PK, KEK and db of a signed image (secureboot::uefidata).
+        .set_uefi_data(uefi_data.map(str::to_string))
         .tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::Image)

@@ -28,6 +28,10 @@ pub struct BuildManifest {
     pub components: Vec<ComponentVersion>,
     /// dm-verity root hash of `/usr` (on the kernel command line).
     pub verity_root_hash: String,
+    /// `unsigned` or the sha256 fingerprint of the db certificate that
+    /// signed the UKI (absent in manifests of keel before Secure Boot).
+    #[serde(default)]
+    pub secure_boot: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +52,10 @@ pub struct Image {
 const AMI_NAME_MAX: usize = 128;
 /// RegisterImage and CopyImage descriptions are at most 255 characters.
 const DESCRIPTION_MAX: usize = 255;
+
+/// The tag naming the db certificate (sha256 fingerprint) whose key signed
+/// a Secure Boot image; for people and audits (nodes never read it).
+pub const SECURE_BOOT_DB_TAG: &str = "keel:secure-boot-db-sha256";
 
 /// `image.raw` -> `image.manifest.json`.
 pub fn manifest_path(raw: &Path) -> PathBuf {
@@ -92,6 +100,11 @@ impl Image {
         Ok(Image { path: path.into(), size: meta.len(), manifest })
     }
 
+    /// The db certificate fingerprint of a signed image.
+    pub fn secure_boot_db(&self) -> Option<&str> {
+        self.manifest.secure_boot.as_deref().filter(|s| *s != "unsigned")
+    }
+
     pub fn sha256(&self) -> &str {
         &self.manifest.image_sha256
     }
@@ -128,6 +141,9 @@ impl Image {
         ];
         for c in &m.components {
             t.push((format!("{}{}", tags::COMPONENT_PREFIX, c.name), c.version.clone()));
+        }
+        if let Some(db) = self.secure_boot_db() {
+            t.push((SECURE_BOOT_DB_TAG.to_string(), db.to_string()));
         }
         t
     }

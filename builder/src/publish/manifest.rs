@@ -4,7 +4,7 @@
 //! ```json
 //! {
 //!   "image-sha256": "…", "role": "etcd", "profile": "prod",
-//!   "verity-root-hash": "…",
+//!   "verity-root-hash": "…", "secure-boot": "<db sha256> or unsigned",
 //!   "versions": {"etcd": "3.6.14"},
 //!   "regions": {
 //!     "us-east-1": {"ami-id": "ami-…", "snapshot-id": "snap-…", "reused": false}
@@ -28,6 +28,10 @@ pub struct PublishManifest {
     pub profile: String,
     /// dm-verity root hash of the image's `/usr`.
     pub verity_root_hash: String,
+    /// `unsigned`, or the sha256 fingerprint of the db certificate that
+    /// signed the image and that the AMI's UEFI variables enrol.
+    #[serde(default = "unsigned")]
+    pub secure_boot: String,
     /// Component name -> version.
     pub versions: BTreeMap<String, String>,
     /// Region -> its AMI.
@@ -47,6 +51,10 @@ pub struct RegionAmi {
     pub launch_template_version: Option<i64>,
 }
 
+fn unsigned() -> String {
+    "unsigned".into()
+}
+
 impl PublishManifest {
     pub fn new(image: &Image) -> PublishManifest {
         let m = &image.manifest;
@@ -55,6 +63,7 @@ impl PublishManifest {
             role: m.role,
             profile: m.profile.clone(),
             verity_root_hash: m.verity_root_hash.clone(),
+            secure_boot: image.secure_boot_db().map_or_else(unsigned, str::to_string),
             versions: m.components.iter().map(|c| (c.name.clone(), c.version.clone())).collect(),
             regions: BTreeMap::new(),
         }

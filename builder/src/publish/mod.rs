@@ -61,6 +61,44 @@ pub struct PublishArgs {
     /// Another AWS endpoint (e.g. an emulator); AWS_ENDPOINT_URL works too.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
+
+    /// The Secure Boot key hierarchy (`keel keys init`) whose db signed the
+    /// image: its PK, KEK and db certificates are enrolled in the AMI's
+    /// UEFI variables (UefiData), so instances boot only what db signed.
+    /// Required for a signed image, refused for an unsigned one.
+    #[arg(long, value_name = "DIR")]
+    pub secure_boot_key: Option<PathBuf>,
+}
+
+/// The AMI's `UefiData` for `image`: the hierarchy in `dir` enrolled, when
+/// the image was signed with its db.
+fn uefi_data(image: &Image, dir: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    match (image.secure_boot_db(), dir) {
+        (None, None) => Ok(None),
+        (None, Some(dir)) => anyhow::bail!(
+            "{} is unsigned (built without --secure-boot-key): an AMI enrolling the keys in {} would refuse to boot it",
+            image.path.display(),
+            dir.display()
+        ),
+        (Some(db), None) => anyhow::bail!(
+            "{} is signed for Secure Boot (db certificate sha256 {db}): pass --secure-boot-key DIR, the key hierarchy that signed it, so the AMI enrols its keys",
+            image.path.display()
+        ),
+        (Some(db), Some(dir)) => {
+            let h = crate::secureboot::Hierarchy::read(dir)
+                .with_context(|| format!("reading the Secure Boot keys in {}", dir.display()))?;
+            let have = h.db.fingerprint();
+            if have != db {
+                anyhow::bail!(
+                    "{} was signed by the db certificate sha256 {db}, but {} holds db sha256 {have}: pass the hierarchy that signed it",
+                    image.path.display(),
+                    h.db.path.display()
+                );
+            }
+            let blob = crate::secureboot::uefidata::encode(&h).context("encoding UefiData")?;
+            Ok(Some(blob))
+        }
+    }
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
@@ -69,6 +107,10 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         .await
         .context("checking the image")?
         .context("reading the image")?;
+    let uefi_data = uefi_data(&image, args.secure_boot_key.as_deref())?;
+    if let Some(db) = image.secure_boot_db() {
+        eprintln!("Secure Boot: enrolling PK, KEK and db (sha256 {db}) in the AMI's UefiData");
+    }
     eprintln!(
         "image {} ({} MiB, {} {}, sha256 {})",
         image.path.display(),
@@ -99,7 +141,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     };
     let home = &regions[0];
 
-    let first = publish_home(&config, home, &image).await?;
+    let first = publish_home(&config, home, &image, uefi_data.as_deref()).await?;
     let mut placed = vec![first.clone()];
     match copy::copy_all(&config, home, &first.ami, &regions[1..], &image).await {
         Ok(copies) => {
@@ -184,6 +226,7 @@ async fn publish_home(
     config: &aws_types::SdkConfig,
     region: &str,
     image: &Image,
+    uefi_data: Option<&str>,
 ) -> anyhow::Result<Placed> {
     let ec2 = aws_sdk_ec2::Client::new(config);
     if let Some(found) = ami::find(&ec2, region, image).await? {
@@ -218,7 +261,7 @@ async fn publish_home(
             up.snapshot_id
         }
     };
-    let image_id = ami::register(&ec2, region, image, &snapshot_id)
+    let image_id = ami::register(&ec2, region, image, &snapshot_id, uefi_data)
         .await
         .context("registering the AMI (the snapshot is kept and tagged: a rerun reuses it)")?;
     // moto ignores inline tags on RegisterImage; AWS applies them. Either

@@ -22,7 +22,7 @@ mod units;
 mod unpack;
 
 pub use self::components::add_components;
-pub use self::dpkg::{debian_packages, Package};
+pub use self::dpkg::Package;
 pub use self::etc::make_factory_etc;
 pub use self::files::{add_files, hash_role_dirs};
 pub use self::kernel::kernel;
