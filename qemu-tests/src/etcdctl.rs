@@ -287,6 +287,7 @@ fn parse_members(json: &str) -> Result<Vec<Member>> {
                 name: m["name"].as_str().unwrap_or_default().to_string(),
                 peer_urls: strings(m, "peerURLs"),
                 client_urls: strings(m, "clientURLs"),
+                is_learner: m["isLearner"].as_bool().unwrap_or(false),
             })
         })
         .collect()
