@@ -15,12 +15,12 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// exponential backoff between them.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Connecting to an AWS endpoint.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of one call; large enough for a 512 KiB EBS block or a
 /// bundle object on a slow link.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// One call, all attempts included.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Where to reach AWS. Both fields default to the standard chain
 /// (environment, profile, IMDS).
@@ -35,13 +35,24 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     loader(target).load().await
 }
 
+/// The metadata service URL given to [`node_sdk_config`] is not a URL.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata service URL {url:?}: {source}")]
+pub(crate) struct ImdsUrlError {
+    url: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// On a node: the same configuration, with the standard credential chain
 /// reading the instance profile's credentials from the metadata service at
 /// `imds_url` (injectable so tests and the QEMU harness can serve it).
-pub async fn node_sdk_config(target: &Target, imds_url: &str) -> Result<SdkConfig, String> {
+pub(crate) async fn node_sdk_config(
+    target: &Target,
+    imds_url: &str,
+) -> Result<SdkConfig, ImdsUrlError> {
     let imds = aws_config::imds::Client::builder()
         .endpoint(imds_url)
-        .map_err(|e| format!("metadata service URL {imds_url:?}: {e}"))?
+        .map_err(|source| ImdsUrlError { url: imds_url.to_string(), source })?
         .build();
     let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
         .imds_client(imds);
@@ -87,19 +98,9 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// Formats an SDK error as its chain of messages, with the service's code
 /// and message (`service error: NoSuchBucket: The specified bucket does not
 /// exist`), not `ServiceError { .. }` and not the raw HTTP response that
-/// `DisplayErrorContext` appends.
-pub fn display_error<E: std::error::Error>(err: &E) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
+/// `DisplayErrorContext` appends. The one error-chain printer,
+/// [`crate::error_chain::chain`], under the name AWS call sites use.
+pub use crate::error_chain::chain as display_error;
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
 /// each binary's `main`, before any HTTP client is built (and again, doing
@@ -112,7 +113,7 @@ pub fn install_crypto_provider() {
 /// included), for the status file and the benchmarks. Add it with
 /// `config.to_builder().interceptor(counter.clone())`.
 #[derive(Debug, Clone, Default)]
-pub struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU32>);
+pub(crate) struct RequestCounter(std::sync::Arc<std::sync::atomic::AtomicU32>);
 
 impl RequestCounter {
     pub fn get(&self) -> u32 {
@@ -133,25 +134,5 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RequestCounter 
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::display_error;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("service error")]
-    struct Outer(#[source] Inner);
-    #[derive(Debug, thiserror::Error)]
-    #[error("NoSuchBucket: The specified bucket does not exist")]
-    struct Inner;
-
-    #[test]
-    fn error_chain_without_debug_noise() {
-        assert_eq!(
-            display_error(&Outer(Inner)),
-            "service error: NoSuchBucket: The specified bucket does not exist"
-        );
     }
 }

@@ -14,7 +14,7 @@ use crate::role::Role;
 
 /// A bundle object larger than this is refused before it is read: real
 /// bundles are a few KiB.
-pub const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
+pub(crate) const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {

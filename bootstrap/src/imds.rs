@@ -17,14 +17,14 @@ use crate::retry::{retry, Attempt, Policy};
 /// The instance metadata service on EC2.
 pub const DEFAULT_BASE_URL: &str = "http://169.254.169.254";
 /// The pinned metadata API version (see the module docs).
-pub const API_VERSION: &str = "2021-07-15";
+pub(crate) const API_VERSION: &str = "2021-07-15";
 /// Token lifetime asked for; a boot takes seconds, six hours is AWS's cap.
-pub const TOKEN_TTL_SECONDS: u32 = 21_600;
+pub(crate) const TOKEN_TTL_SECONDS: u32 = 21_600;
 /// One IMDS request; the service answers in milliseconds when healthy.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The token's header names.
-pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
-pub const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+pub(crate) const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+pub(crate) const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {

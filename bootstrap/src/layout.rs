@@ -36,13 +36,13 @@ impl Layout {
     }
 
     /// Whether this is the running system's root (hostname may be set).
-    pub fn is_system_root(&self) -> bool {
+    pub(crate) fn is_system_root(&self) -> bool {
         self.root == Path::new("/")
     }
 }
 
 pub const ETCD_PKI: &str = "etc/etcd/pki";
 pub const K8S_PKI: &str = "etc/kubernetes/pki";
-pub const ETCD_DATA_DIR: &str = "var/lib/etcd";
+pub(crate) const ETCD_DATA_DIR: &str = "var/lib/etcd";
 /// Debian's etcd-server unit reads its environment from here.
-pub const ETCD_ENV: &str = "etc/default/etcd";
+pub(crate) const ETCD_ENV: &str = "etc/default/etcd";

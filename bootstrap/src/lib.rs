@@ -1,12 +1,15 @@
-//! keel-bootstrap's library: what a node does at boot, and the formats that
-//! the `keel` builder writes for it (roles, EC2 tag names, user data, asset
-//! bundles). Keeping these in one crate means the builder writes exactly
-//! what the node reads.
+//! keel-bootstrap's library: what a node does at boot (`node::run`), and
+//! the transport pieces the `keel` builder shares with it (one AWS client
+//! configuration, one retry policy, atomic file writes, the KMS and S3
+//! envelope around bundles, one error-chain printer). The formats both
+//! sides must agree on (roles, tags, user data, bundles, asset paths, name
+//! rules, kubeconfigs) are in the `keel-contract` crate.
 
 pub mod atomic_file;
 pub mod aws;
 pub mod discovery;
 pub mod envelope;
+pub mod error_chain;
 pub mod etcd_api;
 pub mod etcd_data;
 pub mod formation;

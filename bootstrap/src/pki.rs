@@ -13,7 +13,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 /// Node certificates are re-issued at every boot; a year is ample.
-pub const VALIDITY_DAYS: i64 = 365;
+pub(crate) const VALIDITY_DAYS: i64 = 365;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

@@ -33,7 +33,7 @@ impl Policy {
     }
 
     /// Delay before attempt `n` (1-based; attempt 1 has none).
-    pub fn delay_before(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_before(&self, attempt: u32) -> Duration {
         if attempt <= 1 {
             return Duration::ZERO;
         }

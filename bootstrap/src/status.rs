@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 /// The status file, relative to the root.
-pub const STATUS_FILE: &str = "run/keel/status.json";
+pub(crate) const STATUS_FILE: &str = "run/keel/status.json";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
@@ -115,7 +115,7 @@ impl Reporter {
 }
 
 /// Folds a multi-line message onto one console line.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

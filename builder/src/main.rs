@@ -1,76 +1,14 @@
-//! keel: builds immutable Kubernetes node images for AWS, publishes them as
-//! AMIs, and creates the cluster's encrypted TLS assets.
-//!
-//! `main` parses the command line and hands each subcommand to the module
-//! that does the work; the pipeline itself reads top to bottom in those
-//! modules (see DESIGN.md).
+//! The `keel` command: parses the command line and runs it (the work is in
+//! the library, `keel::run`); prints the error chain and exits non-zero on
+//! failure.
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
-
-mod assets;
-mod etcd;
-mod fetch;
-mod image;
-mod man;
-mod pin;
-mod profile;
-mod publish;
-mod userdata;
-
-/// Build, publish and provision immutable Kubernetes node images for AWS.
-#[derive(Debug, Parser)]
-#[command(name = "keel", version, max_term_width = 80)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the fully resolved, pinned manifest for a profile and role.
-    Resolve(profile::command::ResolveArgs),
-    /// Download and verify a profile's artifacts into the cache.
-    Fetch(fetch::command::FetchArgs),
-    /// Bump one component's pinned version and digest in a profile.
-    Pin(pin::PinArgs),
-    /// Publish a built image as an AMI in one or more regions.
-    Publish(publish::PublishArgs),
-    /// Create, publish and list the cluster's encrypted TLS assets.
-    #[command(subcommand)]
-    Assets(assets::Command),
-    /// Render a node's user data for a launch template.
-    Userdata(userdata::UserdataArgs),
-    /// Build a role's bootable disk image (GPT, UKI, verified /usr).
-    Build(image::command::BuildArgs),
-    /// Print the manifest stored inside a disk image.
-    Inspect(image::command::InspectArgs),
-    /// List the etcd cluster's snapshots in S3; choose one to restore.
-    #[command(subcommand)]
-    Etcd(etcd::Command),
-    /// Write a man page for keel and each of its subcommands.
-    Man(man::ManArgs),
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Resolve(args) => profile::command::run(&args),
-        Command::Fetch(args) => fetch::command::run(&args).await,
-        Command::Pin(args) => pin::run(&args).await,
-        Command::Publish(args) => publish::run(args).await,
-        Command::Assets(command) => assets::run(command).await,
-        Command::Userdata(args) => userdata::run(&args),
-        Command::Build(args) => image::command::run(&args).await,
-        Command::Inspect(args) => image::command::inspect(&args),
-        Command::Etcd(command) => etcd::run(command).await,
-        Command::Man(args) => man::run(&args, Cli::command()),
-    }
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
     keel_bootstrap::aws::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = keel::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -78,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(keel::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

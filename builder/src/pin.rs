@@ -104,7 +104,7 @@ pub fn parse_checksum(text: &str, algorithm: Algorithm, file_name: &str) -> anyh
     }
     candidates.dedup();
     match candidates.as_slice() {
-        [hex] => algorithm.parse_hex(hex).map_err(|e| anyhow!(e)),
+        [hex] => Ok(algorithm.parse_hex(hex)?),
         [] if named.is_empty() => {
             bail!(
                 "it holds no {algorithm} digest (first line: {:?})",

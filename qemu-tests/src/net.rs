@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -76,11 +76,8 @@ fn remove_netns(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stdin(Stdio::null()).output()
     {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                // SAFETY: plain kill(2) of a process in our test namespace.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+            if let Some(pid) = pid.parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
@@ -238,11 +235,11 @@ impl Network {
         let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::scope(|s| {
             s.spawn(|| -> Result<TcpListener> {
-                // SAFETY: setns on this short-lived thread only; the thread
-                // ends right after binding.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("entering {path}: {}", std::io::Error::last_os_error());
-                }
+                // setns on this short-lived thread only; the thread ends
+                // right after binding.
+                use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+                move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
+                    .map_err(|e| anyhow::anyhow!("entering {path}: {}", std::io::Error::from(e)))?;
                 TcpListener::bind(addr).with_context(|| format!("binding {addr} in {path}"))
             })
             .join()

@@ -11,8 +11,8 @@
 //!   (`After=network-online.target`, oneshot) that prints
 //!   [`MILESTONE`] on the console;
 //! - a UKI (kernel, that initrd, a command line without Keel's /usr
-//!   verity) made by ukify from the tools tree `keel build` keeps in
-//!   `~/.cache/keel/tools`, as `\EFI\BOOT\BOOTX64.EFI` on a FAT ESP;
+//!   verity) made by ukify from the build's tools tree (`keel::Tools`,
+//!   the one `keel build` uses), as `\EFI\BOOT\BOOTX64.EFI` on a FAT ESP;
 //! - ext4 root (`mkfs.ext4 -d`), GPT written by `systemd-repart`
 //!   (`CopyBlocks=`) from the two file system images.
 //!
@@ -231,38 +231,23 @@ fn build(work: &Path, package: &str, version: &str, image: &Path) -> Result<()> 
 }
 
 /// Runs ukify from Keel's tools tree (trixie's systemd-ukify; the host's
-/// systemd 252 has none), chrooted with `dir` at /work.
+/// systemd 252 has none), chrooted with `dir` at /work, as `keel build`
+/// does (the tree is made when missing).
 fn ukify(dir: &Path, uname: &str) -> Result<()> {
-    let tools = tools_tree()?;
-    let script = format!(
-        "set -e; mount --bind \"$1\" \"$2/work\"; mount --rbind /dev \"$2/dev\"; mount --rbind /proc \"$2/proc\"; \
-         exec chroot \"$2\" /usr/bin/ukify build --linux=/work/vmlinuz --initrd=/work/initrd \
-         --os-release=@/work/os-release --cmdline=@/work/cmdline --uname={uname} --output=/work/uki.efi"
-    );
-    run(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
-            .arg(dir)
-            .arg(&tools),
-        "ukify in the tools tree",
-    )
-    .map(|_| ())
-}
-
-/// The tools tree `keel build` made under `~/.cache/keel/tools`.
-fn tools_tree() -> Result<PathBuf> {
-    let dir = cache_dir().join("tools");
-    let entries = fs::read_dir(&dir)
-        .with_context(|| format!("{}: no tools tree (run `keel build` once)", dir.display()))?;
-    let mut trees: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("usr/bin/ukify").is_file() && p.join("work").is_dir())
-        .collect();
-    trees.sort();
-    trees.pop().with_context(|| {
-        format!("no tools tree with ukify under {} (run `keel build` once)", dir.display())
-    })
+    let tools = keel::Tools::ensure(&cache_dir(), None).context("the build's tools tree")?;
+    let args: Vec<String> = [
+        "build",
+        "--linux=/work/vmlinuz",
+        "--initrd=/work/initrd",
+        "--os-release=@/work/os-release",
+        "--cmdline=@/work/cmdline",
+        &format!("--uname={uname}"),
+        "--output=/work/uki.efi",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    tools.run(dir, "/usr/bin/ukify", &args, &[]).context("ukify in the tools tree")?;
+    Ok(())
 }
 
 fn du_mib(dir: &Path) -> Result<u64> {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use keel_qemu_tests::net::{Host, Network};
 use keel_qemu_tests::rundir;
 use keel_testkit::process::Guard;
+use rustix::process::Signal;
 
 const CHILD_ENV: &str = "KEEL_TEARDOWN_CHILD";
 
@@ -28,7 +29,7 @@ fn main() {
     let cases: [(&str, fn()); 3] = [
         ("a_panicking_test_leaves_no_qemu_dnsmasq_or_namespace", || parent("panic", Some(101))),
         ("an_interrupted_test_leaves_no_qemu_dnsmasq_or_namespace", || {
-            parent("sigint", Some(128 + libc::SIGINT))
+            parent("sigint", Some(128 + Signal::INT.as_raw()))
         }),
         ("what_a_killed_test_left_is_swept_by_the_next_network", || parent("sigkill", None)),
     ];
@@ -89,10 +90,7 @@ struct Child(std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        // SAFETY: signalling the child we started.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
+        signal_child(&self.0, Signal::INT);
         if wait_timeout(&mut self.0, Duration::from_secs(10)).is_none() {
             let _ = self.0.kill();
             let _ = self.0.wait();
@@ -138,15 +136,12 @@ fn parent(mode: &str, want_code: Option<i32>) {
         assert!(alive(pid), "pid {pid} running before the {mode}");
     }
     let signal = match mode {
-        "sigint" => Some(libc::SIGINT),
-        "sigkill" => Some(libc::SIGKILL),
+        "sigint" => Some(Signal::INT),
+        "sigkill" => Some(Signal::KILL),
         _ => None,
     };
     if let Some(signal) = signal {
-        // SAFETY: signalling the child we started.
-        unsafe {
-            libc::kill(child.id() as i32, signal);
-        }
+        signal_child(child, signal);
     }
     let status = wait_timeout(child, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("child ({mode}) did not exit within 60 s"));
@@ -195,4 +190,9 @@ fn alive(pid: i32) -> bool {
         Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
     }
+}
+
+/// Sends `signal` to the child process we started.
+fn signal_child(child: &std::process::Child, signal: Signal) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), signal);
 }

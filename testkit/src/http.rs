@@ -135,7 +135,19 @@ impl Served {
     where
         F: Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
     {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Served::start_on(std::net::TcpListener::bind("127.0.0.1:0")?, name, handler)
+    }
+
+    /// [`Served::start`] on a listener the caller bound (an address in a
+    /// network namespace, a fixed port).
+    pub(crate) fn start_on<F>(
+        std_listener: std::net::TcpListener,
+        name: &str,
+        handler: F,
+    ) -> std::io::Result<Served>
+    where
+        F: Fn(TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
@@ -222,6 +234,13 @@ pub(crate) struct Request {
     pub close: bool,
     /// When the request's head arrived.
     pub received: std::time::Instant,
+}
+
+impl Request {
+    /// The first value of header `name` (lower case).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Reads one request (head, then a Content-Length or chunked body),
@@ -312,8 +331,10 @@ pub(crate) fn response_head(status: u16, headers: &[(String, String)], len: usiz
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
@@ -367,18 +388,7 @@ async fn send(stream: &mut TcpStream, reply: Reply) -> bool {
 
 /// SO_LINGER with a zero timeout: closing the socket sends RST, not FIN.
 fn reset_on_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(std::time::Duration::ZERO));
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::http::{read_request, response_head, Request, Served};
 
 /// What the emulator knows about its instance.
 #[derive(Debug, Clone)]
@@ -82,8 +82,7 @@ struct State {
 pub struct ImdsEmulator {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    stop: watch::Sender<bool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _served: Served,
 }
 
 impl ImdsEmulator {
@@ -113,37 +112,12 @@ impl ImdsEmulator {
         std_listener: std::net::TcpListener,
         state: State,
     ) -> std::io::Result<ImdsEmulator> {
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let state = Arc::new(Mutex::new(state));
-        let (stop, stopped) = watch::channel(false);
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let st = state.clone();
-        let thread = thread::Builder::new().name("imds-emulator".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else { return };
-                loop {
-                    let mut stopped_conn = stopped.clone();
-                    let mut stopped = stopped.clone();
-                    tokio::select! {
-                        _ = stopped.changed() => return,
-                        accepted = listener.accept() => {
-                            let Ok((stream, peer)) = accepted else { continue };
-                            let state = st.clone();
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = stopped_conn.changed() => {}
-                                    _ = serve(stream, peer.ip(), state) => {}
-                                }
-                            });
-                        }
-                    }
-                }
-            });
-            runtime.shutdown_background();
+        let served = Served::start_on(std_listener, "imds-emulator", move |stream| {
+            Box::pin(serve(stream, st.clone()))
         })?;
-        Ok(ImdsEmulator { addr, state, stop, thread: Some(thread) })
+        Ok(ImdsEmulator { addr: served.addr(), state, _served: served })
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
@@ -192,54 +166,21 @@ impl ImdsEmulator {
     }
 }
 
-impl Drop for ImdsEmulator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct Request {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    close: bool,
-}
-
-async fn serve(mut stream: TcpStream, peer: IpAddr, state: Arc<Mutex<State>>) {
+async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let Ok(peer) = stream.peer_addr() else { return };
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
-        let (status, body, delay) = answer(&state, peer, &req);
+        let (status, body, delay) = answer(&state, peer.ip(), &req);
+        let mut headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
         // The SDK's client wants the token's TTL echoed back.
-        let ttl = if req.path == "/latest/api/token" && status == 200 {
-            let t = req
-                .headers
-                .get("x-aws-ec2-metadata-token-ttl-seconds")
-                .cloned()
-                .unwrap_or_default();
-            format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n")
-        } else {
-            String::new()
-        };
+        if req.path == "/latest/api/token" && status == 200 {
+            let ttl = req.header("x-aws-ec2-metadata-token-ttl-seconds").unwrap_or_default();
+            headers.push(("X-aws-ec2-metadata-token-ttl-seconds".into(), ttl.into()));
+        }
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        let reason = match status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            503 => "Service Unavailable",
-            _ => "Status",
-        };
-        let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{ttl}\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut out = response_head(status, &headers, body.len());
         out.extend_from_slice(&body);
         if stream.write_all(&out).await.is_err() || req.close {
             return;
@@ -255,8 +196,7 @@ fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, O
             return (405, b"token requests use PUT".to_vec(), None);
         }
         let ttl_ok = req
-            .headers
-            .get("x-aws-ec2-metadata-token-ttl-seconds")
+            .header("x-aws-ec2-metadata-token-ttl-seconds")
             .and_then(|v| v.parse::<u32>().ok())
             .is_some_and(|t| (1..=21_600).contains(&t));
         if !ttl_ok {
@@ -271,7 +211,7 @@ fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, O
         return (405, Vec::new(), None);
     }
     let authorised =
-        req.headers.get("x-aws-ec2-metadata-token").is_some_and(|t| st.tokens.contains(t));
+        req.header("x-aws-ec2-metadata-token").is_some_and(|t| st.tokens.iter().any(|k| k == t));
     if !authorised {
         return (401, Vec::new(), None);
     }
@@ -337,40 +277,5 @@ fn lookup(inst: &Instance, path: &str) -> Option<Vec<u8>> {
                 None
             }
         }
-    }
-}
-
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut lines = head.lines();
-            let mut first = lines.next()?.split_whitespace();
-            let method = first.next()?.to_string();
-            let path = first.next()?.to_string();
-            let headers: HashMap<String, String> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-            let body_len: usize =
-                headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-            while buf.len() < end + 4 + body_len {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..end + 4 + body_len);
-            let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-            return Some(Request { method, path, headers, close });
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }

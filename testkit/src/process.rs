@@ -22,10 +22,7 @@ impl Guard {
         let pgid = child.id() as i32;
         let on_interrupt =
             teardown::on_interrupt(&format!("killing {name} (process group {pgid})"), move || {
-                // SAFETY: signalling the process group of a child we started.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
+                kill_group(pgid)
             });
         Ok(Guard { child, name: name.to_string(), _on_interrupt: on_interrupt })
     }
@@ -50,11 +47,15 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
+        kill_group(self.child.id() as i32);
         let _ = self.child.wait();
+    }
+}
+
+/// SIGKILL to the process group `pgid` (a child started in its own group).
+fn kill_group(pgid: i32) {
+    if let Some(pgid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
     }
 }
 

@@ -76,9 +76,9 @@ fn watch() {
                 let mut term = signal(SignalKind::terminate())?;
                 let mut hup = signal(SignalKind::hangup())?;
                 Ok(tokio::select! {
-                    _ = int.recv() => libc::SIGINT,
-                    _ = term.recv() => libc::SIGTERM,
-                    _ = hup.recv() => libc::SIGHUP,
+                    _ = int.recv() => rustix::process::Signal::INT.as_raw(),
+                    _ = term.recv() => rustix::process::Signal::TERM.as_raw(),
+                    _ = hup.recv() => rustix::process::Signal::HUP.as_raw(),
                 })
             })
         });

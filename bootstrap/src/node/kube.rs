@@ -40,7 +40,7 @@ pub fn kubeconfig(
     .render()
 }
 
-pub fn pretty(v: &serde_json::Value) -> String {
+pub(crate) fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
@@ -94,7 +94,7 @@ pub fn kubelet_env(
 }
 
 /// A systemd environment file with one variable holding flags.
-pub fn env_file(var: &str, args: &[String]) -> String {
+pub(crate) fn env_file(var: &str, args: &[String]) -> String {
     let mut out = String::from("# Written by keel-bootstrap at boot.\n");
     out.push_str(&format!("{var}=\"{}\"\n", args.join(" ")));
     out

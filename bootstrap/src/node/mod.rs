@@ -385,11 +385,8 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
     }
     write(layout, "etc/hostname", 0o644, format!("{short}\n").as_bytes())?;
     if layout.is_system_root() {
-        // SAFETY: the pointer and length describe `short`'s bytes.
-        let rc = unsafe { libc::sethostname(short.as_ptr().cast(), short.len()) };
-        if rc != 0 {
-            return Err(format!("sethostname({short}): {}", std::io::Error::last_os_error()));
-        }
+        rustix::system::sethostname(short.as_bytes())
+            .map_err(|e| format!("sethostname({short}): {}", std::io::Error::from(e)))?;
     }
     Ok(())
 }
@@ -507,7 +504,7 @@ async fn running_node(
         region: Some(id.region.clone()),
         endpoint_url: ud.endpoint_url().map(str::to_string),
     };
-    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await?;
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await.map_err(|e| e.to_string())?;
     Ok((id, ud, sdk))
 }
 

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keel_bootstrap::error_chain::chain as error_chain;
 use keel_bootstrap::retry::{retry, Attempt, Policy};
 
 use super::cache::{Cache, Pending};
@@ -201,20 +202,4 @@ fn copy_file(
         pending.write(&buf[..n])?;
         bar.inc(n as u64);
     }
-}
-
-/// An error with its causes ("error sending request: ... : connection
-/// reset by peer"), so the user sees the cause, not just the top line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    out
 }

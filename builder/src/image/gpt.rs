@@ -14,6 +14,9 @@ pub const SECTOR: u64 = 512;
 pub const ALIGN: u64 = 1 << 20;
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
+/// The largest entry array [`Table::read`] accepts (the specification
+/// allows any; real tables hold 128 entries of 128 bytes, 16 KiB).
+pub const MAX_ENTRY_ARRAY: u64 = 1 << 20;
 /// Sectors taken by the entry array (128 entries of 128 bytes).
 const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 
@@ -165,43 +168,66 @@ impl Table {
         h
     }
 
-    /// Reads the primary GPT of `disk`, checking both CRCs.
+    /// Reads the primary GPT of `disk`, checking both CRCs. Every offset
+    /// and size in it is checked against the disk's size before use, and
+    /// at most [`MAX_ENTRY_ARRAY`] bytes of entries are read.
     pub fn read(disk: &mut (impl Read + Seek)) -> Result<Table, GptError> {
+        let invalid = |m: String| GptError::Invalid(m);
         let disk_size = disk.seek(SeekFrom::End(0))?;
+        if disk_size < 2 * SECTOR {
+            return Err(invalid(format!("{disk_size} bytes is too small for a GPT")));
+        }
         let mut h = [0u8; SECTOR as usize];
         disk.seek(SeekFrom::Start(SECTOR))?;
         disk.read_exact(&mut h)?;
         if &h[0..8] != b"EFI PART" {
-            return Err(GptError::Invalid("no \"EFI PART\" signature at LBA 1".into()));
+            return Err(invalid("no \"EFI PART\" signature at LBA 1".into()));
         }
         let mut check = h;
         check[16..20].fill(0);
         if crc32fast::hash(&check[0..92]) != u32le(&h[16..20]) {
-            return Err(GptError::Invalid("header CRC32 mismatch".into()));
+            return Err(invalid("header CRC32 mismatch".into()));
         }
         let entries_lba = u64le(&h[72..80]);
-        let count = u32le(&h[80..84]) as usize;
-        let size = u32le(&h[84..88]) as usize;
-        if size < 128 || count > 1024 {
-            return Err(GptError::Invalid(format!(
+        let count = u64::from(u32le(&h[80..84]));
+        let size = u64::from(u32le(&h[84..88]));
+        // The specification: 128 * 2^n bytes an entry; at most 1 MiB read.
+        let array = count * size;
+        if size < ENTRY_SIZE || !size.is_power_of_two() || array > MAX_ENTRY_ARRAY {
+            return Err(invalid(format!(
                 "implausible entry array ({count} entries of {size} bytes)"
             )));
         }
-        let mut entries = vec![0u8; count * size];
-        disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+        let disk_sectors = disk_size / SECTOR;
+        let array_start = entries_lba.checked_mul(SECTOR).filter(|&start| {
+            entries_lba >= 2 && start.checked_add(array).is_some_and(|end| end <= disk_size)
+        });
+        let Some(array_start) = array_start else {
+            return Err(invalid(format!(
+                "entry array at LBA {entries_lba} ({array} bytes) is not inside the disk"
+            )));
+        };
+        let mut entries = vec![0u8; array as usize];
+        disk.seek(SeekFrom::Start(array_start))?;
         disk.read_exact(&mut entries)?;
         if crc32fast::hash(&entries) != u32le(&h[88..92]) {
-            return Err(GptError::Invalid("entry array CRC32 mismatch".into()));
+            return Err(invalid("entry array CRC32 mismatch".into()));
         }
         let disk_guid = Uuid::from_bytes_le(guid(&h[56..72]));
         let mut partitions = Vec::new();
-        for (i, e) in entries.chunks(size).enumerate() {
+        for (i, e) in entries.chunks_exact(size as usize).enumerate() {
             let type_guid = Uuid::from_bytes_le(guid(&e[0..16]));
             if type_guid.is_nil() {
                 continue;
             }
             let first = u64le(&e[32..40]);
             let last = u64le(&e[40..48]);
+            if first > last || last >= disk_sectors {
+                return Err(invalid(format!(
+                    "partition {} spans LBA {first}..={last}, outside the disk's {disk_sectors} sectors",
+                    i + 1
+                )));
+            }
             let name: Vec<u16> = e[56..128]
                 .chunks(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -212,6 +238,7 @@ impl Table {
                 name: String::from_utf16_lossy(&name),
                 type_guid,
                 partition_guid: Uuid::from_bytes_le(guid(&e[16..32])),
+                // last < disk_sectors = disk_size / 512: no overflow.
                 offset: first * SECTOR,
                 size: (last + 1 - first) * SECTOR,
                 flags: u64le(&e[48..56]),
@@ -284,5 +311,77 @@ mod tests {
         // A flipped bit in the entry array is caught.
         disk.get_mut()[2 * 512 + 20] ^= 1;
         assert!(matches!(Table::read(&mut disk), Err(GptError::Invalid(_))));
+    }
+
+    /// A written two-partition disk.
+    fn disk() -> Vec<u8> {
+        let table = plan(
+            Uuid::from_u128(1),
+            &[Request {
+                name: "esp",
+                type_guid: types::ESP,
+                partition_guid: Uuid::from_u128(2),
+                size: 1 << 20,
+                flags: 0,
+            }],
+        );
+        let mut disk = Cursor::new(vec![0u8; table.disk_size as usize]);
+        table.write(&mut disk).unwrap();
+        disk.into_inner()
+    }
+
+    /// Sets header bytes at `at` and fixes the header CRC, so that only
+    /// the hostile value is wrong.
+    fn patch_header(d: &mut [u8], at: usize, v: &[u8]) {
+        let h = &mut d[512..1024];
+        h[at..at + v.len()].copy_from_slice(v);
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[0..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn read(d: Vec<u8>) -> Result<Table, GptError> {
+        Table::read(&mut Cursor::new(d))
+    }
+
+    #[test]
+    fn truncated_disks_are_errors_not_panics() {
+        let full = disk();
+        for n in (0..4 * 512).chain([17 * 512, 34 * 512 - 1, 34 * 512, full.len() / 2]) {
+            assert!(read(full[..n].to_vec()).is_err(), "{n} bytes read as a GPT");
+        }
+        // Cut after the primary table: the partition now ends past the disk.
+        let e = read(full[..34 * 512 + 1].to_vec()).unwrap_err().to_string();
+        assert!(e.contains("outside the disk"), "{e}");
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_without_overflow_or_huge_allocations() {
+        // Entry array at an LBA whose byte offset overflows, or past the end.
+        for lba in [u64::MAX, u64::MAX / 512 + 1, 1 << 40, 0, 1] {
+            let mut d = disk();
+            patch_header(&mut d, 72, &lba.to_le_bytes());
+            let e = read(d).unwrap_err().to_string();
+            assert!(e.contains("not inside the disk"), "LBA {lba}: {e}");
+        }
+        // Counts and sizes that would ask for gigabytes, or odd sizes.
+        for (count, size) in [(u32::MAX, 128), (1024, u32::MAX), (u32::MAX, u32::MAX), (128, 129)] {
+            let mut d = disk();
+            patch_header(&mut d, 80, &count.to_le_bytes());
+            patch_header(&mut d, 84, &size.to_le_bytes());
+            let e = read(d).unwrap_err().to_string();
+            assert!(e.contains("implausible entry array"), "{count}x{size}: {e}");
+        }
+        // A partition whose last LBA is before its first, or past the disk
+        // (the entry CRC fixed too).
+        for (first, last) in [(100u64, 99u64), (2048, u64::MAX), (u64::MAX, u64::MAX)] {
+            let mut d = disk();
+            d[1024 + 32..1024 + 40].copy_from_slice(&first.to_le_bytes());
+            d[1024 + 40..1024 + 48].copy_from_slice(&last.to_le_bytes());
+            let crc = crc32fast::hash(&d[1024..1024 + 128 * 128]);
+            patch_header(&mut d, 88, &crc.to_le_bytes());
+            let e = read(d).unwrap_err().to_string();
+            assert!(e.contains("outside the disk"), "{first}..={last}: {e}");
+        }
     }
 }

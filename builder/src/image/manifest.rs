@@ -59,7 +59,7 @@ pub struct ComponentEntry {
 pub fn components(
     components: &[Component],
     packages: &[Package],
-) -> Result<Vec<ComponentEntry>, String> {
+) -> Result<Vec<ComponentEntry>, super::BuildError> {
     components
         .iter()
         .map(|c| match &c.source {
@@ -78,10 +78,10 @@ pub fn components(
             }
             Source::Debian { package } => {
                 let installed = packages.iter().find(|p| &p.name == package).ok_or_else(|| {
-                    format!(
-                        "component {}: Debian package {package} is not installed in the base",
-                        c.name
-                    )
+                    super::BuildError::PackageNotInstalled {
+                        component: c.name.clone(),
+                        package: package.clone(),
+                    }
                 })?;
                 Ok(ComponentEntry {
                     name: c.name.clone(),

@@ -11,7 +11,7 @@ mod esp;
 mod gpt;
 pub mod manifest;
 mod rootfs;
-mod tools;
+pub(crate) mod tools;
 mod uki;
 mod usr;
 
@@ -43,8 +43,36 @@ pub enum BuildError {
     Tool { what: String, message: String },
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
-    #[error("{0}")]
-    Other(String),
+    #[error("path with a NUL byte: {path}")]
+    NulInPath { path: String },
+    #[error("{archive}: unpacking {entry}: {source}")]
+    Unpack { archive: String, entry: String, source: std::io::Error },
+    #[error("component {component}: install path {path} must be an absolute path under /usr (the rest of the image is not kept)")]
+    InstallPath { component: String, path: String },
+    #[error("component {component}: its artifact was not fetched")]
+    NotFetched { component: String },
+    #[error("component {component}: unpacking {archive}: {source}")]
+    UnpackComponent { component: String, archive: String, source: std::io::Error },
+    #[error("component {component}: {archive} has no entry {entry} after stripping {strip} path elements")]
+    MissingEntry { component: String, archive: String, entry: String, strip: usize },
+    #[error("component {component}: Debian package {package} is not installed in the base")]
+    PackageNotInstalled { component: String, package: String },
+    #[error("the base has no kernel in /boot: add a kernel package (linux-image-cloud-amd64) to the profile's base packages")]
+    NoKernel,
+    #[error("the base has no {initrd} (is dracut in the base packages?)")]
+    NoInitrd { initrd: String },
+    #[error("veritysetup format printed no root hash:\n{stdout}")]
+    NoRootHash { stdout: String },
+    #[error("root hash {hash}: {source}")]
+    BadRootHash { hash: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("serializing {what}: {source}")]
+    Serialize { what: &'static str, source: serde_json::Error },
+    #[error("no partition {name} in the plan")]
+    NoPartition { name: String },
+    #[error("{path}: writing the partition table: {source}")]
+    PartitionTable { path: String, source: gpt::GptError },
+    #[error("{path}: {size} bytes do not fit partition {name} ({capacity} bytes)")]
+    TooBig { path: String, size: u64, name: String, capacity: u64 },
 }
 
 impl BuildError {
@@ -129,6 +157,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         }
     }
     let stage = Stage::new(req.progress);
+    let seed = Seed(key.clone());
+    let work = &scratch.work;
 
     stage.start("tools tree (trixie: ukify, mkfs.erofs, veritysetup)");
     let tools = tools::Tools::ensure(req.cache_dir, r.base.mirror.as_deref())?;
@@ -138,64 +168,177 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         base::packages(&r.base).len()
     ));
     let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
-
     stage.start("file tree");
-    let work = &scratch.work;
-    let tree = work.join("tree");
-    fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
-    rootfs::unpack_base(&base_tar, &tree)?;
-    let packages = rootfs::debian_packages(&tree)?;
-    let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
-    for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
-        fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
-    }
-    rootfs::add_components(&tree, &r.components, req.fetched)?;
-    for d in &role_dirs {
-        rootfs::add_files(&d.join("files"), &tree)?;
-    }
-    rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
-    let bootstrap =
-        fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
-    rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
-    rootfs::write_file(&tree, "usr/lib/keel/role", format!("{}\n", r.role).as_bytes(), 0o644)?;
-    rootfs::make_factory_etc(&tree)?;
-    let os_release = "tree/usr/lib/os-release";
-
+    let tree = FileTree::assemble(req, &base_tar, work, &role_dirs)?;
     stage.start("/usr as erofs + dm-verity");
-    let seed = Seed(key.clone());
-    let usr = usr::make(
-        &tools,
-        work,
-        "tree",
-        epoch,
-        seed.uuid("erofs"),
-        seed.uuid("verity"),
-        &seed.bytes("verity-salt"),
-    )?;
-    let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
-    let root_uuid = seed.uuid("root-partition");
-
+    let usr = UsrImage::make(&tools, work, epoch, &seed)?;
     stage.start("root file system");
-    let skel = work.join("skel");
-    fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
-    rootfs::make_skeleton(&skel)?;
-    rootfs::clamp_times(&skel, epoch)?;
-    make_ext4(&tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
-
+    let root = RootImage::make(&tools, work, epoch, &seed)?;
     stage.start("unified kernel image");
-    let cmdline = uki::cmdline(&usr.root_hash, &root_uuid);
-    uki::make(&tools, work, "vmlinuz", "initrd", os_release, &cmdline, &kernel)?;
-    let uki_bytes =
-        fs::read(work.join("uki.efi")).map_err(|e| BuildError::io(&work.join("uki.efi"), e))?;
-
+    let uki = Uki::make(&tools, work, &tree, &usr, &root)?;
     stage.start("disk image");
+    let manifest = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
+
+    let outer = serde_json::to_vec_pretty(&manifest)
+        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
+    // The manifest describes the image: replace it first so that a crash
+    // between the two renames never leaves an old manifest beside a new image.
+    let _ = fs::remove_file(&manifest_path);
+    fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
+    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
+        .map_err(|e| BuildError::io(&manifest_path, e))?;
+    stage.finish();
+    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+}
+
+/// Stage 1: the image's file tree in `work/tree` (base, components, role
+/// files and units, keel-bootstrap, the factory /etc), with the base's
+/// kernel and initrd moved out to `work/vmlinuz` and `work/initrd`.
+struct FileTree {
+    /// The Debian packages installed in the base.
+    packages: Vec<rootfs::Package>,
+    /// The kernel's version (`uname -r`).
+    kernel: String,
+}
+
+impl FileTree {
+    /// The tree's directory under `work`.
+    const DIR: &str = "tree";
+    /// The tree's os-release, as named under `work`.
+    const OS_RELEASE: &str = "tree/usr/lib/os-release";
+
+    fn assemble(
+        req: &Request,
+        base_tar: &Path,
+        work: &Path,
+        role_dirs: &[PathBuf],
+    ) -> Result<FileTree, BuildError> {
+        let tree = work.join(Self::DIR);
+        fs::create_dir_all(&tree).map_err(|e| BuildError::io(&tree, e))?;
+        rootfs::unpack_base(base_tar, &tree)?;
+        let packages = rootfs::debian_packages(&tree)?;
+        let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
+        for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
+            fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
+        }
+        rootfs::add_components(&tree, &req.resolved.components, req.fetched)?;
+        for d in role_dirs {
+            rootfs::add_files(&d.join("files"), &tree)?;
+        }
+        rootfs::add_units(&role_dirs.iter().map(|d| d.join("units")).collect::<Vec<_>>(), &tree)?;
+        let bootstrap =
+            fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?;
+        rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
+        let role = format!("{}\n", req.resolved.role);
+        rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
+        rootfs::make_factory_etc(&tree)?;
+        Ok(FileTree { packages, kernel })
+    }
+}
+
+/// Stage 2: the tree's /usr as erofs (`work/usr.erofs`) and its dm-verity
+/// hash tree (`work/usr.verity`), with the partition UUIDs the root hash
+/// names.
+struct UsrImage {
+    root_hash: String,
+    usr_uuid: Uuid,
+    verity_uuid: Uuid,
+    data: PathBuf,
+    hash: PathBuf,
+}
+
+impl UsrImage {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        epoch: u64,
+        seed: &Seed,
+    ) -> Result<Self, BuildError> {
+        let usr = usr::make(
+            tools,
+            work,
+            FileTree::DIR,
+            epoch,
+            seed.uuid("erofs"),
+            seed.uuid("verity"),
+            &seed.bytes("verity-salt"),
+        )?;
+        let (usr_uuid, verity_uuid) = usr::partition_uuids(&usr.root_hash)?;
+        Ok(UsrImage {
+            root_hash: usr.root_hash,
+            usr_uuid,
+            verity_uuid,
+            data: work.join("usr.erofs"),
+            hash: work.join("usr.verity"),
+        })
+    }
+}
+
+/// Stage 3: the writable root file system (`work/root.img`, ext4): a
+/// skeleton that grows to fill the disk on first boot.
+struct RootImage {
+    image: PathBuf,
+    partition_uuid: Uuid,
+}
+
+impl RootImage {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        epoch: u64,
+        seed: &Seed,
+    ) -> Result<Self, BuildError> {
+        let skel = work.join("skel");
+        fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
+        rootfs::make_skeleton(&skel)?;
+        rootfs::clamp_times(&skel, epoch)?;
+        make_ext4(tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
+        Ok(RootImage { image: work.join("root.img"), partition_uuid: seed.uuid("root-partition") })
+    }
+}
+
+/// Stage 4: the unified kernel image: kernel, initrd and a command line
+/// that names the verity root hash and the root partition.
+struct Uki {
+    bytes: Vec<u8>,
+    cmdline: String,
+}
+
+impl Uki {
+    fn make(
+        tools: &tools::Tools,
+        work: &Path,
+        tree: &FileTree,
+        usr: &UsrImage,
+        root: &RootImage,
+    ) -> Result<Self, BuildError> {
+        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid);
+        let os_release = FileTree::OS_RELEASE;
+        uki::make(tools, work, "vmlinuz", "initrd", os_release, &cmdline, &tree.kernel)?;
+        let path = work.join("uki.efi");
+        let bytes = fs::read(&path).map_err(|e| BuildError::io(&path, e))?;
+        Ok(Uki { bytes, cmdline })
+    }
+}
+
+/// Stage 5: the GPT disk image in `scratch.image_tmp` (ESP with the UKI
+/// and the manifest, /usr, its hash tree, root) and its manifest, with the
+/// image's sha256.
+#[allow(clippy::too_many_arguments)]
+fn disk_image(
+    req: &Request,
+    key: &str,
+    epoch: u64,
+    seed: &Seed,
+    tree: FileTree,
+    usr: &UsrImage,
+    root: &RootImage,
+    uki: &Uki,
+    scratch: &Scratch,
+) -> Result<Manifest, BuildError> {
+    let r = req.resolved;
     let len = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(|e| BuildError::io(p, e));
-    let (usr_img, verity_img, root_img, esp_img) = (
-        work.join("usr.erofs"),
-        work.join("usr.verity"),
-        work.join("root.img"),
-        work.join("esp.img"),
-    );
+    let esp_img = scratch.work.join("esp.img");
     let table = gpt::plan(
         seed.uuid("disk"),
         &[
@@ -203,27 +346,27 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
                 name: "esp",
                 type_guid: gpt::types::ESP,
                 partition_guid: seed.uuid("esp"),
-                size: esp::size_for(uki_bytes.len() as u64),
+                size: esp::size_for(uki.bytes.len() as u64),
                 flags: 0,
             },
             gpt::Request {
                 name: "usr",
                 type_guid: gpt::types::USR_X86_64,
-                partition_guid: usr_uuid,
-                size: len(&usr_img)?,
+                partition_guid: usr.usr_uuid,
+                size: len(&usr.data)?,
                 flags: gpt::FLAG_READ_ONLY,
             },
             gpt::Request {
                 name: "usr-verity",
                 type_guid: gpt::types::USR_VERITY_X86_64,
-                partition_guid: verity_uuid,
-                size: len(&verity_img)?,
+                partition_guid: usr.verity_uuid,
+                size: len(&usr.hash)?,
                 flags: gpt::FLAG_READ_ONLY,
             },
             gpt::Request {
                 name: "root",
                 type_guid: gpt::types::ROOT_X86_64,
-                partition_guid: root_uuid,
+                partition_guid: root.partition_uuid,
                 size: ROOT_SIZE,
                 flags: gpt::FLAG_GROWFS,
             },
@@ -235,45 +378,35 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         image_sha256: None,
         image_size: table.disk_size,
         keel_version: env!("CARGO_PKG_VERSION").to_string(),
-        build_key: key.clone(),
+        build_key: key.to_string(),
         source_date_epoch: epoch,
-        kernel,
-        cmdline,
+        kernel: tree.kernel,
+        cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
-        components: manifest::components(&r.components, &packages).map_err(BuildError::Other)?,
-        debian_packages: packages,
+        components: manifest::components(&r.components, &tree.packages)?,
+        debian_packages: tree.packages,
         disk_guid: table.disk_guid,
         partitions: table.partitions.clone(),
     };
     let inner = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
+        .map_err(|source| BuildError::Serialize { what: "the manifest", source })?;
     let esp_part =
-        table.get("esp").ok_or_else(|| BuildError::Other("no esp in the plan".into()))?;
+        table.get("esp").ok_or_else(|| BuildError::NoPartition { name: "esp".into() })?;
     let volume_id =
         u32::from_le_bytes(seed.bytes("fat-volume-id")[..4].try_into().unwrap_or([0; 4]));
     esp::make(
         &esp_img,
         esp_part.size,
         volume_id,
-        &[(esp::BOOT_PATH, &uki_bytes), (esp::MANIFEST_PATH, &inner)],
+        &[(esp::BOOT_PATH, &uki.bytes), (esp::MANIFEST_PATH, &inner)],
     )?;
     let sha = assemble(
         &scratch.image_tmp,
         &table,
-        &[("esp", &esp_img), ("usr", &usr_img), ("usr-verity", &verity_img), ("root", &root_img)],
+        &[("esp", &esp_img), ("usr", &usr.data), ("usr-verity", &usr.hash), ("root", &root.image)],
     )?;
     manifest.image_sha256 = Some(sha);
-
-    let outer = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| BuildError::Other(format!("serializing the manifest: {e}")))?;
-    // The manifest describes the image: replace it first so that a crash
-    // between the two renames never leaves an old manifest beside a new image.
-    let _ = fs::remove_file(&manifest_path);
-    fs::rename(&scratch.image_tmp, &image_path).map_err(|e| BuildError::io(&image_path, e))?;
-    keel_bootstrap::atomic_file::write(&manifest_path, 0o644, &outer)
-        .map_err(|e| BuildError::io(&manifest_path, e))?;
-    stage.finish();
-    Ok(Outcome { image: image_path, manifest_path, manifest, up_to_date: false })
+    Ok(manifest)
 }
 
 /// Bump when what the build puts into an image changes in a way that its
@@ -292,7 +425,9 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     };
     field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
     field(&mut h, RECIPE.as_bytes());
-    field(&mut h, &serde_json::to_vec(req.resolved).map_err(|e| BuildError::Other(e.to_string()))?);
+    let resolved = serde_json::to_vec(req.resolved)
+        .map_err(|source| BuildError::Serialize { what: "the resolved profile", source })?;
+    field(&mut h, &resolved);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
     field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
@@ -390,22 +525,23 @@ fn assemble(
         .open(path)
         .map_err(ctx)?;
     disk.set_len(table.disk_size).map_err(ctx)?;
-    table.write(&mut disk).map_err(|e| {
-        BuildError::Other(format!("{}: writing the partition table: {e}", path.display()))
+    table.write(&mut disk).map_err(|source| BuildError::PartitionTable {
+        path: path.display().to_string(),
+        source,
     })?;
     for (name, src) in parts {
-        let p = table
-            .get(name)
-            .ok_or_else(|| BuildError::Other(format!("no partition {name} in the plan")))?;
+        let p =
+            table.get(name).ok_or_else(|| BuildError::NoPartition { name: name.to_string() })?;
         let mut input = File::open(src).map_err(|e| BuildError::io(src, e))?;
         disk.seek(SeekFrom::Start(p.offset)).map_err(ctx)?;
         let n = std::io::copy(&mut input, &mut disk).map_err(ctx)?;
         if n > p.size {
-            return Err(BuildError::Other(format!(
-                "{}: {n} bytes do not fit partition {name} ({} bytes)",
-                src.display(),
-                p.size
-            )));
+            return Err(BuildError::TooBig {
+                path: src.display().to_string(),
+                size: n,
+                name: name.to_string(),
+                capacity: p.size,
+            });
         }
     }
     disk.sync_all().map_err(ctx)?;

@@ -56,20 +56,20 @@ pub fn make(
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:").map(|h| h.trim().to_string()))
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            BuildError::Other(format!("veritysetup format printed no root hash:\n{stdout}"))
-        })?;
+        .ok_or_else(|| BuildError::NoRootHash { stdout: stdout.to_string() })?;
     Ok(Usr { root_hash })
 }
 
 /// The partition UUIDs systemd derives from a root hash: the first 128 bits
 /// name the data partition, the last 128 bits the hash partition.
 pub fn partition_uuids(root_hash: &str) -> Result<(Uuid, Uuid), BuildError> {
-    let bytes = hex::decode(root_hash)
-        .map_err(|e| BuildError::Other(format!("root hash {root_hash}: {e}")))?;
-    let half = |b: &[u8]| -> Result<Uuid, BuildError> {
-        Uuid::from_slice(b).map_err(|e| BuildError::Other(format!("root hash {root_hash}: {e}")))
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| BuildError::BadRootHash {
+        hash: root_hash.to_string(),
+        source,
     };
+    let bytes = hex::decode(root_hash).map_err(|e| bad(e.into()))?;
+    let half =
+        |b: &[u8]| -> Result<Uuid, BuildError> { Uuid::from_slice(b).map_err(|e| bad(e.into())) };
     Ok((half(&bytes[..16])?, half(&bytes[bytes.len() - 16..])?))
 }
 

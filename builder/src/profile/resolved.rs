@@ -123,18 +123,21 @@ impl Algorithm {
     }
 
     /// Checks and normalises (to lowercase) a hex digest.
-    pub fn parse_hex(self, s: &str) -> Result<String, String> {
+    pub fn parse_hex(self, s: &str) -> Result<String, MalformedDigest> {
         let s = s.trim();
         if s.len() != self.hex_len() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "malformed {}: expected {} hexadecimal characters, found {:?}",
-                self.name(),
-                self.hex_len(),
-                s
-            ));
+            return Err(MalformedDigest { algorithm: self, found: s.to_string() });
         }
         Ok(s.to_ascii_lowercase())
     }
+}
+
+/// A digest that is not `hex_len` hexadecimal characters.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {algorithm}: expected {} hexadecimal characters, found {found:?}", algorithm.hex_len())]
+pub struct MalformedDigest {
+    pub algorithm: Algorithm,
+    pub found: String,
 }
 
 impl fmt::Display for Algorithm {

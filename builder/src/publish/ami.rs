@@ -8,11 +8,12 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
     Image as Ec2Image, ImdsSupportValues, ResourceType, Tag, TagSpecification, VolumeType,
 };
-use keel_bootstrap::retry::{retry, Attempt, Policy};
+use keel_bootstrap::retry::Policy;
 use keel_contract::tags;
 
 use super::error::{aws, Error};
 use super::image::Image;
+use super::wait::{until_state, Seen};
 
 /// The root device: the whole disk image, booted by UEFI.
 pub const ROOT_DEVICE: &str = "/dev/xvda";
@@ -194,34 +195,32 @@ pub async fn wait_available(
     region: &str,
     image_id: &str,
 ) -> Result<Ami, Error> {
-    retry(&AVAILABLE_WAIT, |_| async {
-        let out = ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| Attempt::Retry(aws("DescribeImages", region, image_id, &e)))?;
-        let image = out.images().first();
-        let ami = image.and_then(Ami::from_ec2);
-        match ami {
-            Some(ami) if ami.state == "available" => Ok(ami),
-            Some(ami) if ami.state == "pending" => Err(Attempt::Retry(Error::Wait {
-                what: format!("AMI {image_id}"),
-                region: region.into(),
-                wanted: "available",
-                state: ami.state,
-            })),
-            other => Err(Attempt::Fail(Error::BadState {
-                what: format!("AMI {image_id}"),
-                region: region.into(),
-                state: other.map(|a| a.state).unwrap_or_else(|| "missing".into()),
-                message: image
+    let what = format!("AMI {image_id}");
+    until_state(
+        &AVAILABLE_WAIT,
+        &what,
+        region,
+        "available",
+        |s| s == "pending",
+        || async {
+            let out = ec2
+                .describe_images()
+                .image_ids(image_id)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeImages", region, image_id, &e))?;
+            let image = out.images().first();
+            let ami = image.and_then(Ami::from_ec2);
+            Ok(Seen {
+                state: ami.as_ref().map(|a| a.state.clone()).unwrap_or_else(|| "missing".into()),
+                reason: image
                     .and_then(|i| i.state_reason())
                     .and_then(|r| r.message())
                     .unwrap_or("no reason given")
                     .to_string(),
-            })),
-        }
-    })
+                value: ami,
+            })
+        },
+    )
     .await
 }

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{aws, BlockFailure, Error};
 use super::image::Image;
+use super::wait::{until_state, Seen};
 
 /// One block's upload: its index and SHA-256 when sent, `None` when all
 /// zero (skipped), or why it failed.
@@ -273,32 +274,31 @@ async fn wait_completed(
     region: &str,
     snapshot_id: &str,
 ) -> Result<(), Error> {
-    retry(&COMPLETION_WAIT, |_| async {
-        let out = ec2
-            .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-            .await
-            .map_err(|e| Attempt::Retry(aws("DescribeSnapshots", region, snapshot_id, &e)))?;
-        let snap = out.snapshots().first();
-        let state =
-            snap.and_then(|s| s.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
-        match state.as_str() {
-            "completed" => Ok(()),
-            "error" => Err(Attempt::Fail(Error::BadState {
-                what: format!("snapshot {snapshot_id}"),
-                region: region.into(),
-                state,
-                message: snap.and_then(|s| s.state_message()).unwrap_or("no message").to_string(),
-            })),
-            _ => Err(Attempt::Retry(Error::Wait {
-                what: format!("snapshot {snapshot_id}"),
-                region: region.into(),
-                wanted: "completed",
-                state,
-            })),
-        }
-    })
+    let what = format!("snapshot {snapshot_id}");
+    until_state(
+        &COMPLETION_WAIT,
+        &what,
+        region,
+        "completed",
+        |s| s != "error",
+        || async {
+            let out = ec2
+                .describe_snapshots()
+                .snapshot_ids(snapshot_id)
+                .send()
+                .await
+                .map_err(|e| aws("DescribeSnapshots", region, snapshot_id, &e))?;
+            let snap = out.snapshots().first();
+            Ok(Seen {
+                state: snap
+                    .and_then(|s| s.state())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                reason: snap.and_then(|s| s.state_message()).unwrap_or("no message").to_string(),
+                value: snap.map(|_| ()),
+            })
+        },
+    )
     .await
 }
 

@@ -15,6 +15,7 @@ pub mod image;
 mod launch_template;
 pub mod manifest;
 mod sharing;
+mod wait;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -80,8 +80,7 @@ async fn run(args: &Args) -> Result<()> {
             args.assets.display()
         );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("run as root: the VMs' network needs a network namespace and tap devices");
     }
     let logs = std::path::absolute(&args.logs)

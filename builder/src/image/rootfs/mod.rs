@@ -1,0 +1,174 @@
+//! The image's file tree, assembled in a work directory: the Debian base
+//! unpacked (tar crate), component layers from the verified artifact cache,
+//! the role's files and units, the static keel-bootstrap; then split into
+//! what the image keeps: `/usr` (read-only, verified), with the base's
+//! `/etc` as a factory copy in `/usr/share/factory/etc` that systemd-tmpfiles
+//! copies to the writable root on first boot; and the kernel and initrd.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use super::BuildError;
+use crate::fetch::Fetched;
+use crate::profile::{Component, Install, Source};
+
+mod components;
+mod dpkg;
+mod etc;
+mod files;
+mod kernel;
+mod skeleton;
+mod times;
+mod units;
+mod unpack;
+
+pub use self::components::add_components;
+pub use self::dpkg::{debian_packages, Package};
+pub use self::etc::make_factory_etc;
+pub use self::files::{add_files, hash_role_dirs};
+pub use self::kernel::kernel;
+pub use self::skeleton::make_skeleton;
+pub use self::times::clamp_times;
+pub use self::units::add_units;
+pub use self::unpack::unpack_base;
+
+fn mkdir_parent(p: &Path) -> Result<(), BuildError> {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
+    }
+    Ok(())
+}
+
+/// Every path under `dir`, sorted, parents before children.
+pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| BuildError::io(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BuildError::io(dir, e))?;
+    entries.sort();
+    for p in entries {
+        out.push(p.clone());
+        if fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?.is_dir() {
+            out.extend(walk(&p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a small file into the image, creating its directory.
+pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result<(), BuildError> {
+    let dest = root.join(path);
+    mkdir_parent(&dest)?;
+    fs::write(&dest, contents).map_err(|e| BuildError::io(&dest, e))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+        .map_err(|e| BuildError::io(&dest, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::components::image_path;
+    use super::etc::ETC_TMPFILES;
+    use super::units::install_targets;
+    use super::*;
+
+    #[test]
+    fn install_targets_reads_only_the_install_section() {
+        let unit = "[Unit]\nWantedBy=nope.target\n[Install]\nWantedBy=multi-user.target other.target\nRequiredBy=x.target\n";
+        assert_eq!(
+            install_targets(unit),
+            vec![
+                ("wants", "multi-user.target".into()),
+                ("wants", "other.target".into()),
+                ("requires", "x.target".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn factory_etc_copies_files_and_recreates_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        fs::write(root.join("etc/hostname"), "x").unwrap();
+        fs::write(root.join("etc/machine-id"), "").unwrap();
+        symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
+        symlink(
+            "/usr/lib/systemd/system/a.service",
+            root.join("etc/systemd/system/multi-user.target.wants/a.service"),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("etc/systemd/system/timers.target.wants")).unwrap();
+        symlink(
+            "/usr/lib/systemd/system/apt-daily.timer",
+            root.join("etc/systemd/system/timers.target.wants/apt-daily.timer"),
+        )
+        .unwrap();
+        make_factory_etc(root).unwrap();
+        for gone in [
+            "usr/lib/systemd/system/timers.target.wants/apt-daily.timer",
+            "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer",
+        ] {
+            assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
+        }
+        let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
+        assert!(conf.contains("C /etc/hostname - - - -\n"), "{conf}");
+        assert!(conf.contains("L /etc/mtab - - - - ../proc/self/mounts\n"), "{conf}");
+        assert!(!conf.contains("machine-id"), "{conf}");
+        assert!(!root.join("etc").exists());
+        assert!(root.join("usr/share/factory/etc/hostname").is_file());
+        let hoisted = root.join("usr/lib/systemd/system/multi-user.target.wants/a.service");
+        assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
+    }
+
+    #[test]
+    fn a_unit_shared_by_a_relative_link_counts_with_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, controller) =
+            (dir.path().join("worker/units"), dir.path().join("controller/units"));
+        fs::create_dir_all(&worker).unwrap();
+        fs::create_dir_all(&controller).unwrap();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet\n")
+            .unwrap();
+        symlink("../../worker/units/kubelet.service", controller.join("kubelet.service")).unwrap();
+        let key = || {
+            let mut all = Vec::new();
+            hash_role_dirs(std::slice::from_ref(&controller), &mut |b| {
+                all.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                all.extend_from_slice(b);
+            })
+            .unwrap();
+            all
+        };
+        let before = key();
+        fs::write(worker.join("kubelet.service"), "[Service]\nExecStart=/usr/bin/kubelet --v=2\n")
+            .unwrap();
+        assert_ne!(
+            key(),
+            before,
+            "a change behind the link must change the controller's build key"
+        );
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        add_units(std::slice::from_ref(&controller), &root).unwrap();
+        let installed = root.join("usr/lib/systemd/system/kubelet.service");
+        assert!(
+            !fs::symlink_metadata(&installed).unwrap().file_type().is_symlink(),
+            "the image gets the unit, not the link"
+        );
+        assert!(fs::read_to_string(installed).unwrap().contains("--v=2"));
+    }
+    #[test]
+    fn component_paths_outside_usr_are_refused() {
+        let root = Path::new("/r");
+        assert!(image_path(root, "c", "/opt/x").is_err());
+        assert!(image_path(root, "c", "/usr/../etc/x").is_err());
+        assert_eq!(image_path(root, "c", "/usr/bin/x").unwrap(), PathBuf::from("/r/usr/bin/x"));
+    }
+}
