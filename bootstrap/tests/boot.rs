@@ -1373,6 +1373,8 @@ async fn randomized_asg_events() {
     c.check(0, "formation").await;
     println!("formation of {CHAOS_MEMBERS} members: {} ms", started.elapsed().as_millis());
 
+    // keel-bootstrap runs killed, and of those killed before they finished.
+    let mut kills = (0, 0);
     for event in 1..=events {
         let t = std::time::Instant::now();
         let kind = rng.gen_range(0..6);
@@ -1435,8 +1437,24 @@ async fn randomized_asg_events() {
                 c.terminate(i).await;
                 c.publish_endpoints();
                 let n = c.launch(None).await;
+                // The real binary, killed with SIGKILL after a random time.
                 let cut = Duration::from_millis(rng.gen_range(100..3000));
-                let _ = tokio::time::timeout(cut, n.boot()).await;
+                let mut run = Command::new(env!("CARGO_BIN_EXE_keel-bootstrap"))
+                    .arg("--root")
+                    .arg(n.root.path())
+                    .arg("--imds-url")
+                    .arg(n.imds.base_url())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                tokio::time::sleep(cut).await;
+                kills.0 += 1;
+                if run.try_wait().unwrap().is_none() {
+                    kills.1 += 1;
+                }
+                let _ = run.kill();
+                let _ = run.wait();
                 let g = bring_up(&n).await.unwrap_or_else(|e| panic!("seed {seed}: rerun: {e}"));
                 c.members.push(Member { node: n, etcd: Some(g) });
                 "kill keel-bootstrap mid-join and rerun"
@@ -1485,7 +1503,13 @@ async fn randomized_asg_events() {
         events == 0 || c.acked.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "the writer never wrote"
     );
-    println!("chaos seed {seed}: {events} events in {} s", started.elapsed().as_secs());
+    println!(
+        "chaos seed {seed}: {events} events in {} s; keel-bootstrap killed {} times, {} of them \
+         before it finished",
+        started.elapsed().as_secs(),
+        kills.0,
+        kills.1
+    );
 }
 
 #[test]
