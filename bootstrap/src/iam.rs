@@ -10,7 +10,12 @@
 //!   decrypt the controller's bundle even if it reads it;
 //! - `ec2:DescribeInstances` only for the roles that discover etcd peers
 //!   (etcd, controller). EC2 does not support resource-level permissions
-//!   for Describe calls: its resource is `*`.
+//!   for Describe calls: its resource is `*`;
+//! - for etcd members only, the cluster's etcd state under
+//!   `<prefix>/etcd/` (the formation record, joins and snapshots: list,
+//!   get, put, delete) and `kms:GenerateDataKey`/`kms:Decrypt` under the
+//!   snapshots' encryption context (cluster + `keel:purpose`), which no
+//!   bundle's context matches.
 //!
 //! keel-bootstrap sends the key id and the bucket owner from user data
 //! (`[assets] kms-key-id`, `bucket-owner`), so a node also refuses a
@@ -114,12 +119,78 @@ pub fn instance_policy(input: &PolicyInput<'_>) -> Result<Value, PolicyError> {
             "Resource": "*",
         }));
     }
+    if input.role == Role::Etcd {
+        statements.extend(etcd_state(input, partition));
+    }
     Ok(json!({ "Version": "2012-10-17", "Statement": statements }))
+}
+
+/// What an etcd member needs beyond its bundle: the formation record,
+/// join markers and snapshots under `<prefix>/etcd/`, and the snapshots'
+/// KMS context.
+fn etcd_state(input: &PolicyInput<'_>, partition: &str) -> Vec<Value> {
+    let state = match input.prefix.trim_matches('/') {
+        "" => "etcd/".to_string(),
+        p => format!("{p}/etcd/"),
+    };
+    let mut list = json!({
+        "Sid": "ListEtcdState",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": format!("arn:{partition}:s3:::{}", input.bucket),
+        "Condition": { "StringLike": { "s3:prefix": [format!("{state}*")] } },
+    });
+    let mut objects = json!({
+        "Sid": "ReadWriteEtcdState",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+        "Resource": format!("arn:{partition}:s3:::{}/{state}*", input.bucket),
+    });
+    if let Some(owner) = input.bucket_owner {
+        list["Condition"]["StringEquals"] = json!({ "s3:ResourceAccount": owner });
+        objects["Condition"] = json!({ "StringEquals": { "s3:ResourceAccount": owner } });
+    }
+    let context: serde_json::Map<String, Value> =
+        crate::snapshot::encryption_context(input.cluster)
+            .into_iter()
+            .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), Value::String(v)))
+            .collect();
+    let key = json!({
+        "Sid": "SealEtcdSnapshots",
+        "Effect": "Allow",
+        "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+        "Resource": input.kms_key_arn,
+        "Condition": { "StringEquals": context },
+    });
+    vec![list, objects, key]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etcd_members_get_their_state_and_the_snapshot_context_only() {
+        let p = instance_policy(&input(Role::Etcd)).unwrap();
+        let s = p["Statement"].as_array().unwrap();
+        let by_sid = |sid: &str| s.iter().find(|x| x["Sid"] == sid).unwrap().clone();
+        assert_eq!(
+            by_sid("ListEtcdState")["Condition"]["StringLike"]["s3:prefix"][0],
+            "prod/etcd/*"
+        );
+        assert_eq!(
+            by_sid("ReadWriteEtcdState")["Resource"],
+            "arn:aws:s3:::prod-assets/prod/etcd/*"
+        );
+        let ctx = &by_sid("SealEtcdSnapshots")["Condition"]["StringEquals"];
+        assert_eq!(ctx["kms:EncryptionContext:keel:cluster"], "prod");
+        assert_eq!(ctx["kms:EncryptionContext:keel:purpose"], "etcd-snapshot");
+        assert!(ctx.get("kms:EncryptionContext:keel:role").is_none(), "{ctx}");
+        for role in [Role::Worker, Role::Controller] {
+            let p = instance_policy(&input(role)).unwrap().to_string();
+            assert!(!p.contains("etcd/") && !p.contains("GenerateDataKey"), "{role}: {p}");
+        }
+    }
 
     const KEY: &str =
         "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
@@ -146,7 +217,12 @@ mod tests {
             let ctx = &s[1]["Condition"]["StringEquals"];
             assert_eq!(ctx["kms:EncryptionContext:keel:role"], role.as_str());
             assert_eq!(ctx["kms:EncryptionContext:keel:cluster"], "prod");
-            assert_eq!(s.len(), if role == Role::Worker { 2 } else { 3 }, "{role}: {p}");
+            let want = match role {
+                Role::Worker => 2,
+                Role::Controller => 3,
+                Role::Etcd => 6,
+            };
+            assert_eq!(s.len(), want, "{role}: {p}");
             assert!(!p.to_string().contains("s3:*") && !p.to_string().contains("kms:*"));
         }
     }
