@@ -123,10 +123,18 @@ fn iam_policy_is_valid_json_scoped_to_each_role() {
         let p: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(p["Version"], "2012-10-17");
         let st = p["Statement"].as_array().unwrap();
-        let actions: Vec<&str> = st.iter().map(|s| s["Action"].as_str().unwrap()).collect();
-        let mut want = vec!["s3:GetObject", "kms:Decrypt"];
+        let actions: Vec<String> = st.iter().map(|s| s["Action"].to_string()).collect();
+        let mut want = vec![r#""s3:GetObject""#, r#""kms:Decrypt""#];
         if role != Role::Worker {
-            want.push("ec2:DescribeInstances");
+            want.push(r#""ec2:DescribeInstances""#);
+        }
+        if role == Role::Etcd {
+            // The formation record, joins and snapshots under prod/etcd/.
+            want.extend([
+                r#""s3:ListBucket""#,
+                r#"["s3:GetObject","s3:PutObject","s3:DeleteObject"]"#,
+                r#"["kms:GenerateDataKey","kms:Decrypt"]"#,
+            ]);
         }
         assert_eq!(actions, want, "{role}");
         assert_eq!(st[0]["Resource"], format!("arn:aws:s3:::prod-assets/prod/{role}.bundle"));
