@@ -201,6 +201,20 @@ impl Cluster {
         ami: &str,
         user_data: Option<&UserData>,
     ) -> Result<Node> {
+        self.add_node_at(name, role, ami, user_data, None).await
+    }
+
+    /// [`Cluster::add_node_with`] at the guest address (and MAC) of a
+    /// node that was terminated, as EC2 hands a terminated instance's
+    /// private IP to the next one; `None`: the next free address.
+    pub async fn add_node_at(
+        &mut self,
+        name: &str,
+        role: Role,
+        ami: &str,
+        user_data: Option<&UserData>,
+        reuse: Option<&Node>,
+    ) -> Result<Node> {
         let user_data = match user_data {
             Some(ud) => Some(
                 ud.to_toml()
@@ -212,11 +226,22 @@ impl Cluster {
         if self.nodes.iter().any(|n| n.name == name) {
             bail!("node {name} is already in cluster {}", self.name);
         }
-        let index = self.next_index;
-        if index >= 200 {
-            bail!("too many nodes on one network");
-        }
-        self.next_index += 1;
+        let index = match reuse {
+            Some(dead) => {
+                if self.nodes.iter().any(|n| n.index == dead.index) {
+                    bail!("{}'s address {} is still in use", dead.name, dead.private_ip);
+                }
+                dead.index
+            }
+            None => {
+                let index = self.next_index;
+                if index >= 200 {
+                    bail!("too many nodes on one network");
+                }
+                self.next_index += 1;
+                index
+            }
+        };
         let private_ip = self.net.guest_ip(index);
         let instance = self.account.run_instance(ami, role, private_ip, name).await?;
         let node = Node {

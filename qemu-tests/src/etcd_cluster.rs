@@ -113,7 +113,7 @@ impl EtcdCluster {
         };
         let names: Vec<String> = (0..size as usize).map(node_name).collect();
         for name in &names {
-            ec.add(name).await?;
+            ec.add(name, None).await?;
         }
         ec.next = names.len();
         ec.cluster.serve_dhcp()?;
@@ -121,10 +121,11 @@ impl EtcdCluster {
         Ok((ec, timings))
     }
 
-    /// Registers node `name` as an etcd instance of this cluster.
-    async fn add(&mut self, name: &str) -> Result<Node> {
+    /// Registers node `name` as an etcd instance of this cluster (at the
+    /// address of `reuse`, a terminated node, when given).
+    async fn add(&mut self, name: &str, reuse: Option<&Node>) -> Result<Node> {
         let ud = self.cluster.user_data(Role::Etcd, self.size);
-        let node = self.cluster.add_node_with(name, Role::Etcd, &self.ami, Some(&ud)).await?;
+        let node = self.cluster.add_node_at(name, Role::Etcd, &self.ami, Some(&ud), reuse).await?;
         say(format_args!("{name}: instance {} at {}", node.instance_id, node.private_ip));
         Ok(node)
     }
@@ -211,14 +212,46 @@ impl EtcdCluster {
     /// terminated, a new instance (the next name, a new address) boots
     /// and joins; waits until the membership is the live nodes, healthy.
     pub async fn replace(&mut self, name: &str) -> Result<Replacement> {
+        self.replace_with(name, false).await
+    }
+
+    /// [`EtcdCluster::replace`]; with `reuse_ip` the new instance gets the
+    /// dead member's private IP (EC2 reuses the addresses of terminated
+    /// instances).
+    pub async fn replace_with(&mut self, name: &str, reuse_ip: bool) -> Result<Replacement> {
         self.cluster.stop(name)?;
         let dead = self.cluster.terminate(name).await?;
         say(format_args!("{name}: powered off, instance {} terminated", dead.instance_id));
         let new_name = node_name(self.next);
         self.next += 1;
-        let new = self.add(&new_name).await?;
+        let new = self.add(&new_name, reuse_ip.then_some(&dead)).await?;
         self.cluster.serve_dhcp()?;
         let timings = self.boot_and_wait(std::slice::from_ref(&new_name)).await?;
         Ok(Replacement { dead, new, timings })
+    }
+
+    /// Every member powered off and terminated at once (an Auto Scaling
+    /// group that lost them all), then `size` new instances booted
+    /// together; waits until they form a healthy cluster. Returns the
+    /// dead nodes and the timings of the new ones.
+    pub async fn replace_all(&mut self) -> Result<(Vec<Node>, Timings)> {
+        let old: Vec<String> = self.members().iter().map(|n| n.name.clone()).collect();
+        let mut dead = Vec::new();
+        for name in &old {
+            self.cluster.stop(name)?;
+            let node = self.cluster.terminate(name).await?;
+            say(format_args!("{name}: powered off, instance {} terminated", node.instance_id));
+            dead.push(node);
+        }
+        let mut names = Vec::new();
+        for _ in 0..self.size {
+            let name = node_name(self.next);
+            self.next += 1;
+            self.add(&name, None).await?;
+            names.push(name);
+        }
+        self.cluster.serve_dhcp()?;
+        let timings = self.boot_and_wait(&names).await?;
+        Ok((dead, timings))
     }
 }

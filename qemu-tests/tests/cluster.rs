@@ -1,4 +1,6 @@
-//! Scenarios a, b and d of issue 7: Keel images booted as a cluster under
+//! Scenarios a, b and d of issue 7 (and b's variants of issue 14: the
+//! replacement gets the dead member's IP; every member is replaced and the
+//! new ones restore the newest snapshot): Keel images booted as a cluster under
 //! QEMU against moto and the metadata emulator, checked from the host with
 //! Debian's etcdctl over TLS. Needs root, QEMU, OVMF, moto, dnsmasq and
 //! etcdctl; builds the etcd image (profile `local`) and the controller
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
             }
         },
     });
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("a_three_etcd_vms_form_one_tls_cluster", |c| {
             Box::pin(three_etcd_vms_form_one_tls_cluster(c))
         }),
@@ -113,6 +115,12 @@ fn main() -> ExitCode {
         }),
         ("b_a_replacement_joins_and_the_dead_member_is_removed", |c| {
             Box::pin(a_replacement_joins_and_the_dead_member_is_removed(c))
+        }),
+        ("b2_a_replacement_at_the_dead_members_ip_joins", |c| {
+            Box::pin(a_replacement_at_the_dead_members_ip_joins(c))
+        }),
+        ("b3_all_members_replaced_restore_the_newest_snapshot", |c| {
+            Box::pin(all_members_replaced_restore_the_newest_snapshot(c))
         }),
     ];
     let trials = scenarios
@@ -306,5 +314,103 @@ async fn a_replacement_joins_and_the_dead_member_is_removed(c: &mut EtcdCluster)
     );
     let got = c.etcdctl_on(&r.new.name)?.get("keel/before-replacement").await?;
     ensure!(got.as_deref() == Some("kept"), "read through the new member {}: {got:?}", r.new.name);
+    Ok(())
+}
+
+/// b2. IP reuse: a member's VM is powered off and its instance terminated;
+/// the replacement instance gets the dead member's private IP (as EC2
+/// hands out terminated instances' addresses). The new node must remove
+/// the member that holds its peer URL under the dead instance's name
+/// before it joins; the key survives.
+async fn a_replacement_at_the_dead_members_ip_joins(c: &mut EtcdCluster) -> Result<()> {
+    c.etcdctl().put("keel/before-ip-reuse", "kept").await?;
+    let victim = c.members()[0].name.clone();
+    let r = c.replace_with(&victim, true).await?;
+    ensure!(r.new.private_ip == r.dead.private_ip, "the replacement got another address");
+    eprintln!(
+        "timing: replacement {} at the reused address {} healthy membership after {:.1} s",
+        r.new.name,
+        r.new.private_ip,
+        r.timings.healthy.as_secs_f64()
+    );
+    let members = c.etcdctl().member_list().await?;
+    let peer = etcdctl::peer_url(&r.new.private_ip.to_string());
+    ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
+    ensure!(
+        !members.iter().any(|m| m.name == r.dead.instance_id),
+        "the dead member {} is still listed: {}",
+        r.dead.instance_id,
+        etcdctl::describe(&members)
+    );
+    let holders: Vec<_> = members.iter().filter(|m| m.peer_urls.contains(&peer)).collect();
+    ensure!(
+        holders.len() == 1 && holders[0].name == r.new.instance_id,
+        "{peer} should be held by the new member {} alone: {}",
+        r.new.instance_id,
+        etcdctl::describe(&members)
+    );
+    let got = c.etcdctl_on(&r.new.name)?.get("keel/before-ip-reuse").await?;
+    ensure!(got.as_deref() == Some("kept"), "read through the new member {}: {got:?}", r.new.name);
+    Ok(())
+}
+
+/// b3. Every member lost at once: a snapshot is sealed into S3 by the code
+/// the members' keel-etcd-snapshot.timer runs (`Snapshots::upload`; the
+/// database itself taken here with the host's etcdctl, since the timer
+/// first fires 10 minutes after boot), a key is written after it, then
+/// all three instances are terminated and three new ones boot. Finding no
+/// cluster, no member data and a snapshot, their formation restores the
+/// newest snapshot: the key written before it is there, the one written
+/// after it is not, and the consoles say so.
+async fn all_members_replaced_restore_the_newest_snapshot(c: &mut EtcdCluster) -> Result<()> {
+    use keel_bootstrap::snapshot;
+    c.etcdctl().put("keel/in-snapshot", "restored").await?;
+    let first = c.members()[0].name.clone();
+    let db_path = c.cluster.dir().join("snapshot.db");
+    c.etcdctl_on(&first)?
+        .run(&[std::ffi::OsStr::new("snapshot"), "save".as_ref(), db_path.as_os_str()])
+        .await?;
+    let db = std::fs::read(&db_path).with_context(|| format!("reading {}", db_path.display()))?;
+    let account = &c.cluster.account;
+    let bucket = account.bucket.clone();
+    let prefix = c.cluster.assets_prefix().to_string();
+    let key_id = snapshot::kms_key_of_bundle(&account.s3, &account.bucket, &prefix, Role::Etcd)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshots = snapshot::Snapshots {
+        s3: account.s3.clone(),
+        kms: account.kms.clone(),
+        bucket: account.bucket.clone(),
+        prefix,
+        cluster: c.cluster.name.clone(),
+    };
+    let taken = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let key = snapshots.upload(&key_id, &db, taken).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    c.etcdctl().put("keel/after-snapshot", "lost").await?;
+
+    let (dead, t) = c.replace_all().await?;
+    eprintln!(
+        "timing: {} new members restored {key} and were healthy {:.1} s after the first QEMU started",
+        c.members().len(),
+        t.healthy.as_secs_f64()
+    );
+    let members = c.etcdctl().member_list().await?;
+    ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
+    for d in &dead {
+        ensure!(
+            !members.iter().any(|m| m.name == d.instance_id),
+            "a terminated member {} is listed: {}",
+            d.instance_id,
+            etcdctl::describe(&members)
+        );
+    }
+    let restored = c.members().iter().any(|n| {
+        c.cluster.console(&n.name).contains(&format!("etcd restore of s3://{bucket}/{key}"))
+    });
+    ensure!(restored, "no new member's console says it restored {key}");
+    let got = c.etcdctl().get("keel/in-snapshot").await?;
+    ensure!(got.as_deref() == Some("restored"), "the key in the snapshot: {got:?}");
+    let after = c.etcdctl().get("keel/after-snapshot").await?;
+    ensure!(after.is_none(), "a key written after the snapshot came back: {after:?}");
     Ok(())
 }
