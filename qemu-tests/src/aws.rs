@@ -158,6 +158,35 @@ impl Account {
         private_ip: Ipv4Addr,
         name: &str,
     ) -> Result<Instance> {
+        self.launch(ami, role, private_ip, name, Some(&self.subnet_id)).await
+    }
+
+    /// [`Account::run_instance`] at the address of a terminated instance,
+    /// as EC2 hands it to the next instance. moto 5.2.5 keeps a terminated
+    /// instance's address reserved in its subnet ("IP already in use";
+    /// AWS releases it), so this one instance is launched without the
+    /// subnet: moto places it in the default VPC with the requested
+    /// address. keel-bootstrap never looks at subnets or VPCs (tags,
+    /// instance ids and addresses only), so the node sees what it would
+    /// see on EC2.
+    pub async fn run_instance_at_reused_ip(
+        &self,
+        ami: &str,
+        role: Role,
+        private_ip: Ipv4Addr,
+        name: &str,
+    ) -> Result<Instance> {
+        self.launch(ami, role, private_ip, name, None).await
+    }
+
+    async fn launch(
+        &self,
+        ami: &str,
+        role: Role,
+        private_ip: Ipv4Addr,
+        name: &str,
+        subnet_id: Option<&str>,
+    ) -> Result<Instance> {
         let spec = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(tag(tags::CLUSTER, &self.cluster))
@@ -171,7 +200,7 @@ impl Account {
             .instance_type(InstanceType::T3Medium)
             .min_count(1)
             .max_count(1)
-            .subnet_id(&self.subnet_id)
+            .set_subnet_id(subnet_id.map(str::to_string))
             .private_ip_address(private_ip.to_string())
             .placement(Placement::builder().availability_zone(AZ).build())
             .tag_specifications(spec)

@@ -243,7 +243,10 @@ impl Cluster {
             }
         };
         let private_ip = self.net.guest_ip(index);
-        let instance = self.account.run_instance(ami, role, private_ip, name).await?;
+        let instance = match reuse {
+            Some(_) => self.account.run_instance_at_reused_ip(ami, role, private_ip, name).await?,
+            None => self.account.run_instance(ami, role, private_ip, name).await?,
+        };
         let node = Node {
             name: name.into(),
             role,
