@@ -74,12 +74,7 @@ pub struct Store {
 
 impl Store {
     fn base(&self) -> String {
-        let p = self.prefix.trim_matches('/');
-        if p.is_empty() {
-            "etcd/formation/".into()
-        } else {
-            format!("{p}/etcd/formation/")
-        }
+        crate::bundle::under_prefix(&self.prefix, "etcd/formation/")
     }
 
     pub fn record_key(&self, generation: u64) -> String {

@@ -94,13 +94,9 @@ pub fn instance_policy(input: &PolicyInput<'_>) -> Result<Value, PolicyError> {
     });
     if let Some(owner) = input.bucket_owner {
         check_account(owner)?;
-        get["Condition"] = json!({ "StringEquals": { "s3:ResourceAccount": owner } });
     }
-    let context: serde_json::Map<String, Value> =
-        bundle::encryption_context(input.cluster, input.role)
-            .into_iter()
-            .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), Value::String(v)))
-            .collect();
+    only_in_owner_account(&mut get, input.bucket_owner);
+    let context = context_condition(bundle::encryption_context(input.cluster, input.role));
     let mut statements = vec![
         get,
         json!({
@@ -129,10 +125,7 @@ pub fn instance_policy(input: &PolicyInput<'_>) -> Result<Value, PolicyError> {
 /// join markers and snapshots under `<prefix>/etcd/`, and the snapshots'
 /// KMS context.
 fn etcd_state(input: &PolicyInput<'_>, partition: &str) -> Vec<Value> {
-    let state = match input.prefix.trim_matches('/') {
-        "" => "etcd/".to_string(),
-        p => format!("{p}/etcd/"),
-    };
+    let state = bundle::under_prefix(input.prefix, "etcd/");
     let mut list = json!({
         "Sid": "ListEtcdState",
         "Effect": "Allow",
@@ -146,15 +139,9 @@ fn etcd_state(input: &PolicyInput<'_>, partition: &str) -> Vec<Value> {
         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
         "Resource": format!("arn:{partition}:s3:::{}/{state}*", input.bucket),
     });
-    if let Some(owner) = input.bucket_owner {
-        list["Condition"]["StringEquals"] = json!({ "s3:ResourceAccount": owner });
-        objects["Condition"] = json!({ "StringEquals": { "s3:ResourceAccount": owner } });
-    }
-    let context: serde_json::Map<String, Value> =
-        crate::snapshot::encryption_context(input.cluster)
-            .into_iter()
-            .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), Value::String(v)))
-            .collect();
+    only_in_owner_account(&mut list, input.bucket_owner);
+    only_in_owner_account(&mut objects, input.bucket_owner);
+    let context = context_condition(crate::snapshot::encryption_context(input.cluster));
     let key = json!({
         "Sid": "SealEtcdSnapshots",
         "Effect": "Allow",
@@ -163,6 +150,24 @@ fn etcd_state(input: &PolicyInput<'_>, partition: &str) -> Vec<Value> {
         "Condition": { "StringEquals": context },
     });
     vec![list, objects, key]
+}
+
+/// An S3 statement limited to buckets of `owner` (when known), beside any
+/// condition it already has.
+fn only_in_owner_account(statement: &mut Value, owner: Option<&str>) {
+    if let Some(owner) = owner {
+        statement["Condition"]["StringEquals"]["s3:ResourceAccount"] = owner.into();
+    }
+}
+
+/// A KMS encryption context as the `kms:EncryptionContext:<key>`
+/// conditions that require it.
+fn context_condition(context: std::collections::HashMap<String, String>) -> Value {
+    context
+        .into_iter()
+        .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), Value::String(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 #[cfg(test)]

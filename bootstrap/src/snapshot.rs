@@ -88,12 +88,7 @@ pub struct Snapshots {
 
 impl Snapshots {
     pub fn base(&self) -> String {
-        let p = self.prefix.trim_matches('/');
-        if p.is_empty() {
-            "etcd/snapshots/".into()
-        } else {
-            format!("{p}/etcd/snapshots/")
-        }
+        bundle::under_prefix(&self.prefix, "etcd/snapshots/")
     }
 
     pub fn key_for(&self, taken_unix: u64) -> String {

@@ -137,11 +137,16 @@ pub fn encryption_context(cluster: &str, role: Role) -> HashMap<String, String> 
 
 /// The S3 key of a role's bundle under `prefix`: `<prefix>/<role>.bundle`.
 pub fn object_key(prefix: &str, role: Role) -> String {
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("{role}.bundle")
-    } else {
-        format!("{prefix}/{role}.bundle")
+    under_prefix(prefix, &format!("{role}.bundle"))
+}
+
+/// The S3 key of `rel` under the cluster's `prefix` (no stray slashes:
+/// an empty or "/" prefix puts `rel` at the bucket's root). Bundles, the
+/// etcd formation record and etcd snapshots all live under it.
+pub fn under_prefix(prefix: &str, rel: &str) -> String {
+    match prefix.trim_matches('/') {
+        "" => rel.to_string(),
+        p => format!("{p}/{rel}"),
     }
 }
 

@@ -213,12 +213,7 @@ pub async fn list_keys(
 
 /// The listing prefix for a bundle prefix (`p/`, or empty).
 pub fn list_prefix(prefix: &str) -> String {
-    let p = prefix.trim_matches('/');
-    if p.is_empty() {
-        String::new()
-    } else {
-        format!("{p}/")
-    }
+    keel_contract::bundle::under_prefix(prefix, "")
 }
 
 async fn head(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Current> {
