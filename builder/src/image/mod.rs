@@ -231,6 +231,8 @@ struct FileTree {
 impl FileTree {
     /// The tree's directory under `work`.
     const DIR: &str = "tree";
+    /// The factory /etc, under the tree.
+    const FACTORY_ETC: &str = "usr/share/factory/etc";
     /// The tree's os-release, as named under `work`.
     const OS_RELEASE: &str = "tree/usr/lib/os-release";
 
@@ -309,7 +311,8 @@ impl UsrImage {
 }
 
 /// Stage 3: the writable root file system (`work/root.img`, ext4): a
-/// skeleton that grows to fill the disk on first boot.
+/// skeleton with the factory /etc already in place (the first boot copies
+/// nothing), which grows to fill the disk on first boot.
 struct RootImage {
     image: PathBuf,
     partition_uuid: Uuid,
@@ -325,6 +328,7 @@ impl RootImage {
         let skel = work.join("skel");
         fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
         rootfs::make_skeleton(&skel)?;
+        rootfs::copy_etc(&work.join(FileTree::DIR).join(FileTree::FACTORY_ETC), &skel.join("etc"))?;
         rootfs::clamp_times(&skel, epoch)?;
         make_ext4(tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
         Ok(RootImage { image: work.join("root.img"), partition_uuid: seed.uuid("root-partition") })
@@ -460,7 +464,7 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-5";
+const RECIPE: &str = "keel-image-6";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the

@@ -28,6 +28,18 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid) -> String {
         "console=ttyS0,115200n8".into(),
         // Nobody answers questions on a server's console.
         "systemd.firstboot=no".into(),
+        // The build did the first boot's work: /etc is in the root file
+        // system and units are enabled in /usr. Without this, systemd takes
+        // the missing machine id for a first boot and runs `preset-all`
+        // over every unit file (seconds on a small instance), enabling
+        // what the image left disabled.
+        "systemd.condition_first_boot=false".into(),
+        // In the initrd, udev starts only after these make static device
+        // nodes for modules loaded on first use; the initrd loads what it
+        // needs up front (base::MODULES_LOAD), so udev need not wait.
+        "rd.systemd.mask=kmod-static-nodes.service".into(),
+        "rd.systemd.mask=systemd-tmpfiles-setup-dev-early.service".into(),
+        "rd.systemd.mask=systemd-tmpfiles-setup-dev.service".into(),
         "panic=30".into(),
         // The kernel's IO-APIC timer check panics ("IO-APIC + timer doesn't
         // work!") when a busy host delays an emulated (TCG) guest's timer;

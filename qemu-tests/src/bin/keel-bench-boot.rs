@@ -5,66 +5,125 @@
 //! throw-away overlay). The two are booted alternately, so both see the
 //! same machine load; each run is timed from QEMU's start to its milestone
 //! line on the console: keel-bootstrap's first line, and the stock image's
-//! oneshot unit ordered like keel-bootstrap.service. Prints a Markdown
-//! table with the kernel timestamps of the boot's stages and the load
-//! average, then the medians. Console logs stay in
-//! ~/.cache/keel/bench/boot-runs/.
+//! oneshot unit ordered like keel-bootstrap.service.
+//!
+//! Prints a Markdown table per run with the boot's stages (firmware,
+//! kernel, initrd, real root, network, bootstrap) from the console's
+//! kernel timestamps and, for Keel, the unit timings its
+//! `keel-boot-report.service` prints when asked (`boot_report`); then the
+//! medians of every stage. The run's directory (default
+//! ~/.cache/keel/bench/boot-runs, replaced by the next run) keeps each
+//! boot's console log, each Keel boot's critical chain to keel-bootstrap
+//! (`critical-chain.txt`, systemd-analyze style) and the tables
+//! (`summary.md`).
 //!
 //! Usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock]
+//!        [--out DIR]
 //!
 //! Needs root (mmdebstrap, chroot), QEMU, OVMF, mtools, dosfstools, and a
 //! Keel tools tree in ~/.cache/keel/tools (made by `keel build`). Without
 //! --keel-image it builds the etcd image as the tests do.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keel_contract::Role;
+use keel_qemu_tests::boot_report::{self, stamp};
 use keel_qemu_tests::vm::{self, Config, Vm};
 use keel_qemu_tests::{images, stock};
 
 const DEADLINE: Duration = Duration::from_secs(900);
+/// How long to wait for Keel's boot report after the milestone.
+const REPORT_DEADLINE: Duration = Duration::from_secs(120);
 /// keel-bootstrap.service started: every line it prints starts so.
 const KEEL_MILESTONE: &str = "keel-bootstrap:";
+const USAGE: &str =
+    "usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock] [--out DIR]";
 
 struct Subject {
     name: &'static str,
     image: PathBuf,
     milestone: &'static str,
+    /// Boot with the credential that makes Keel's image print its report.
+    report: bool,
 }
 
-/// One boot's figures.
-struct Run {
-    wall: Duration,
+/// The stages of one boot, seconds (`None`: not seen on the console).
+#[derive(Default, Clone)]
+struct Stages {
     /// QEMU start to the kernel's first line: firmware, loading the UKI.
-    firmware: Duration,
-    /// Kernel timestamps (s): userspace starts (/init), the real root's
-    /// systemd starts (after the initrd), the network is online, the
-    /// milestone line.
-    init: Option<f64>,
+    firmware: Option<f64>,
+    /// Kernel start to /init (the initrd's userspace).
+    kernel: Option<f64>,
+    /// /init to the real root's systemd.
+    initrd: Option<f64>,
+    /// The real root's systemd to systemd-networkd started.
     real_root: Option<f64>,
-    /// systemd-networkd-wait-online finished (its audit record; the
-    /// kernel may drop audit lines when many come at once).
-    online: Option<f64>,
-    milestone: Option<f64>,
-    load: String,
+    /// systemd-networkd started to network-online (wait-online done).
+    network: Option<f64>,
+    /// network-online to keel-bootstrap's first line.
+    bootstrap: Option<f64>,
+    /// Where no network split is seen: real root's systemd to milestone.
+    root_to_milestone: Option<f64>,
+    /// QEMU start to the milestone line (wall clock).
+    total: f64,
+}
+
+impl Stages {
+    const HEADER: &str = "| firmware | kernel | initrd | real root | network | bootstrap | real root → milestone | **total** |";
+    fn cells(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1}"));
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | **{:.1}** |",
+            f(self.firmware),
+            f(self.kernel),
+            f(self.initrd),
+            f(self.real_root),
+            f(self.network),
+            f(self.bootstrap),
+            f(self.root_to_milestone),
+            self.total
+        )
+    }
+    fn fields(&self) -> [Option<f64>; 8] {
+        [
+            self.firmware,
+            self.kernel,
+            self.initrd,
+            self.real_root,
+            self.network,
+            self.bootstrap,
+            self.root_to_milestone,
+            Some(self.total),
+        ]
+    }
 }
 
 fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut runs, mut keel_image, mut rebuild) = (3usize, None, false);
+    let (mut runs, mut keel_image, mut rebuild, mut out) = (3usize, None, false, None);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--runs" => runs = args.next().context("--runs needs a number")?.parse().context("--runs: not a number")?,
-            "--keel-image" => keel_image = Some(PathBuf::from(args.next().context("--keel-image needs a path")?)),
+            "--runs" => {
+                runs = args
+                    .next()
+                    .context("--runs needs a number")?
+                    .parse()
+                    .context("--runs: not a number")?
+            }
+            "--keel-image" => {
+                keel_image = Some(PathBuf::from(args.next().context("--keel-image needs a path")?))
+            }
+            "--out" => out = Some(PathBuf::from(args.next().context("--out needs a directory")?)),
             "--rebuild-stock" => rebuild = true,
             "-h" | "--help" => {
-                println!("usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock]");
+                println!("{USAGE}");
                 return Ok(());
             }
-            _ => bail!("unexpected argument {a:?} (usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock])"),
+            _ => bail!("unexpected argument {a:?} ({USAGE})"),
         }
     }
     let (keel_path, manifest) = match keel_image {
@@ -85,89 +144,137 @@ fn run() -> Result<()> {
     let kernel = stock::kernel_package(&manifest)?;
     let stock_path = stock::ensure(&kernel, rebuild)?;
     let subjects = [
-        Subject { name: "keel etcd", image: keel_path, milestone: KEEL_MILESTONE },
-        Subject { name: "stock trixie", image: stock_path, milestone: stock::MILESTONE },
+        Subject { name: "keel etcd", image: keel_path, milestone: KEEL_MILESTONE, report: true },
+        Subject {
+            name: "stock trixie",
+            image: stock_path,
+            milestone: stock::MILESTONE,
+            report: false,
+        },
     ];
-    // Each run's console log stays here (replaced by the next invocation)
-    // for reading where the time went.
-    let state = stock::cache_dir().join("bench/boot-runs");
+    // Each run's console logs and chains stay here (replaced by the next
+    // invocation) for reading where the time went.
+    let state = out.unwrap_or_else(|| stock::cache_dir().join("bench/boot-runs"));
     let _ = std::fs::remove_dir_all(&state);
-    println!("accelerator: {:?}; kernel: {} {}", vm::accel(), kernel.0, kernel.1);
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let mut summary = String::new();
+    let mut say = |line: String| {
+        println!("{line}");
+        summary.push_str(&line);
+        summary.push('\n');
+    };
+    say(format!("accelerator: {:?}; kernel: {} {}", vm::accel(), kernel.0, kernel.1));
     for s in &subjects {
-        println!("{}: {}", s.name, s.image.display());
+        say(format!("{}: {}", s.name, s.image.display()));
     }
-    println!();
-    println!("| run | image | QEMU start → milestone (s) | QEMU start → kernel (s) | kernel: /init (s) | kernel: real root's systemd (s) | kernel: network online (s) | kernel: milestone (s) | load avg before |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
+    say(String::new());
+    say("Seconds. firmware: QEMU start → kernel's first line (wall); the rest from the console's kernel timestamps: kernel → /init, /init → real root's systemd, → systemd-networkd started, → network-online, → milestone line. total: QEMU start → milestone (wall).".into());
+    say(String::new());
+    say(format!("| run | image {} load avg before |", Stages::HEADER));
+    say("|---|---|---|---|---|---|---|---|---|---|---|".into());
+    let mut results: Vec<Vec<Stages>> = vec![Vec::new(); subjects.len()];
     for i in 1..=runs {
         for (k, s) in subjects.iter().enumerate() {
-            let r = boot(s, &state.join(format!("{}-{i}", s.name.replace(' ', "-"))))?;
-            let f = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1}"));
-            println!(
-                "| {i} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
-                s.name,
-                r.wall.as_secs_f64(),
-                r.firmware.as_secs_f64(),
-                f(r.init),
-                f(r.real_root),
-                f(r.online),
-                f(r.milestone),
-                r.load
-            );
-            results[k].push(r.wall.as_secs_f64());
+            let dir = state.join(format!("{}-{i}", s.name.replace(' ', "-")));
+            let (stages, load) = boot(s, &dir)?;
+            say(format!("| {i} | {} {} {load} |", s.name, stages.cells()));
+            results[k].push(stages);
         }
     }
-    println!();
-    println!("console logs: {}/<image>-<run>/console.log", state.display());
-    let medians: Vec<f64> = results.iter().map(|r| median(r)).collect();
-    for (s, m) in subjects.iter().zip(&medians) {
-        println!("median {}: {m:.1} s", s.name);
+    say(String::new());
+    say(format!("Medians over {runs} runs each:"));
+    say(String::new());
+    say(format!("| image {}", Stages::HEADER));
+    say("|---|---|---|---|---|---|---|---|---|".into());
+    let mut totals = Vec::new();
+    for (s, r) in subjects.iter().zip(&results) {
+        let mut row = format!("| {} |", s.name);
+        for field in 0..8 {
+            let values: Vec<f64> = r.iter().filter_map(|st| st.fields()[field]).collect();
+            let m = median(&values);
+            let _ = if m.is_nan() { write!(row, " ? |") } else { write!(row, " {m:.1} |") };
+        }
+        totals.push(median(&r.iter().map(|st| st.total).collect::<Vec<_>>()));
+        say(row);
     }
-    println!("ratio keel / stock: {:.2} (goal: at most 0.33)", medians[0] / medians[1]);
+    say(String::new());
+    for (s, m) in subjects.iter().zip(&totals) {
+        say(format!("median {}: {m:.1} s", s.name));
+    }
+    say(format!("ratio keel / stock: {:.2} (goal: at most 0.33)", totals[0] / totals[1]));
+    say(format!("console logs and critical chains: {}/<image>-<run>/", state.display()));
+    let path = state.join("summary.md");
+    std::fs::write(&path, summary).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
-fn boot(s: &Subject, state: &Path) -> Result<Run> {
+/// Boots `s` once (console log and, for Keel, the critical chain in
+/// `dir`); returns its stages and the load average before it started.
+fn boot(s: &Subject, dir: &Path) -> Result<(Stages, String)> {
     let load = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
         .take(3)
         .collect::<Vec<_>>()
         .join(" ");
-    let mut vm = Vm::start(&Config::new(&s.image, state))?;
+    let mut cfg = Config::new(&s.image, dir);
+    if s.report {
+        cfg.network.extend(boot_report::qemu_args());
+    }
+    let mut vm = Vm::start(&cfg)?;
     vm.wait_for("] Linux version ", DEADLINE)
         .with_context(|| format!("booting {}: no kernel", s.name))?;
-    let firmware = vm.uptime();
+    let firmware = vm.uptime().as_secs_f64();
     vm.wait_for(s.milestone, DEADLINE)
         .with_context(|| format!("booting {} ({})", s.name, s.image.display()))?;
-    let wall = vm.uptime();
+    let total = vm.uptime().as_secs_f64();
+    if s.report {
+        if let Err(e) = vm.wait_for(boot_report::END, REPORT_DEADLINE) {
+            eprintln!("{}: no boot report on the console: {e:#}", s.name);
+        }
+    }
     let console = vm.console();
     drop(vm);
-    Ok(Run {
-        wall,
-        firmware,
-        init: stamp(&console, "Run /init as init process", false),
-        // The initrd's systemd (Keel's dracut initrd) prints the same banner
-        // first: the last one is the real root's.
-        real_root: stamp(&console, " running in system mode", true),
-        online: stamp(&console, "unit=systemd-networkd-wait-online ", false),
-        milestone: stamp(&console, s.milestone, false),
-        load,
-    })
-}
 
-/// The kernel timestamp (`[   12.345678]`) of the first (or last)
-/// console line containing `pattern`.
-fn stamp(console: &str, pattern: &str, last: bool) -> Option<f64> {
-    let mut lines = console.lines().filter(|l| l.contains(pattern));
-    let line = if last { lines.next_back()? } else { lines.next()? };
-    // Terminal escapes may come first ("[?7h"); the stamp is the first
-    // bracketed decimal number.
-    line.match_indices('[').find_map(|(i, _)| {
-        let inner = line[i + 1..].split(']').next()?.trim();
-        inner.contains('.').then(|| inner.parse::<f64>().ok()).flatten()
-    })
+    let init = stamp(&console, "Run /init as init process", false);
+    // The initrd's systemd (Keel's dracut initrd) prints the same banner
+    // first: the last one is the real root's.
+    let real_root = stamp(&console, " running in system mode", true);
+    let milestone = stamp(&console, s.milestone, false);
+    let units = boot_report::units(&console);
+    // From the report where there is one; else systemd's audit records on
+    // the console (the kernel may drop some when many come at once).
+    let networkd = boot_report::times(&units, "systemd-networkd.service")
+        .1
+        .or_else(|| stamp(&console, "unit=systemd-networkd ", false));
+    let online = boot_report::times(&units, "network-online.target")
+        .1
+        .or_else(|| stamp(&console, "unit=systemd-networkd-wait-online ", false));
+    if let (false, Some(first_line)) = (units.is_empty(), milestone) {
+        let chain = boot_report::critical_chain(&units, "keel-bootstrap.service", first_line);
+        let text = format!(
+            "# The critical chain to keel-bootstrap.service, as systemd-analyze critical-chain\n\
+             # draws it (@: started, seconds since the kernel started; +: took to become\n\
+             # active), from the unit timings keel-boot-report.service printed on the\n\
+             # console; keel-bootstrap.service at its first console line.\n\n{chain}"
+        );
+        let path = dir.join("critical-chain.txt");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    Ok((
+        Stages {
+            firmware: Some(firmware),
+            kernel: init,
+            initrd: diff(init, real_root),
+            real_root: diff(real_root, networkd),
+            network: diff(networkd, online),
+            bootstrap: diff(online, milestone),
+            root_to_milestone: diff(real_root, milestone),
+            total,
+        },
+        load,
+    ))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -195,16 +302,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_are_read_past_escapes_and_unit_names() {
-        let console =
-            "\x1b[!p]104[?7h[   17.207582] systemd[1]: systemd 257 running in system mode\n\
-                       [    4.817783] systemd[1]: systemd 257 running in system mode\n\
-                       [   61.395582] keel-bootstrap[447]: keel-bootstrap: image role: ok\n";
-        assert_eq!(stamp(console, " running in system mode", false), Some(17.207582));
-        assert_eq!(stamp(console, " running in system mode", true), Some(4.817783));
-        assert_eq!(stamp(console, KEEL_MILESTONE, false), Some(61.395582));
-        assert_eq!(stamp(console, "absent", false), None);
+    fn medians_of_odd_even_and_empty_samples() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 }

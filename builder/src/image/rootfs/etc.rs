@@ -1,29 +1,65 @@
-//! The factory /etc: the base's /etc moved to /usr/share/factory/etc,
-//! recreated on first boot by systemd-tmpfiles; units Keel does not run
-//! disabled, the base's enablement hoisted into /usr.
+//! /etc: the base's /etc moved to /usr/share/factory/etc (verified with
+//! /usr), copied into the root file system at build time ([`copy_etc`]),
+//! and restored entry by entry by systemd-tmpfiles when an entry is
+//! missing; units Keel does not run disabled, the base's enablement
+//! hoisted into /usr.
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::{mkdir_parent, walk, write_file};
 use crate::image::BuildError;
 
-/// Units Debian's packages enable that a Keel node does not run: package
-/// maintenance on an immutable /usr (apt and dpkg timers), ext4 metadata
-/// scrubbing of LVM snapshots (no LVM), and a login prompt on the VGA
-/// console (the serial console keeps its getty). Each is one more process
-/// at boot on a small instance.
+/// Units Debian's packages enable (in /etc or, statically, in /usr) that
+/// a Keel node does not run: package maintenance on an immutable /usr (apt
+/// and dpkg timers), ext4 metadata scrubbing of LVM snapshots (no LVM), a
+/// login prompt on the VGA console (the serial console keeps its getty),
+/// dracut's copy of the initrd into /run at every boot (only a root on
+/// storage that needs the initrd to be unmounted uses it; Keel's is a plain
+/// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
+/// file systems (an operator mounts them to debug). Each is one more
+/// process on the way to keel-bootstrap on a small instance. logind stays
+/// (and with it the D-Bus daemon): it turns the ACPI power button, which
+/// EC2 presses to stop an instance, into a clean shutdown.
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
     "dpkg-db-backup.timer",
+    "dracut-shutdown.service",
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "getty@tty1.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
 ];
 
-/// The tmpfiles.d file that recreates /etc from the factory copy.
+/// systemd generators of the base a node does not need, masked (a link to
+/// /dev/null in /etc/systemd/system-generators, the only way to turn one
+/// off): each is one more program systemd runs, and waits for, before it
+/// starts any unit, at every boot. The root and /usr are named on the
+/// command line (no partition auto-discovery: gpt-auto), nothing is
+/// encrypted or integrity-protected (cryptsetup, integritysetup, tpm2),
+/// there is no swap to resume from (hibernate-resume), no SysV init
+/// script without a unit, no rc.local, no offline update, no units from
+/// the command line (run) and no SSH socket (ssh). Kept: fstab,
+/// veritysetup (/usr), getty (the serial console) and debug
+/// (`systemd.mask=` and friends on the command line).
+const NOT_GENERATED: &[&str] = &[
+    "systemd-cryptsetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-ssh-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-tpm2-generator",
+];
+
+/// The tmpfiles.d file that restores missing /etc entries from the factory
+/// copy.
 pub const ETC_TMPFILES: &str = "usr/lib/tmpfiles.d/keel-etc.conf";
 
 /// Moves the base's /etc to /usr/share/factory/etc and writes the
@@ -32,6 +68,8 @@ pub const ETC_TMPFILES: &str = "usr/lib/tmpfiles.d/keel-etc.conf";
 pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     let etc = root.join("etc");
     disable(&etc.join("systemd/system"), NOT_ENABLED)?;
+    disable(&root.join("usr/lib/systemd/system"), NOT_ENABLED)?;
+    mask_generators(root, NOT_GENERATED)?;
     hoist_enablement(&etc.join("systemd/system"), &root.join("usr/lib/systemd/system"))?;
     // systemd makes the machine id on first boot.
     let _ = fs::remove_file(etc.join("machine-id"));
@@ -47,7 +85,7 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
         .collect();
     names.sort();
     let mut conf = String::from(
-        "# Written by keel build: /etc is made from /usr/share/factory/etc on first boot.\n",
+        "# Written by keel build: /etc entries missing from the root file system are restored from /usr/share/factory/etc.\n",
     );
     for n in names {
         let p = factory.join(&n);
@@ -61,6 +99,20 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
         }
     }
     write_file(root, ETC_TMPFILES, conf.as_bytes(), 0o644)
+}
+
+/// Masks the generators `names` of `root`'s /usr in its /etc.
+fn mask_generators(root: &Path, names: &[&str]) -> Result<(), BuildError> {
+    let dir = root.join("etc/systemd/system-generators");
+    fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+    for name in names {
+        if root.join("usr/lib/systemd/system-generators").join(name).exists() {
+            let link = dir.join(name);
+            let _ = fs::remove_file(&link);
+            symlink("/dev/null", &link).map_err(|e| BuildError::io(&link, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the enablement symlinks of `units` from `etc_units`.
@@ -100,6 +152,43 @@ fn hoist_enablement(etc_units: &Path, usr_units: &Path) -> Result<(), BuildError
         }
         mkdir_parent(&dest)?;
         symlink(&target, &dest).map_err(|e| BuildError::io(&dest, e))?;
+    }
+    Ok(())
+}
+
+/// Copies the factory /etc (`factory`, made by [`make_factory_etc`]) to
+/// `dest`, the root file system's /etc, at build time: owners, modes and
+/// links as they are, so that the first boot copies nothing and finds
+/// users, groups and configuration where systemd looks for them.
+pub fn copy_etc(factory: &Path, dest: &Path) -> Result<(), BuildError> {
+    let mut paths = vec![factory.to_path_buf()];
+    paths.extend(walk(factory)?);
+    for src in paths {
+        let to = dest.join(src.strip_prefix(factory).unwrap_or(&src));
+        let meta = fs::symlink_metadata(&src).map_err(|e| BuildError::io(&src, e))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&to).map_err(|e| BuildError::io(&to, e))?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| BuildError::io(&src, e))?;
+            let _ = fs::remove_file(&to);
+            symlink(&target, &to).map_err(|e| BuildError::io(&to, e))?;
+        } else if kind.is_file() {
+            fs::copy(&src, &to).map_err(|e| BuildError::io(&to, e))?;
+        } else {
+            return Err(BuildError::io(
+                &src,
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "not a file, directory or symlink: /etc cannot hold it",
+                ),
+            ));
+        }
+        lchown(&to, Some(meta.uid()), Some(meta.gid())).map_err(|e| BuildError::io(&to, e))?;
+        if !kind.is_symlink() {
+            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| BuildError::io(&to, e))?;
+        }
     }
     Ok(())
 }

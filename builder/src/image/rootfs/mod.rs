@@ -2,8 +2,9 @@
 //! unpacked (tar crate), component layers from the verified artifact cache,
 //! the role's files and units, the static keel-bootstrap; then split into
 //! what the image keeps: `/usr` (read-only, verified), with the base's
-//! `/etc` as a factory copy in `/usr/share/factory/etc` that systemd-tmpfiles
-//! copies to the writable root on first boot; and the kernel and initrd.
+//! `/etc` as a factory copy in `/usr/share/factory/etc`, which the build
+//! also copies into the writable root's /etc (systemd-tmpfiles restores an
+//! entry from it when one goes missing); and the kernel and initrd.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,7 +24,7 @@ mod unpack;
 
 pub use self::components::add_components;
 pub use self::dpkg::Package;
-pub use self::etc::make_factory_etc;
+pub use self::etc::{copy_etc, make_factory_etc};
 pub use self::files::{add_files, hash_role_dirs};
 pub use self::kernel::kernel;
 pub use self::skeleton::make_skeleton;
@@ -137,10 +138,28 @@ mod tests {
             root.join("etc/systemd/system/timers.target.wants/apt-daily.timer"),
         )
         .unwrap();
+        // Debian's dracut enables its shutdown unit statically, in /usr.
+        fs::create_dir_all(root.join("usr/lib/systemd/system/sysinit.target.wants")).unwrap();
+        symlink(
+            "../dracut-shutdown.service",
+            root.join("usr/lib/systemd/system/sysinit.target.wants/dracut-shutdown.service"),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("usr/lib/systemd/system-generators")).unwrap();
+        for g in ["systemd-fstab-generator", "systemd-gpt-auto-generator"] {
+            fs::write(root.join("usr/lib/systemd/system-generators").join(g), "").unwrap();
+        }
         make_factory_etc(root).unwrap();
+        let generators = root.join("usr/share/factory/etc/systemd/system-generators");
+        assert_eq!(
+            fs::read_link(generators.join("systemd-gpt-auto-generator")).unwrap(),
+            Path::new("/dev/null")
+        );
+        assert!(fs::symlink_metadata(generators.join("systemd-fstab-generator")).is_err());
         for gone in [
             "usr/lib/systemd/system/timers.target.wants/apt-daily.timer",
             "usr/share/factory/etc/systemd/system/timers.target.wants/apt-daily.timer",
+            "usr/lib/systemd/system/sysinit.target.wants/dracut-shutdown.service",
         ] {
             assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
         }
@@ -152,6 +171,31 @@ mod tests {
         assert!(root.join("usr/share/factory/etc/hostname").is_file());
         let hoisted = root.join("usr/lib/systemd/system/multi-user.target.wants/a.service");
         assert_eq!(fs::read_link(hoisted).unwrap(), Path::new("/usr/lib/systemd/system/a.service"));
+    }
+
+    #[test]
+    fn etc_is_copied_into_the_root_with_owners_modes_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let (factory, etc) = (dir.path().join("factory"), dir.path().join("root/etc"));
+        fs::create_dir_all(factory.join("ssl/private")).unwrap();
+        fs::set_permissions(factory.join("ssl/private"), fs::Permissions::from_mode(0o700))
+            .unwrap();
+        fs::write(factory.join("shadow"), "root:*:1::::::\n").unwrap();
+        fs::set_permissions(factory.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(factory.join("shadow"), Some(0), Some(42)).unwrap();
+        symlink("../run/systemd/resolve/stub-resolv.conf", factory.join("resolv.conf")).unwrap();
+        fs::create_dir_all(&etc).unwrap();
+        fs::write(etc.join(".updated"), "").unwrap();
+        copy_etc(&factory, &etc).unwrap();
+        let meta = |p: &str| fs::symlink_metadata(etc.join(p)).unwrap();
+        assert_eq!(meta("ssl/private").mode() & 0o7777, 0o700);
+        assert_eq!((meta("shadow").mode() & 0o7777, meta("shadow").gid()), (0o640, 42));
+        assert_eq!(fs::read_to_string(etc.join("shadow")).unwrap(), "root:*:1::::::\n");
+        assert_eq!(
+            fs::read_link(etc.join("resolv.conf")).unwrap(),
+            Path::new("../run/systemd/resolve/stub-resolv.conf")
+        );
+        assert!(etc.join(".updated").is_file(), "what the skeleton put there stays");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::image::BuildError;
 
-/// The root file system's skeleton: mount points, /etc (filled on first
-/// boot) and the merged-/usr links.
+/// The root file system's skeleton: mount points, /etc (filled by
+/// [`super::copy_etc`]) and the merged-/usr links.
 pub fn make_skeleton(dir: &Path) -> Result<(), BuildError> {
     for (d, mode) in [
         ("dev", 0o755),
