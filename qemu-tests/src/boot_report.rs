@@ -19,6 +19,17 @@ pub fn qemu_args() -> Vec<String> {
 const IDENT: &str = "keel-boot-report[";
 /// The report's last line.
 pub const END: &str = "end of report";
+/// The report's line with keel-bootstrap's first start (a failed run that
+/// is restarted shows only its last start in the unit's properties).
+const FIRST_START: &str = "keel-bootstrap.service first start: ";
+
+/// The text of the report's console lines.
+fn report_lines(console: &str) -> impl Iterator<Item = &str> {
+    console
+        .lines()
+        .filter_map(|l| l.split_once(IDENT).and_then(|(_, rest)| rest.split_once("]: ")))
+        .map(|(_, text)| text.trim_end_matches('\r'))
+}
 
 /// The kernel timestamp (`[   12.345678]`, seconds) of the first (or
 /// last) console line containing `pattern`.
@@ -50,11 +61,7 @@ pub struct Unit {
 /// The units of the report on `console`, by name; empty when the console
 /// carries no complete report.
 pub fn units(console: &str) -> BTreeMap<String, Unit> {
-    let body: Vec<&str> = console
-        .lines()
-        .filter_map(|l| l.split_once(IDENT).and_then(|(_, rest)| rest.split_once("]: ")))
-        .map(|(_, text)| text.trim_end_matches('\r'))
-        .collect();
+    let body: Vec<&str> = report_lines(console).collect();
     if !body.contains(&END) {
         return BTreeMap::new();
     }
@@ -117,6 +124,14 @@ pub fn critical_chain(units: &BTreeMap<String, Unit>, unit: &str, start: f64) ->
     out
 }
 
+/// When systemd first started keel-bootstrap.service (seconds since the
+/// kernel started), from the report's journal line.
+pub fn bootstrap_first_start(console: &str) -> Option<f64> {
+    report_lines(console)
+        .find_map(|l| l.strip_prefix(FIRST_START))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// When `unit` started activating and became active, from the report.
 pub fn times(units: &BTreeMap<String, Unit>, unit: &str) -> (Option<f64>, Option<f64>) {
     units.get(unit).map_or((None, None), |u| (u.activating, u.active))
@@ -164,6 +179,7 @@ mod tests {
 [   30.100000] keel-boot-report[450]: After=
 [   30.100000] keel-boot-report[450]: InactiveExitTimestampMonotonic=10000000
 [   30.100000] keel-boot-report[450]: ActiveEnterTimestampMonotonic=10100000
+[   30.100000] keel-boot-report[450]: keel-bootstrap.service first start: 29.850000
 [   30.100000] keel-boot-report[450]: end of report
 ";
 
@@ -173,6 +189,7 @@ mod tests {
         assert_eq!(u.len(), 5);
         assert_eq!(times(&u, "systemd-networkd.service"), (Some(19.0), Some(19.5)));
         assert_eq!(times(&u, "keel-bootstrap.service"), (Some(29.9), None));
+        assert_eq!(bootstrap_first_start(REPORT), Some(29.85));
         assert_eq!(
             critical_chain(&u, "keel-bootstrap.service", 30.0),
             "keel-bootstrap.service @30.000s\n\

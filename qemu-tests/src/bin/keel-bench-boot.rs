@@ -17,8 +17,12 @@
 //! (`critical-chain.txt`, systemd-analyze style) and the tables
 //! (`summary.md`).
 //!
-//! Usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock]
-//!        [--out DIR]
+//! Usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--before IMAGE]
+//!        [--rebuild-stock] [--out DIR]
+//!
+//! `--before IMAGE` boots a second Keel etcd image (an earlier build) in
+//! every round too, so that before and after are measured side by side
+//! under the same load.
 //!
 //! Needs root (mmdebstrap, chroot), QEMU, OVMF, mtools, dosfstools, and a
 //! Keel tools tree in ~/.cache/keel/tools (made by `keel build`). Without
@@ -40,11 +44,11 @@ const DEADLINE: Duration = Duration::from_secs(900);
 const REPORT_DEADLINE: Duration = Duration::from_secs(120);
 /// keel-bootstrap.service started: every line it prints starts so.
 const KEEL_MILESTONE: &str = "keel-bootstrap:";
-const USAGE: &str =
-    "usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--rebuild-stock] [--out DIR]";
+const USAGE: &str = "usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--before IMAGE] \
+                     [--rebuild-stock] [--out DIR]";
 
 struct Subject {
-    name: &'static str,
+    name: String,
     image: PathBuf,
     milestone: &'static str,
     /// Boot with the credential that makes Keel's image print its report.
@@ -66,6 +70,9 @@ struct Stages {
     network: Option<f64>,
     /// network-online to keel-bootstrap's first line.
     bootstrap: Option<f64>,
+    /// Of that, systemd starting keel-bootstrap to its first line: exec,
+    /// page-in from /usr, runtime start.
+    startup: Option<f64>,
     /// Where no network split is seen: real root's systemd to milestone.
     root_to_milestone: Option<f64>,
     /// QEMU start to the milestone line (wall clock).
@@ -73,22 +80,23 @@ struct Stages {
 }
 
 impl Stages {
-    const HEADER: &str = "| firmware | kernel | initrd | real root | network | bootstrap | real root → milestone | **total** |";
+    const HEADER: &str = "| firmware | kernel | initrd | real root | network | bootstrap | of which start-up | real root → milestone | **total** |";
     fn cells(&self) -> String {
         let f = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1}"));
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | **{:.1}** |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | **{:.1}** |",
             f(self.firmware),
             f(self.kernel),
             f(self.initrd),
             f(self.real_root),
             f(self.network),
             f(self.bootstrap),
+            f(self.startup),
             f(self.root_to_milestone),
             self.total
         )
     }
-    fn fields(&self) -> [Option<f64>; 8] {
+    fn fields(&self) -> [Option<f64>; 9] {
         [
             self.firmware,
             self.kernel,
@@ -96,6 +104,7 @@ impl Stages {
             self.real_root,
             self.network,
             self.bootstrap,
+            self.startup,
             self.root_to_milestone,
             Some(self.total),
         ]
@@ -104,7 +113,8 @@ impl Stages {
 
 fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut runs, mut keel_image, mut rebuild, mut out) = (3usize, None, false, None);
+    let (mut runs, mut keel_image, mut before, mut rebuild, mut out) =
+        (3usize, None, None, false, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => {
@@ -116,6 +126,9 @@ fn run() -> Result<()> {
             }
             "--keel-image" => {
                 keel_image = Some(PathBuf::from(args.next().context("--keel-image needs a path")?))
+            }
+            "--before" => {
+                before = Some(PathBuf::from(args.next().context("--before needs a path")?))
             }
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a directory")?)),
             "--rebuild-stock" => rebuild = true,
@@ -143,15 +156,28 @@ fn run() -> Result<()> {
         .with_context(|| format!("{}: not JSON", manifest.display()))?;
     let kernel = stock::kernel_package(&manifest)?;
     let stock_path = stock::ensure(&kernel, rebuild)?;
-    let subjects = [
-        Subject { name: "keel etcd", image: keel_path, milestone: KEEL_MILESTONE, report: true },
-        Subject {
-            name: "stock trixie",
-            image: stock_path,
-            milestone: stock::MILESTONE,
+    let mut subjects = vec![Subject {
+        name: "keel etcd".into(),
+        image: keel_path,
+        milestone: KEEL_MILESTONE,
+        report: true,
+    }];
+    if let Some(image) = before {
+        // An earlier image may not have the report unit: its stages come
+        // from the console alone.
+        subjects.push(Subject {
+            name: "keel etcd (before)".into(),
+            image,
+            milestone: KEEL_MILESTONE,
             report: false,
-        },
-    ];
+        });
+    }
+    subjects.push(Subject {
+        name: "stock trixie".into(),
+        image: stock_path,
+        milestone: stock::MILESTONE,
+        report: false,
+    });
     // Each run's console logs and chains stay here (replaced by the next
     // invocation) for reading where the time went.
     let state = out.unwrap_or_else(|| stock::cache_dir().join("bench/boot-runs"));
@@ -168,14 +194,15 @@ fn run() -> Result<()> {
         say(format!("{}: {}", s.name, s.image.display()));
     }
     say(String::new());
-    say("Seconds. firmware: QEMU start → kernel's first line (wall); the rest from the console's kernel timestamps: kernel → /init, /init → real root's systemd, → systemd-networkd started, → network-online, → milestone line. total: QEMU start → milestone (wall).".into());
+    say("Seconds. firmware: QEMU start → kernel's first line (wall); the rest from the console's kernel timestamps: kernel → /init, /init → real root's systemd, → systemd-networkd started, → network-online, → milestone line (of which: systemd starting keel-bootstrap → its first line). total: QEMU start → milestone (wall).".into());
     say(String::new());
     say(format!("| run | image {} load avg before |", Stages::HEADER));
-    say("|---|---|---|---|---|---|---|---|---|---|---|".into());
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|".into());
     let mut results: Vec<Vec<Stages>> = vec![Vec::new(); subjects.len()];
     for i in 1..=runs {
         for (k, s) in subjects.iter().enumerate() {
-            let dir = state.join(format!("{}-{i}", s.name.replace(' ', "-")));
+            let dir =
+                state.join(format!("{}-{i}", s.name.replace(['(', ')'], "").replace(' ', "-")));
             let (stages, load) = boot(s, &dir)?;
             say(format!("| {i} | {} {} {load} |", s.name, stages.cells()));
             results[k].push(stages);
@@ -185,11 +212,11 @@ fn run() -> Result<()> {
     say(format!("Medians over {runs} runs each:"));
     say(String::new());
     say(format!("| image {}", Stages::HEADER));
-    say("|---|---|---|---|---|---|---|---|---|".into());
+    say("|---|---|---|---|---|---|---|---|---|---|".into());
     let mut totals = Vec::new();
     for (s, r) in subjects.iter().zip(&results) {
         let mut row = format!("| {} |", s.name);
-        for field in 0..8 {
+        for field in 0..9 {
             let values: Vec<f64> = r.iter().filter_map(|st| st.fields()[field]).collect();
             let m = median(&values);
             let _ = if m.is_nan() { write!(row, " ? |") } else { write!(row, " {m:.1} |") };
@@ -201,7 +228,10 @@ fn run() -> Result<()> {
     for (s, m) in subjects.iter().zip(&totals) {
         say(format!("median {}: {m:.1} s", s.name));
     }
-    say(format!("ratio keel / stock: {:.2} (goal: at most 0.33)", totals[0] / totals[1]));
+    let stock = totals[totals.len() - 1];
+    for (s, m) in subjects.iter().zip(&totals).take(subjects.len() - 1) {
+        say(format!("ratio {} / stock: {:.2} (goal: at most 0.33)", s.name, m / stock));
+    }
     say(format!("console logs and critical chains: {}/<image>-<run>/", state.display()));
     let path = state.join("summary.md");
     std::fs::write(&path, summary).with_context(|| format!("writing {}", path.display()))?;
@@ -270,6 +300,7 @@ fn boot(s: &Subject, dir: &Path) -> Result<(Stages, String)> {
             real_root: diff(real_root, networkd),
             network: diff(networkd, online),
             bootstrap: diff(online, milestone),
+            startup: diff(boot_report::bootstrap_first_start(&console), milestone),
             root_to_milestone: diff(real_root, milestone),
             total,
         },
