@@ -216,6 +216,23 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// CPU time QEMU has used so far (all its threads: under TCG, the
+    /// emulated CPU's work), from /proc/<pid>/stat's utime and stime. On a
+    /// loaded host the wall time of a boot varies with the load; this much
+    /// less. `None` when QEMU runs behind `ip netns exec` (another pid) or
+    /// has exited.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        /// Linux reports utime and stime in USER_HZ ticks, 100 a second.
+        const USER_HZ: u64 = 100;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.guard.id())).ok()?;
+        // Fields after the command name (which may hold spaces), in
+        // parentheses: state is field 3, utime 14 and stime 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+    }
+
     /// One look at the console: the index of the first of `patterns` it
     /// shows, None when it shows none yet; fails when QEMU has exited,
     /// quoting the end of the console.

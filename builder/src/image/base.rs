@@ -63,11 +63,10 @@ dm_mod\ndm_verity\nerofs\nvirtio_blk\n";
 /// The initrd unit that loads the x86-64 sha256 (SSSE3, AVX2, SHA-NI)
 /// before dm-verity is set up: dm-verity asks the kernel for "sha256" and
 /// takes the best one loaded, which is the built-in generic C code unless
-/// this module is there first (on a CPU without those instructions the
-/// module refuses to load, and the generic code is used). Not under pure
-/// emulation (QEMU's TCG: `ConditionVirtualization=!qemu`; KVM is "kvm",
-/// EC2 "amazon" or "xen"), where the emulated vector instructions hash
-/// more slowly than the generic code.
+/// this module is there first. udev would load it too (it matches the
+/// CPU's features), but not necessarily before dm-verity: without this
+/// unit, which one /usr gets depends on a race. On a CPU without those
+/// instructions the module refuses to load and the generic code is used.
 pub const VERITY_SHA256_UNIT: &str = "\
 # Written by keel build: sha256 with SSSE3/AVX2/SHA-NI for dm-verity.
 [Unit]
@@ -76,7 +75,6 @@ DefaultDependencies=no
 Wants=veritysetup-pre.target
 Before=veritysetup-pre.target sysinit.target
 ConditionPathExists=/etc/initrd-release
-ConditionVirtualization=!qemu
 
 [Service]
 Type=oneshot
