@@ -47,7 +47,7 @@ reproducible="yes"
 compress="zstd"
 dracutmodules="systemd systemd-initrd systemd-udevd systemd-veritysetup systemd-modules-load dm udev-rules base fs-lib rootfs-block"
 drivers="erofs dm_mod dm_verity virtio_blk virtio_pci virtio_scsi virtio_rng virtio_net nvme xen_blkfront ena ext4 sd_mod sha256_ssse3"
-install_items+=" /usr/lib/systemd/system/keel-verity-sha256.service /usr/lib/systemd/system/sysinit.target.wants/keel-verity-sha256.service "
+install_items+=" /usr/lib/systemd/system/keel-verity-sha256.service /usr/lib/systemd/system/sysinit.target.wants/keel-verity-sha256.service /usr/lib/modprobe.d/keel-sha256.conf "
 omit_drivers="raid0 raid1 raid10 raid456 md_mod bcache dm_raid dm_cache dm_cache_smq dm_thin_pool dm_vdo dm_era dm_writecache dm_zoned dm_integrity dm_crypt dm_mirror dm_snapshot dm_multipath dm_log_userspace dm_log_writes dm_delay dm_flakey dm_switch dm_unstripe dm_zero dm_queue_length dm_round_robin dm_service_time dm_persistent_data dm_bio_prison async_tx async_pq async_xor async_memcpy async_raid6_recov raid6_pq xor"
 "#;
 
@@ -63,10 +63,12 @@ dm_mod\ndm_verity\nerofs\nvirtio_blk\n";
 /// The initrd unit that loads the x86-64 sha256 (SSSE3, AVX2, SHA-NI)
 /// before dm-verity is set up: dm-verity asks the kernel for "sha256" and
 /// takes the best one loaded, which is the built-in generic C code unless
-/// this module is there first. udev would load it too (it matches the
-/// CPU's features), but not necessarily before dm-verity: without this
-/// unit, which one /usr gets depends on a race. On a CPU without those
-/// instructions the module refuses to load and the generic code is used.
+/// this module is there first (on a CPU without those instructions the
+/// module refuses to load, and the generic code is used). Not under pure
+/// emulation (QEMU's TCG: `ConditionVirtualization=!qemu`; KVM is "kvm",
+/// EC2 "amazon" or "xen"), where the emulated vector instructions cost more
+/// than the generic code (BENCHMARKS.md). udev does not load it by the
+/// CPU's features ([`MODPROBE_CONF`]), which would race dm-verity.
 pub const VERITY_SHA256_UNIT: &str = "\
 # Written by keel build: sha256 with SSSE3/AVX2/SHA-NI for dm-verity.
 [Unit]
@@ -75,11 +77,18 @@ DefaultDependencies=no
 Wants=veritysetup-pre.target
 Before=veritysetup-pre.target sysinit.target
 ConditionPathExists=/etc/initrd-release
+ConditionVirtualization=!qemu
 
 [Service]
 Type=oneshot
 ExecStart=-/usr/sbin/modprobe sha256_ssse3
 ";
+
+/// No loading of sha256_ssse3 by alias (udev, for the CPU's features):
+/// only [`VERITY_SHA256_UNIT`] loads it, by name, so which sha256
+/// dm-verity uses does not depend on a race.
+pub const MODPROBE_CONF: &str = "# Written by keel build: see keel-verity-sha256.service.\n\
+blacklist sha256_ssse3\n";
 
 /// Where the base's sysinit.target wants units.
 const WANTS: &str = "/usr/lib/systemd/system/sysinit.target.wants";
@@ -90,6 +99,7 @@ const BASE_FILES: &[(&str, &str)] = &[
     ("/etc/dracut.conf.d/50-keel.conf", DRACUT_CONF),
     ("/usr/lib/modules-load.d/keel-initrd.conf", MODULES_LOAD),
     ("/usr/lib/systemd/system/keel-verity-sha256.service", VERITY_SHA256_UNIT),
+    ("/usr/lib/modprobe.d/keel-sha256.conf", MODPROBE_CONF),
 ];
 
 /// Documentation, manual pages and translations are left out of /usr
