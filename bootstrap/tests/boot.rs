@@ -1726,7 +1726,7 @@ fn api_server_double(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
         serving_cert_pem: serving.cert_pem.clone(),
         serving_key_pem: serving.key_pem.to_string(),
         unready,
-        log: false,
+        log: None,
     })
     .unwrap()
 }
@@ -1811,10 +1811,8 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
     // Refused (403): a final error naming the object's URL, no retries.
     api.set_status(403);
     let before = api.seen().len();
-    let err = apply::apply_join(&layout, &url, &ready, &Policy::quick())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err =
+        apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap_err().to_string();
     assert!(err.contains("/secrets/bootstrap-token-abcdef?") && err.contains("HTTP 403"), "{err}");
     assert!(!err.contains("0123456789abcdef"), "the token in an error: {err}");
     assert_eq!(api.seen().len() - before, 2, "one /readyz and one PATCH");

@@ -10,8 +10,8 @@
 //!   answers with the applied object.
 //!
 //! Each request is recorded (method, target, content type, the client
-//! certificate's subject and expiry, body) and, when `log` is set, printed
-//! as one line. It checks nothing about the objects: their schemas are
+//! certificate's subject and expiry, body) and, when `log` is set, handed
+//! to it as one line. It checks nothing about the objects: their schemas are
 //! checked by kubernetes-validate (keel's CLI tests), and what a real API
 //! server would do with them cannot be shown here.
 //!
@@ -54,9 +54,12 @@ pub struct Config {
     pub serving_key_pem: String,
     /// How many `/readyz` requests get 503 before it answers `ok`.
     pub unready: usize,
-    /// Print one line per request on stdout.
-    pub log: bool,
+    /// Called with one line per request.
+    pub log: Option<Log>,
 }
+
+/// Where the request lines go.
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct State {
     seen: Vec<Seen>,
@@ -92,9 +95,9 @@ impl ApiServerDouble {
         let listener = std::net::TcpListener::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let state = Arc::new(Mutex::new(State { seen: Vec::new(), status: 200, readyz: 0 }));
-        let (st, unready, log) = (state.clone(), config.unready, config.log);
+        let (st, unready, log) = (state.clone(), config.unready, config.log.clone());
         let served = Served::start_on(listener, "apiserver-double", move |tcp| {
-            let (acceptor, st) = (acceptor.clone(), st.clone());
+            let (acceptor, st, log) = (acceptor.clone(), st.clone(), log.clone());
             Box::pin(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 serve(tls, st, unready, log).await;
@@ -124,7 +127,7 @@ async fn serve(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     state: Arc<Mutex<State>>,
     unready: usize,
-    log: bool,
+    log: Option<Log>,
 ) {
     // The verifier required a certificate; its subject names the client.
     let Some((client, client_not_after)) = tls
@@ -159,15 +162,15 @@ async fn serve(
                 client_not_after,
                 body: req.body,
             };
-            if log {
-                println!(
+            if let Some(log) = &log {
+                log(&format!(
                     "apiserver-double: {} {} from \"{}\": {} ({} bytes)",
                     seen.method,
                     seen.target,
                     seen.client,
                     answer.0,
                     seen.body.len()
-                );
+                ));
             }
             st.seen.push(seen);
             answer

@@ -8,11 +8,12 @@
 //!     --client-ca-file FILE --tls-cert-file FILE --tls-private-key-file FILE
 //! ```
 //!
-//! prints one line per request on stdout, reports READY=1 to systemd when
+//! prints one line per request on stdout (and on the console under systemd), reports READY=1 to systemd when
 //! it listens (`Type=notify`) and serves until it is stopped.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use keel_testkit::api_server_double::{ApiServerDouble, Config};
@@ -40,7 +41,8 @@ fn run() -> Result<()> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (flag.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| args.next()).context(format!("{name}: no value"));
+        let mut value =
+            || inline.clone().or_else(|| args.next()).context(format!("{name}: no value"));
         match name.as_str() {
             "--bind-address" => bind = value()?.parse().context("--bind-address: not an IP")?,
             "--secure-port" => port = value()?.parse().context("--secure-port: not a port")?,
@@ -64,12 +66,27 @@ fn run() -> Result<()> {
         serving_cert_pem: read("--tls-cert-file", cert)?,
         serving_key_pem: read("--tls-private-key-file", key)?,
         unready: 0,
-        log: true,
+        log: Some(Arc::new(say)),
     })?;
-    println!("apiserver-double: serving on {} (TEST DOUBLE, not kube-apiserver)", double.url());
+    say(&format!(
+        "apiserver-double: serving on {} (TEST DOUBLE, not kube-apiserver)",
+        double.url()
+    ));
     notify_ready()?;
     loop {
         std::thread::park();
+    }
+}
+
+/// A line on stdout (the journal) and, under systemd, on the console,
+/// where the QEMU tests read it.
+fn say(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    if std::os::unix::process::parent_id() == 1 {
+        if let Ok(mut console) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+            let _ = writeln!(console, "{line}");
+        }
     }
 }
 
