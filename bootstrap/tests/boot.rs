@@ -26,6 +26,7 @@ use keel_bootstrap::{aws, discovery, envelope};
 use keel_contract::bundle::{self, Bundle, BundleFile};
 use keel_contract::userdata::{self, UserData};
 use keel_contract::{tags, Role};
+use keel_testkit::api_server_double::{ApiServerDouble, Config as ApiConfig};
 use keel_testkit::imds::{Credentials, Fault, ImdsEmulator, Instance};
 use keel_testkit::moto::Moto;
 use keel_testkit::process::Guard;
@@ -1704,139 +1705,30 @@ async fn etcd_servers_follow_membership() {
     assert_eq!(std::fs::metadata(&env_path).unwrap().modified().unwrap(), mtime);
 }
 
-/// A TEST DOUBLE of the Kubernetes API server, not kube-apiserver (none
-/// can be had here): HTTPS with a serving certificate from the cluster CA,
-/// a client certificate from that CA required (as kube-apiserver's
-/// --client-ca-file), `/readyz` answering 503 for the first `unready`
-/// requests and then `ok`, every other request answered `status` with the
-/// body echoed, and each request recorded. It checks nothing about the
-/// objects: their schemas are checked by kubernetes-validate (keel's CLI
-/// tests).
-struct ApiServerDouble {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    status: Arc<Mutex<u16>>,
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    content_type: String,
-    client: String,
-    client_not_after: i64,
-    body: Vec<u8>,
-}
-
-impl ApiServerDouble {
-    async fn start(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let serving = ca
-            .issue(&pki::Request {
-                what: "API server double serving certificate",
-                common_name: "kube-apiserver",
-                organization: None,
-                dns_names: vec!["localhost".into()],
-                ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-                usage: Usage::Server,
-            })
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let status = Arc::new(Mutex::new(200u16));
-        let (seen2, status2) = (seen.clone(), status.clone());
-        tokio::spawn(async move {
-            let readyz = Arc::new(Mutex::new(0usize));
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, seen, status, readyz) =
-                    (acceptor.clone(), seen2.clone(), status2.clone(), readyz.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-                    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-                    let client = cert.subject().to_string();
-                    let client_not_after = cert.validity().not_after.timestamp();
-                    loop {
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            if tls.read(&mut byte).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            head.push(byte[0]);
-                        }
-                        let head = String::from_utf8_lossy(&head).into_owned();
-                        let mut lines = head.lines();
-                        let mut first = lines.next().unwrap_or("").split(' ');
-                        let (method, target) = (
-                            first.next().unwrap_or("").to_string(),
-                            first.next().unwrap_or("").to_string(),
-                        );
-                        let header = |name: &str| {
-                            head.lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                                })
-                                .unwrap_or_default()
-                        };
-                        let len: usize = header("content-length").parse().unwrap_or(0);
-                        let mut body = vec![0u8; len];
-                        tls.read_exact(&mut body).await.unwrap();
-                        let (code, reply) = if target == "/readyz" {
-                            let mut n = readyz.lock().unwrap();
-                            *n += 1;
-                            if *n <= unready {
-                                (503, b"not ready".to_vec())
-                            } else {
-                                (200, b"ok".to_vec())
-                            }
-                        } else {
-                            (*status.lock().unwrap(), body.clone())
-                        };
-                        seen.lock().unwrap().push(Seen {
-                            method,
-                            target,
-                            content_type: header("content-type"),
-                            client: client.clone(),
-                            client_not_after,
-                            body,
-                        });
-                        let out = format!(
-                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            reply.len()
-                        );
-                        if tls.write_all(out.as_bytes()).await.is_err()
-                            || tls.write_all(&reply).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        ApiServerDouble { url, seen, status }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
+/// The API server TEST DOUBLE (`keel_testkit::api_server_double`) on
+/// 127.0.0.1, serving with a certificate from the cluster CA and requiring
+/// client certificates from it; `/readyz` is 503 for the first `unready`
+/// requests.
+fn api_server_double(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
+    let serving = ca
+        .issue(&pki::Request {
+            what: "API server double serving certificate",
+            common_name: "kube-apiserver",
+            organization: None,
+            dns_names: vec!["localhost".into()],
+            ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            usage: Usage::Server,
+        })
+        .unwrap();
+    ApiServerDouble::start(ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_ca_pem: ca_pem.to_string(),
+        serving_cert_pem: serving.cert_pem.clone(),
+        serving_key_pem: serving.key_pem.to_string(),
+        unready,
+        log: None,
+    })
+    .unwrap()
 }
 
 /// Issue 16: nothing applied the bootstrap-token Secret or the RBAC that
@@ -1867,14 +1759,15 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
         None,
     )
     .unwrap();
-    let api = ApiServerDouble::start(&ca, &ca_crt, 2).await;
+    let api = api_server_double(&ca, &ca_crt, 2);
+    let url = api.url();
     let ready = Policy {
         initial: Duration::from_millis(50),
         max_delay: Duration::from_millis(100),
         deadline: Duration::from_secs(20),
         max_attempts: 20,
     };
-    let applied = apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    let applied = apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap();
     assert_eq!(
         applied,
         [
@@ -1910,18 +1803,16 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
 
     // Idempotent: a second run (another controller, a reboot) sends the
     // same applies.
-    apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap();
     let again: Vec<_> =
         api.seen().into_iter().filter(|s| s.method == "PATCH").skip(4).map(|s| s.body).collect();
     assert_eq!(again, patches.iter().map(|p| p.body.clone()).collect::<Vec<_>>());
 
     // Refused (403): a final error naming the object's URL, no retries.
-    *api.status.lock().unwrap() = 403;
+    api.set_status(403);
     let before = api.seen().len();
-    let err = apply::apply_join(&layout, &api.url, &ready, &Policy::quick())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err =
+        apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap_err().to_string();
     assert!(err.contains("/secrets/bootstrap-token-abcdef?") && err.contains("HTTP 403"), "{err}");
     assert!(!err.contains("0123456789abcdef"), "the token in an error: {err}");
     assert_eq!(api.seen().len() - before, 2, "one /readyz and one PATCH");

@@ -19,11 +19,13 @@ use keel_contract::Role;
 
 use crate::rundir::target_dir;
 
-/// The built `keel` and static `keel-bootstrap` binaries.
+/// The built `keel` and static `keel-bootstrap` binaries, and the static
+/// API server TEST DOUBLE the test profile installs on controllers.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub keel: PathBuf,
     pub bootstrap: PathBuf,
+    pub api_server_double: PathBuf,
 }
 
 /// The workspace root (this crate's parent directory).
@@ -87,15 +89,35 @@ pub fn tools() -> Result<&'static Tools> {
                     Some("-C target-feature=+crt-static"),
                     &target,
                 )?;
+                // Its own build: built with keel-bootstrap, feature
+                // unification would change the shipped binary's dependencies.
+                cargo(
+                    &[
+                        "build",
+                        "--release",
+                        "-p",
+                        "keel-testkit",
+                        "--bin",
+                        "keel-apiserver-double",
+                        "--target",
+                        "x86_64-unknown-linux-gnu",
+                    ],
+                    Some("-C target-feature=+crt-static"),
+                    &target,
+                )?;
+                let release = target.join("x86_64-unknown-linux-gnu/release");
                 Ok(Tools {
                     keel: target.join("debug/keel"),
-                    bootstrap: target.join("x86_64-unknown-linux-gnu/release/keel-bootstrap"),
+                    bootstrap: release.join("keel-bootstrap"),
+                    api_server_double: release.join("keel-apiserver-double"),
                 })
             };
             build().map_err(|e| format!("{e:#}"))
         })
         .as_ref()
-        .map_err(|e| anyhow::anyhow!("building keel and keel-bootstrap: {e}"))
+        .map_err(|e| {
+            anyhow::anyhow!("building keel, keel-bootstrap and the API server double: {e}")
+        })
 }
 
 /// The profile an image of `role` is built from here.
@@ -167,11 +189,8 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
             std::fs::copy(&from, profiles.join(name))
                 .with_context(|| format!("copying {}", from.display()))?;
         }
-        cmd.arg("--profiles-dir")
-            .arg(&profiles)
-            .arg("--mirrors")
-            .arg(fixtures().join("mirrors.toml"))
-            .arg("--offline");
+        let mirrors = with_api_server_double(&profiles, &tools.api_server_double)?;
+        cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(mirrors).arg("--offline");
     }
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {
@@ -188,6 +207,48 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         manifest: out.join(format!("{stem}.manifest.json")),
         report: String::from_utf8_lossy(&output.stdout).into_owned(),
     })
+}
+
+/// Gives the test profile copied into `profiles` the API server TEST
+/// DOUBLE built this run, for controllers: a component pinned to the
+/// binary's digest (it changes with the code, so it is pinned here, not in
+/// the fixture) and served, with the fixture doubles, through a mirrors
+/// file written beside the profiles. Returns that mirrors file.
+fn with_api_server_double(profiles: &Path, binary: &Path) -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    let served = profiles.join("built");
+    std::fs::create_dir_all(&served).with_context(|| format!("creating {}", served.display()))?;
+    let name = "keel-apiserver-double";
+    std::fs::write(served.join(name), &bytes)
+        .with_context(|| format!("copying {} into {}", binary.display(), served.display()))?;
+    let profile = profiles.join("k8s-test.toml");
+    let mut text = std::fs::read_to_string(&profile)
+        .with_context(|| format!("reading {}", profile.display()))?;
+    text.push_str(&format!(
+        "\n# Added by qemu-tests (images.rs): the API server TEST DOUBLE built this run.\n\
+         [components.{name}]\n\
+         version = \"0.0.0-test-double\"\n\
+         url = \"https://keel.test/built/{name}\"\n\
+         sha256 = \"{digest}\"\n\
+         install = {{ kind = \"binary\", path = \"/usr/bin/{name}\", mode = 0o755 }}\n\n\
+         [roles.controller]\n\
+         components = [\"{name}\"]\n"
+    ));
+    std::fs::write(&profile, text).with_context(|| format!("writing {}", profile.display()))?;
+    let mirrors = profiles.join("mirrors.toml");
+    let doubles = fixtures().join("doubles");
+    std::fs::write(
+        &mirrors,
+        format!(
+            "[mirrors]\n\"https://keel.test/doubles/\" = \"{}/\"\n\"https://keel.test/built/\" = \"{}/\"\n",
+            doubles.display(),
+            served.display()
+        ),
+    )
+    .with_context(|| format!("writing {}", mirrors.display()))?;
+    Ok(mirrors)
 }
 
 /// The image of `role` in `<target>/images/`, built when missing or out

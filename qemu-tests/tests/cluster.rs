@@ -202,7 +202,10 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
 /// d. A controller (TEST-ONLY k8s-test profile) boots against the etcd
 /// cluster: its bootstrap finds the members by tags and reaches them with
 /// the API server's etcd client certificate from its bundle (`etcd
-/// check: ok`), then configures the control plane. From the host, the
+/// check: ok`), then configures the control plane; keel-join.service
+/// applies the join objects (bootstrap-token Secret, node bootstrap RBAC)
+/// by server-side apply to the API server TEST DOUBLE, which records them
+/// (a real kube-apiserver's acceptance cannot be shown here). From the host, the
 /// certificate the controller was given (its bundle, fetched and opened
 /// with the controller's KMS context) reads and writes the cluster.
 async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdCluster) -> Result<()> {
@@ -230,6 +233,40 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
         console.contains("keel-bootstrap: etcd check: ok"),
         "no `etcd check: ok` on the controller's console"
     );
+    // keel-join.service applies the join objects to the API server: here
+    // the kube-apiserver TEST DOUBLE, which hands over to the API server
+    // TEST DOUBLE binary (keel_testkit::api_server_double) once its flags
+    // are checked; that double records each request on the console.
+    let t = c.cluster.wait_all(
+        &["controller0"],
+        "keel-bootstrap: join objects applied to https://127.0.0.1:6443",
+        &[
+            "keel-bootstrap: failed: applying the join objects",
+            "kube-apiserver-test-double: rejected",
+        ],
+        DEADLINE,
+        |_, _| {},
+    )?;
+    eprintln!(
+        "timing: controller0 applied the join objects {:.1} s after QEMU started",
+        t[0].as_secs_f64()
+    );
+    let console = c.cluster.console("controller0");
+    let applies: Vec<&str> =
+        console.lines().filter(|l| l.contains("apiserver-double: PATCH ")).collect();
+    for object in [
+        "/api/v1/namespaces/kube-system/secrets/bootstrap-token-",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:kubelet-bootstrap?",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:node-autoapprove-bootstrap?",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:node-autoapprove-certificate-rotation?",
+    ] {
+        ensure!(
+            applies.iter().any(|l| l.contains(object)
+                && l.contains("fieldManager=keel&force=true")
+                && l.contains("from \"CN=keel:join-applier, O=system:masters\": 200")),
+            "the API server double recorded no server-side apply of {object} by the join applier: {applies:#?}"
+        );
+    }
     // Its VM is not needed any more: give the CPU back.
     c.cluster.stop("controller0")?;
 

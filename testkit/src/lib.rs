@@ -2,6 +2,7 @@
 //! layer: tests talk to moto's real server (emulated AWS) and to small
 //! in-test servers over real sockets.
 
+pub mod api_server_double;
 pub mod fault_proxy;
 pub mod host_tools;
 pub mod http;

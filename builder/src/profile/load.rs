@@ -43,6 +43,8 @@ pub struct Profile {
     pub components: BTreeMap<String, ComponentSpec>,
     /// Extra packages per role.
     pub role_packages: BTreeMap<Role, Vec<String>>,
+    /// Extra components per role, each where the profile names it.
+    pub role_components: BTreeMap<Role, Vec<(String, Location)>>,
 }
 
 /// One component as the profile chain defines it: complete, with templates
@@ -175,6 +177,7 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
     let mut base_at: Option<Location> = None;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut role_packages = BTreeMap::new();
+    let mut role_components = BTreeMap::new();
 
     for layer in chain.iter().rev() {
         let f = &layer.file;
@@ -203,6 +206,11 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         }
         for (role, extras) in &f.roles {
             role_packages.insert(*role.get_ref(), extras.get_ref().packages.clone());
+            let named = extras.get_ref().components.iter();
+            role_components.insert(
+                *role.get_ref(),
+                named.map(|c| (c.get_ref().clone(), layer.loc(&c.span()))).collect(),
+            );
         }
     }
 
@@ -243,6 +251,7 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         packages,
         components,
         role_packages,
+        role_components,
     })
 }
 

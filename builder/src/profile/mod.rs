@@ -56,8 +56,10 @@ pub fn resolve_loaded(
     profile: &Profile,
     role_def: &role::RoleDef,
 ) -> Result<Resolved, ProfileError> {
+    let extra = profile.role_components.get(&role_def.role).into_iter().flatten();
+    let wanted: Vec<&(String, Location)> = role_def.components.iter().chain(extra).collect();
     let missing: Vec<&(String, Location)> =
-        role_def.components.iter().filter(|(c, _)| !profile.components.contains_key(c)).collect();
+        wanted.iter().copied().filter(|(c, _)| !profile.components.contains_key(c)).collect();
     if let Some((_, at)) = missing.first() {
         return Err(ProfileError::MissingComponent {
             at: at.clone(),
@@ -67,7 +69,7 @@ pub fn resolve_loaded(
             provided: profile.components.keys().cloned().collect(),
         });
     }
-    let mut names: Vec<&str> = role_def.components.iter().map(|(c, _)| c.as_str()).collect();
+    let mut names: Vec<&str> = wanted.iter().map(|(c, _)| c.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     let components: Vec<Component> =

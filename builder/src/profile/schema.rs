@@ -94,6 +94,10 @@ pub enum InstallTable {
 pub struct RoleExtras {
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Components (defined in this profile chain) the role's image gets on
+    /// top of those its role.toml names.
+    #[serde(default)]
+    pub components: Vec<Spanned<String>>,
 }
 
 /// `images/<role>/role.toml`.

@@ -149,6 +149,31 @@ packages = ["strace"]
     assert_eq!(v, v2);
 }
 
+/// A profile adds components to a role (a test image's extra binary, an
+/// agent): `[roles.R] components` on top of role.toml's, each defined in
+/// the chain; one it does not define is an error at its position.
+#[test]
+fn a_profile_adds_components_to_a_role() {
+    let ws = workspace_with_roles();
+    ws.profile("child", "extends = \"base\"\n[roles.controller]\ncomponents = [\"pkg\"]\n");
+    let controller = resolve_json(ws.path(), "child", "controller");
+    let names: Vec<&str> = controller["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pkg", "tool"]);
+    // Other roles are unchanged.
+    let etcd = resolve_json(ws.path(), "child", "etcd");
+    assert_eq!(etcd["components"].as_array().unwrap().len(), 1);
+
+    ws.profile("child", "extends = \"base\"\n[roles.worker]\ncomponents = [\"agent\"]\n");
+    let err = fails(&ws.keel(&["resolve", "--profile", "child", "--role", "worker"]));
+    assert!(err.contains("profiles/child.toml:3:"), "{err}");
+    assert!(err.contains("\"agent\""), "{err}");
+}
+
 /// Writes `child.toml` (extending base) and asserts that resolving it fails
 /// at `line:column` with `needle` in the message.
 #[track_caller]
