@@ -5,10 +5,11 @@
 //! A later run finds them up to date (`keel build` compares its inputs,
 //! 0.1 s), so only changed inputs cost a rebuild.
 //!
-//! The etcd image uses the shipped `local` profile. Worker and controller
-//! use the TEST-ONLY profile `fixtures/profiles/k8s-test.toml` (`local`
-//! plus test doubles of the Kubernetes binaries Debian does not package,
-//! served from `fixtures/doubles` through `fixtures/mirrors.toml`).
+//! Every image is built from the TEST-ONLY profile `fixtures/profiles/ci.toml`:
+//! `production` (profiles/production.toml, the recipe users ship) with
+//! Debian's etcd, containerd, runc and CNI plugins repacked into upstream's
+//! release layouts ([`crate::repack`]) and test doubles of the Kubernetes
+//! binaries (`fixtures/doubles`), served through the run's mirrors file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,12 +99,42 @@ pub fn tools() -> Result<&'static Tools> {
         .map_err(|e| anyhow::anyhow!("building keel and keel-bootstrap: {e}"))
 }
 
-/// The profile an image of `role` is built from here.
-pub fn profile(role: Role) -> &'static str {
-    match role {
-        Role::Etcd => "local",
-        Role::Worker | Role::Controller => "k8s-test",
-    }
+/// The profile every image is built from here (TEST ONLY).
+pub const PROFILE: &str = "ci";
+
+/// The profile an image of `role` is built from here: [`PROFILE`] for
+/// every role.
+pub fn profile(_role: Role) -> &'static str {
+    PROFILE
+}
+
+/// The profiles directory and mirrors file of this run: production.toml
+/// and the CI profile side by side (`extends` looks beside the file), and
+/// the mirrors file with the repacked artifacts (made when missing).
+pub fn profiles() -> Result<(PathBuf, PathBuf)> {
+    static DONE: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let make = || -> Result<(PathBuf, PathBuf)> {
+            let dir = target_dir()?.join("images/profiles");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ci = fixtures().join(format!("profiles/{PROFILE}.toml"));
+            for (from, name) in [
+                (workspace().join("profiles/production.toml"), "production.toml".to_string()),
+                (ci.clone(), format!("{PROFILE}.toml")),
+            ] {
+                std::fs::copy(&from, dir.join(&name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            let repacked = crate::repack::ensure(&crate::repack::pinned(&ci)?)
+                .context("repacking Debian's binaries for the CI profile")?;
+            let mirrors = dir.join("mirrors.toml");
+            crate::repack::mirrors_file(&fixtures().join("mirrors.toml"), &repacked, &mirrors)?;
+            Ok((dir, mirrors))
+        };
+        make().map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A built image of `role`.
@@ -155,24 +186,8 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         .arg("--bootstrap-bin")
         .arg(&tools.bootstrap)
         .args(extra);
-    if profile == "k8s-test" {
-        // The test profile extends `local`: both go in one directory.
-        let profiles = target_dir()?.join("images/profiles");
-        std::fs::create_dir_all(&profiles)
-            .with_context(|| format!("creating {}", profiles.display()))?;
-        for (from, name) in [
-            (workspace().join("profiles/local.toml"), "local.toml"),
-            (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
-        ] {
-            std::fs::copy(&from, profiles.join(name))
-                .with_context(|| format!("copying {}", from.display()))?;
-        }
-        cmd.arg("--profiles-dir")
-            .arg(&profiles)
-            .arg("--mirrors")
-            .arg(fixtures().join("mirrors.toml"))
-            .arg("--offline");
-    }
+    let (profiles, mirrors) = profiles()?;
+    cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(&mirrors).arg("--offline");
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {
         bail!(
