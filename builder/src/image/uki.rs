@@ -97,3 +97,19 @@ pub fn sign(work: &Path, key: &SigningKey, epoch: u64) -> Result<PathBuf, BuildE
     run_checked(cmd, "sbsign (signing the UKI with db)")?;
     Ok(signed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profiles_arguments_come_after_keels_and_nothing_else_is_added() {
+        let uuid = uuid::Uuid::nil();
+        let plain = cmdline("ab", &uuid, &[]);
+        assert!(plain.starts_with("usrhash=ab "), "{plain}");
+        assert!(plain.ends_with(" panic=30"), "{plain}");
+        assert!(!plain.contains("no_timer_check"), "{plain}");
+        let test = cmdline("ab", &uuid, &["no_timer_check".into()]);
+        assert_eq!(test, format!("{plain} no_timer_check"));
+    }
+}
