@@ -17,7 +17,6 @@
 //! double (as do kubelet and the control plane).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -249,17 +248,7 @@ fn ensure_one(p: &Pinned) -> Result<PathBuf> {
     }
     let dir = path.parent().context("cache path")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", p.file_name(), std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    keel_bootstrap::atomic_file::write(&path, 0o644, &bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
