@@ -233,6 +233,14 @@ impl Aws {
     }
 }
 
+/// The components file `keel build` writes (the versions of the CI
+/// profile's containerd and runc).
+fn write_components(root: &Path) {
+    std::fs::create_dir_all(root.join("usr/lib/keel")).unwrap();
+    let text = keel_contract::image::render([("containerd", "2.1.9"), ("runc", "1.3.6")]);
+    std::fs::write(root.join(keel_contract::image::COMPONENTS_FILE), text).unwrap();
+}
+
 /// A simulated instance: its root file system and its metadata service.
 struct Node {
     root: tempfile::TempDir,
@@ -246,6 +254,7 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("usr/lib/keel")).unwrap();
     std::fs::write(root.path().join(userdata::IMAGE_ROLE_FILE), format!("{role}\n")).unwrap();
+    write_components(root.path());
     let imds = ImdsEmulator::start(Instance {
         instance_id: id.clone(),
         region: REGION.into(),
@@ -905,7 +914,18 @@ fn golden_files() {
             )
             .unwrap(),
         ),
-        ("containerd-config.toml", worker::containerd_config(&layout)),
+        (
+            "containerd-1.7-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V2),
+        ),
+        (
+            "containerd-2.0-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V3 { bin_dirs: false }),
+        ),
+        (
+            "containerd-2.1-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V3 { bin_dirs: true }),
+        ),
         ("cni.conflist.template", worker::cni_template()),
         ("user-data.toml", ud.to_toml().unwrap()),
     ];
@@ -955,6 +975,7 @@ fn bug_workers_with_the_same_last_octet_share_no_derived_pod_range() {
     let render = |ip: &str| {
         let root = tempfile::tempdir().unwrap();
         let layout = Layout::node_view(root.path());
+        write_components(root.path());
         let id = Identity {
             instance_id: format!("i-{}", ip.replace('.', "")),
             region: REGION.into(),

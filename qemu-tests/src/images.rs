@@ -5,10 +5,11 @@
 //! A later run finds them up to date (`keel build` compares its inputs,
 //! 0.1 s), so only changed inputs cost a rebuild.
 //!
-//! The etcd image uses the shipped `local` profile. Worker and controller
-//! use the TEST-ONLY profile `fixtures/profiles/k8s-test.toml` (`local`
-//! plus test doubles of the Kubernetes binaries Debian does not package,
-//! served from `fixtures/doubles` through `fixtures/mirrors.toml`).
+//! Every image is built from the TEST-ONLY profile `fixtures/profiles/ci.toml`:
+//! `production` (profiles/production.toml, the recipe users ship) with
+//! Debian's etcd, containerd, runc and CNI plugins repacked into upstream's
+//! release layouts ([`crate::repack`]) and test doubles of the Kubernetes
+//! binaries (`fixtures/doubles`), served through the run's mirrors file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -120,12 +121,43 @@ pub fn tools() -> Result<&'static Tools> {
         })
 }
 
-/// The profile an image of `role` is built from here.
-pub fn profile(role: Role) -> &'static str {
-    match role {
-        Role::Etcd => "local",
-        Role::Worker | Role::Controller => "k8s-test",
-    }
+/// The profile every image is built from here (TEST ONLY).
+pub const PROFILE: &str = "ci";
+
+/// The profile an image of `role` is built from here: [`PROFILE`] for
+/// every role.
+pub fn profile(_role: Role) -> &'static str {
+    PROFILE
+}
+
+/// The profiles directory and mirrors file of this run: production.toml
+/// and the CI profile side by side (`extends` looks beside the file), and
+/// the mirrors file with the repacked artifacts (made when missing).
+pub fn profiles() -> Result<(PathBuf, PathBuf)> {
+    static DONE: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let make = || -> Result<(PathBuf, PathBuf)> {
+            let dir = target_dir()?.join("images/profiles");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ci = fixtures().join(format!("profiles/{PROFILE}.toml"));
+            for (from, name) in [
+                (workspace().join("profiles/production.toml"), "production.toml".to_string()),
+                (ci.clone(), format!("{PROFILE}.toml")),
+            ] {
+                std::fs::copy(&from, dir.join(&name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            let mut repacked = crate::repack::ensure(&crate::repack::pinned(&ci)?)
+                .context("repacking Debian's binaries for the CI profile")?;
+            repacked.push(with_api_server_double(&dir, &tools()?.api_server_double)?);
+            let mirrors = dir.join("mirrors.toml");
+            crate::repack::mirrors_file(&fixtures().join("mirrors.toml"), &repacked, &mirrors)?;
+            Ok((dir, mirrors))
+        };
+        make().map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A built image of `role`.
@@ -177,21 +209,8 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         .arg("--bootstrap-bin")
         .arg(&tools.bootstrap)
         .args(extra);
-    if profile == "k8s-test" {
-        // The test profile extends `local`: both go in one directory.
-        let profiles = target_dir()?.join("images/profiles");
-        std::fs::create_dir_all(&profiles)
-            .with_context(|| format!("creating {}", profiles.display()))?;
-        for (from, name) in [
-            (workspace().join("profiles/local.toml"), "local.toml"),
-            (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
-        ] {
-            std::fs::copy(&from, profiles.join(name))
-                .with_context(|| format!("copying {}", from.display()))?;
-        }
-        let mirrors = with_api_server_double(&profiles, &tools.api_server_double)?;
-        cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(mirrors).arg("--offline");
-    }
+    let (profiles, mirrors) = profiles()?;
+    cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(&mirrors).arg("--offline");
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {
         bail!(
@@ -209,46 +228,31 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
     })
 }
 
-/// Gives the test profile copied into `profiles` the API server TEST
-/// DOUBLE built this run, for controllers: a component pinned to the
-/// binary's digest (it changes with the code, so it is pinned here, not in
-/// the fixture) and served, with the fixture doubles, through a mirrors
-/// file written beside the profiles. Returns that mirrors file.
-fn with_api_server_double(profiles: &Path, binary: &Path) -> Result<PathBuf> {
+/// Gives the CI profile copied into `profiles` the API server TEST DOUBLE
+/// built this run, for controllers: a component pinned to the binary's
+/// digest (it changes with the code, so it is pinned here, not in the
+/// fixture). Returns the (URL, file) mirror entry that serves it.
+fn with_api_server_double(profiles: &Path, binary: &Path) -> Result<(String, PathBuf)> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let digest = hex::encode(Sha256::digest(&bytes));
-    let served = profiles.join("built");
-    std::fs::create_dir_all(&served).with_context(|| format!("creating {}", served.display()))?;
     let name = "keel-apiserver-double";
-    std::fs::write(served.join(name), &bytes)
-        .with_context(|| format!("copying {} into {}", binary.display(), served.display()))?;
-    let profile = profiles.join("k8s-test.toml");
+    let url = format!("https://keel.test/built/{name}");
+    let profile = profiles.join(format!("{PROFILE}.toml"));
     let mut text = std::fs::read_to_string(&profile)
         .with_context(|| format!("reading {}", profile.display()))?;
     text.push_str(&format!(
         "\n# Added by qemu-tests (images.rs): the API server TEST DOUBLE built this run.\n\
          [components.{name}]\n\
          version = \"0.0.0-test-double\"\n\
-         url = \"https://keel.test/built/{name}\"\n\
+         url = \"{url}\"\n\
          sha256 = \"{digest}\"\n\
          install = {{ kind = \"binary\", path = \"/usr/bin/{name}\", mode = 0o755 }}\n\n\
          [roles.controller]\n\
          components = [\"{name}\"]\n"
     ));
     std::fs::write(&profile, text).with_context(|| format!("writing {}", profile.display()))?;
-    let mirrors = profiles.join("mirrors.toml");
-    let doubles = fixtures().join("doubles");
-    std::fs::write(
-        &mirrors,
-        format!(
-            "[mirrors]\n\"https://keel.test/doubles/\" = \"{}/\"\n\"https://keel.test/built/\" = \"{}/\"\n",
-            doubles.display(),
-            served.display()
-        ),
-    )
-    .with_context(|| format!("writing {}", mirrors.display()))?;
-    Ok(mirrors)
+    Ok((url, binary.to_path_buf()))
 }
 
 /// The image of `role` in `<target>/images/`, built when missing or out

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod debian;
 pub mod disk;
 pub mod doubles;
 pub mod etcd_cluster;
@@ -9,6 +10,7 @@ pub mod etcdctl;
 pub mod images;
 pub mod keel;
 pub mod net;
+pub mod repack;
 pub mod rundir;
 pub mod stock;
 pub mod vm;

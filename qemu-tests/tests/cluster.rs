@@ -3,8 +3,8 @@
 //! new ones restore the newest snapshot): Keel images booted as a cluster under
 //! QEMU against moto and the metadata emulator, checked from the host with
 //! Debian's etcdctl over TLS. Needs root, QEMU, OVMF, moto, dnsmasq and
-//! etcdctl; builds the etcd image (profile `local`) and the controller
-//! image (TEST-ONLY profile `k8s-test`) when they are missing.
+//! etcdctl; builds the etcd image (TEST-ONLY profile `ci`, the production recipe) and the controller
+//! image (TEST-ONLY profile `ci`) when they are missing.
 //!
 //! The three scenarios share one 3-node etcd cluster (forming one costs
 //! minutes under TCG): `main` owns it, creates it on the first scenario
@@ -199,7 +199,7 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
     Ok(())
 }
 
-/// d. A controller (TEST-ONLY k8s-test profile) boots against the etcd
+/// d. A controller (TEST-ONLY ci profile) boots against the etcd
 /// cluster: its bootstrap finds the members by tags and reaches them with
 /// the API server's etcd client certificate from its bundle (`etcd
 /// check: ok`), then configures the control plane; keel-join.service
@@ -210,8 +210,7 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
 /// with the controller's KMS context) reads and writes the cluster.
 async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdCluster) -> Result<()> {
     let image = images::image(Role::Controller).context("building the controller image")?;
-    let ami =
-        c.cluster.account.register_image("keel-controller-k8s-test", Role::Controller).await?;
+    let ami = c.cluster.account.register_image("keel-controller-ci", Role::Controller).await?;
     let ud = c.cluster.user_data(Role::Controller, c.size);
     c.cluster.add_node_with("controller0", Role::Controller, &ami, Some(&ud)).await?;
     c.cluster.serve_dhcp()?;

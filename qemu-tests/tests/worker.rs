@@ -8,7 +8,7 @@
 //!
 //! The kubelet in this image is a TEST DOUBLE, not Kubernetes
 //! (`fixtures/doubles/k8s-test-double`, installed as /usr/bin/kubelet by
-//! the TEST-ONLY profile `fixtures/profiles/k8s-test.toml`): no kubelet
+//! the TEST-ONLY profile `fixtures/profiles/ci.toml`): no kubelet
 //! binary can be had on these machines (Debian packages none; upstream
 //! downloads are not reachable). kubelet.service starts it exactly as it
 //! would start kubelet 1.36, and it rejects what kubelet 1.36 rejects at
@@ -47,7 +47,7 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
     let assets = c.init_assets().unwrap();
     c.publish_assets(&assets).unwrap();
     c.serve_metadata().unwrap();
-    let ami = c.account.register_image("keel-worker-k8s-test", Role::Worker).await.unwrap();
+    let ami = c.account.register_image("keel-worker-ci", Role::Worker).await.unwrap();
     let mut ud = c.user_data(Role::Worker, 1);
     ud.kubelet = Some(Kubelet {
         max_pods: None,
@@ -88,7 +88,9 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
         console.lines().find_map(|l| l.split_once(ACCEPTED).map(|(_, s)| s.trim_end())).unwrap();
     for part in [
         format!("node {} ({}), taints none,", node.hostname, node.private_ip),
-        "at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),
+        // The containerd of the CI profile (2.1, repacked from Debian) read
+        // the configuration keel-bootstrap wrote in its schema (version 3).
+        "containerd 2.1.9+unknown at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),
         "CNI network keel (host-local bridge portmap) from containerd's template /etc/containerd/cni.conflist.template with the Node's spec.podCIDR".to_string(),
         "client CA /etc/kubernetes/pki/ca.crt".to_string(),
         format!("request a client certificate for node {} from https://{}:6443 with the bootstrap token", node.hostname, c.api_host()),

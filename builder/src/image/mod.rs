@@ -196,7 +196,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     if req.secure_boot.is_some() {
         stage.start("unified kernel image, signed with db (Secure Boot)");
     }
-    let uki = Uki::make(&tools, work, &tree, &usr, &root, req.secure_boot, epoch)?;
+    let uki =
+        Uki::make(&tools, work, &tree, &usr, &root, req.secure_boot, epoch, &r.kernel_cmdline)?;
     stage.start("disk image");
     let (manifest, sbom) = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
 
@@ -246,7 +247,7 @@ impl FileTree {
         // Before /etc and /usr/share/doc change: dpkg's status and the
         // copyright files are what the SBOM says of each package.
         let debian = sbom::debian_packages(&tree)?;
-        let packages = debian
+        let packages: Vec<rootfs::Package> = debian
             .iter()
             .map(|d| rootfs::Package { name: d.name.clone(), version: d.version.clone() })
             .collect();
@@ -264,6 +265,13 @@ impl FileTree {
         rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
         let role = format!("{}\n", req.resolved.role);
         rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
+        // Which version of each component the node runs: keel-bootstrap
+        // writes containerd's configuration in that version's schema.
+        let entries = manifest::components(&req.resolved.components, &packages)?;
+        let versions =
+            keel_contract::image::render(entries.iter().map(|e| (&*e.name, &*e.version)));
+        let components = keel_contract::image::COMPONENTS_FILE;
+        rootfs::write_file(&tree, components, versions.as_bytes(), 0o644)?;
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
         Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
@@ -340,6 +348,7 @@ struct Uki {
 }
 
 impl Uki {
+    #[allow(clippy::too_many_arguments)]
     fn make(
         tools: &tools::Tools,
         work: &Path,
@@ -348,8 +357,9 @@ impl Uki {
         root: &RootImage,
         secure_boot: Option<&crate::secureboot::SigningKey>,
         epoch: u64,
+        extra: &[String],
     ) -> Result<Self, BuildError> {
-        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid);
+        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid, extra);
         let os_release = FileTree::OS_RELEASE;
         uki::make(tools, work, "vmlinuz", "initrd", os_release, &cmdline, &tree.kernel)?;
         let path = match secure_boot {
@@ -460,7 +470,7 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-5";
+const RECIPE: &str = "keel-image-6";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
@@ -478,7 +488,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     field(&mut h, &resolved);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
-    field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
+    field(&mut h, uki::cmdline("", &Uuid::nil(), &req.resolved.kernel_cmdline).as_bytes());
     // Signed with another key (or not at all) is another image.
     field(&mut h, manifest::secure_boot(req.secure_boot).as_bytes());
     for f in req.fetched {

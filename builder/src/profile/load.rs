@@ -37,6 +37,8 @@ pub struct Profile {
     pub extends: Vec<String>,
     pub arch: String,
     pub source_date_epoch: Option<u64>,
+    /// Extra kernel command line arguments (`kernel-cmdline`).
+    pub kernel_cmdline: Vec<String>,
     pub suite: String,
     pub mirror: Option<String>,
     pub packages: Vec<String>,
@@ -171,6 +173,7 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
     let requested = &chain[0];
     let mut arch: Option<At<String>> = None;
     let mut sde = None;
+    let mut kernel_cmdline: Option<At<Vec<String>>> = None;
     let mut suite: Option<At<String>> = None;
     let mut mirror: Option<At<String>> = None;
     let mut packages: Option<At<Vec<String>>> = None;
@@ -186,6 +189,9 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         }
         if let Some(s) = &f.source_date_epoch {
             sde = Some(*s.get_ref());
+        }
+        if let Some(k) = &f.kernel_cmdline {
+            kernel_cmdline = Some(layer.at(k));
         }
         if let Some(b) = &f.base {
             base_at = Some(layer.loc(&b.span()));
@@ -236,6 +242,10 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
             ));
         }
     };
+    let kernel_cmdline = match kernel_cmdline {
+        None => Vec::new(),
+        Some(k) => check_kernel_cmdline(k)?,
+    };
     let mut components = BTreeMap::new();
     for (name, entry) in entries {
         components.insert(name.clone(), validate_component(name, entry)?);
@@ -246,6 +256,7 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         extends: chain[1..].iter().map(|l| l.name.clone()).collect(),
         arch,
         source_date_epoch: sde,
+        kernel_cmdline,
         suite,
         mirror: mirror.map(|m| m.value),
         packages,
@@ -253,6 +264,32 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         role_packages,
         role_components,
     })
+}
+
+/// Keys of the command line Keel itself sets: a profile may add
+/// arguments, not replace how /usr and the root are found and verified.
+const KEEL_CMDLINE_KEYS: [&str; 6] =
+    ["usrhash", "mount.usrfstype", "mount.usrflags", "root", "rootfstype", "rootflags"];
+
+/// `kernel-cmdline`: one argument per entry, no blanks or quotes (ukify
+/// writes the line as given), none of the keys Keel sets.
+fn check_kernel_cmdline(k: At<Vec<String>>) -> Result<Vec<String>, ProfileError> {
+    for arg in &k.value {
+        let key = arg.split('=').next().unwrap_or_default();
+        let why = if arg.is_empty() {
+            Some("an empty argument".to_string())
+        } else if arg.chars().any(|c| c.is_whitespace() || c == '"' || !c.is_ascii_graphic()) {
+            Some(format!("{arg:?} is not one argument (blanks, quotes or non-ASCII)"))
+        } else if KEEL_CMDLINE_KEYS.contains(&key) {
+            Some(format!("{key}= is set by keel build (from the image's /usr and root)"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ProfileError::invalid(k.at, format!("kernel-cmdline: {why}")));
+        }
+    }
+    Ok(k.value)
 }
 
 fn merge_component(

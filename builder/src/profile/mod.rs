@@ -95,6 +95,7 @@ pub fn resolve_loaded(
         role: role_def.role,
         arch: profile.arch.clone(),
         source_date_epoch: profile.source_date_epoch,
+        kernel_cmdline: profile.kernel_cmdline.clone(),
         base: Base { suite: profile.suite.clone(), mirror: profile.mirror.clone(), packages },
         components,
     })

@@ -20,6 +20,10 @@ pub struct Resolved {
     /// to and exports as SOURCE_DATE_EPOCH; `None` when the profile sets
     /// none (the build then chooses, and says so in its manifest).
     pub source_date_epoch: Option<u64>,
+    /// Arguments the profile appends to the kernel command line (none on
+    /// a shipped profile; the test profile's QEMU workarounds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_cmdline: Vec<String>,
     pub base: Base,
     /// Sorted by name.
     pub components: Vec<Component>,

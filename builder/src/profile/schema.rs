@@ -37,6 +37,9 @@ pub struct ProfileFile {
     pub extends: Option<Spanned<String>>,
     pub arch: Option<Spanned<String>>,
     pub source_date_epoch: Option<Spanned<u64>>,
+    /// Arguments appended to the kernel command line Keel writes (test
+    /// profiles: QEMU workarounds that a shipped image must not carry).
+    pub kernel_cmdline: Option<Spanned<Vec<String>>>,
     pub base: Option<Spanned<BaseTable>>,
     #[serde(default)]
     pub components: BTreeMap<Spanned<String>, Spanned<ComponentTable>>,

@@ -290,3 +290,36 @@ fn help_fits_80_columns() {
         }
     }
 }
+
+/// Issue 13: `no_timer_check`, a QEMU workaround, was on every image's
+/// kernel command line. Now only a profile that asks for it gets extra
+/// arguments; the shipped profiles ask for none, and a profile cannot
+/// replace the arguments that find and verify /usr and the root.
+#[test]
+fn bug_a_test_only_kernel_argument_is_a_profile_key_the_shipped_profiles_do_not_set() {
+    let repo = repo();
+    for profile in ["production", "local"] {
+        let v = resolve_json(&repo, profile, "etcd");
+        assert!(v.get("kernel-cmdline").is_none(), "{profile}: {v}");
+    }
+    let ws = workspace_with_roles();
+    ws.profile("child", "extends = \"base\"\nkernel-cmdline = [\"no_timer_check\"]\n");
+    let v = resolve_json(ws.path(), "child", "worker");
+    assert_eq!(v["kernel-cmdline"], serde_json::json!(["no_timer_check"]));
+    let table = ok(&ws.keel(&["resolve", "--profile", "child", "--role", "worker"]));
+    assert!(table.contains("cmdline   + no_timer_check"), "{table}");
+    for (arg, needle) in [
+        ("usrhash=00", "usrhash= is set by keel build"),
+        ("root=/dev/sda1", "root= is set by keel build"),
+        ("a b", "is not one argument"),
+        ("", "an empty argument"),
+    ] {
+        assert_error_at(
+            &ws,
+            "child",
+            &format!("extends = \"base\"\nkernel-cmdline = [{arg:?}]\n"),
+            "2:18",
+            needle,
+        );
+    }
+}
