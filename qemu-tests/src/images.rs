@@ -5,10 +5,15 @@
 //! A later run finds them up to date (`keel build` compares its inputs,
 //! 0.1 s), so only changed inputs cost a rebuild.
 //!
-//! The etcd image uses the shipped `local` profile. Worker and controller
-//! use the TEST-ONLY profile `fixtures/profiles/k8s-test.toml` (`local`
-//! plus test doubles of the Kubernetes binaries Debian does not package,
-//! served from `fixtures/doubles` through `fixtures/mirrors.toml`).
+//! Every image here is a test image (its nodes reach AWS by the real
+//! endpoint names through a TLS proxy only the test CA vouches for; see
+//! [`crate::aws_names`]). The etcd image uses the TEST-ONLY profile
+//! `fixtures/profiles/local-test.toml` (the shipped `local` profile plus a
+//! `[test]` table naming the machine's test CA). Worker and controller use
+//! `fixtures/profiles/k8s-test.toml` (`local-test` plus test doubles of
+//! the Kubernetes binaries Debian does not package, served from
+//! `fixtures/doubles` through `fixtures/mirrors.toml`). The profiles are
+//! copied, with the CA's certificate, into `<target>/images/profiles/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,9 +106,29 @@ pub fn tools() -> Result<&'static Tools> {
 /// The profile an image of `role` is built from here.
 pub fn profile(role: Role) -> &'static str {
     match role {
-        Role::Etcd => "local",
+        Role::Etcd => "local-test",
         Role::Worker | Role::Controller => "k8s-test",
     }
+}
+
+/// Writes the test profiles into `dir` with what they extend
+/// (`profiles/local.toml`) and the machine's test CA certificate
+/// (`keel-test-ca.crt`, named by `local-test.toml`'s `[test]` table);
+/// returns `dir`.
+pub fn test_profiles(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (from, name) in [
+        (workspace().join("profiles/local.toml"), "local.toml"),
+        (fixtures().join("profiles/local-test.toml"), "local-test.toml"),
+        (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
+    ] {
+        std::fs::copy(&from, dir.join(name))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+    let ca = keel_testkit::test_ca::TestCa::machine().context("the machine's test CA")?;
+    let path = dir.join("keel-test-ca.crt");
+    std::fs::write(&path, &ca.cert_pem).with_context(|| format!("writing {}", path.display()))?;
+    Ok(dir.to_path_buf())
 }
 
 /// A built image of `role`.
@@ -155,24 +180,11 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         .arg("--bootstrap-bin")
         .arg(&tools.bootstrap)
         .args(extra);
-    if profile == "k8s-test" {
-        // The test profile extends `local`: both go in one directory.
-        let profiles = target_dir()?.join("images/profiles");
-        std::fs::create_dir_all(&profiles)
-            .with_context(|| format!("creating {}", profiles.display()))?;
-        for (from, name) in [
-            (workspace().join("profiles/local.toml"), "local.toml"),
-            (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
-        ] {
-            std::fs::copy(&from, profiles.join(name))
-                .with_context(|| format!("copying {}", from.display()))?;
-        }
-        cmd.arg("--profiles-dir")
-            .arg(&profiles)
-            .arg("--mirrors")
-            .arg(fixtures().join("mirrors.toml"))
-            .arg("--offline");
-    }
+    cmd.arg("--profiles-dir")
+        .arg(test_profiles(&target_dir()?.join("images/profiles"))?)
+        .arg("--mirrors")
+        .arg(fixtures().join("mirrors.toml"))
+        .arg("--offline");
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {
         bail!(

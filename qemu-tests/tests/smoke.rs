@@ -1,6 +1,6 @@
 //! Image smoke tests (need root, mmdebstrap's Debian mirror or a warm
 //! ~/.cache/keel, QEMU and OVMF): `keel build` makes the etcd image of the
-//! `local` profile; it boots under QEMU to keel-bootstrap.service and its
+//! `local-test` profile (a test image); it boots under QEMU to keel-bootstrap.service and its
 //! root partition grows to fill a bigger disk; worker and controller
 //! images (test profile) boot too; a copy with one byte of /usr changed
 //! fails dm-verity; a second build gives the same bytes; `keel inspect`
@@ -170,7 +170,8 @@ fn inspect_reads_the_manifest_from_the_image() {
     assert_eq!(inspected, b.manifest().unwrap());
     let m = &inspected;
     assert_eq!(m["role"], "etcd");
-    assert_eq!(m["profile"], "local");
+    assert_eq!(m["profile"], "local-test");
+    assert_eq!(m["test-image"], true, "the QEMU tests boot test images");
     let etcd = m["components"]
         .as_array()
         .unwrap()

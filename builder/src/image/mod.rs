@@ -264,6 +264,9 @@ impl FileTree {
         rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
         let role = format!("{}\n", req.resolved.role);
         rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
+        if let Some(test) = &req.resolved.test {
+            rootfs::add_test_layer(&tree, test)?;
+        }
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
         Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
@@ -424,6 +427,7 @@ fn disk_image(
         cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
         secure_boot: manifest::secure_boot(req.secure_boot),
+        test_image: r.test.is_some(),
         components: manifest::components(&r.components, &tree.packages)?,
         debian_packages: tree.packages,
         disk_guid: table.disk_guid,

@@ -11,7 +11,7 @@ use keel_contract::Role;
 use toml::Spanned;
 
 use super::error::{Location, ProfileError};
-use super::resolved::{Digest, Install};
+use super::resolved::{Digest, Install, TestImage};
 use super::schema::{self, ComponentTable, InstallTable, ProfileFile};
 
 /// The only architecture Keel builds for.
@@ -43,6 +43,9 @@ pub struct Profile {
     pub components: BTreeMap<String, ComponentSpec>,
     /// Extra packages per role.
     pub role_packages: BTreeMap<Role, Vec<String>>,
+    /// TEST ONLY: set when the profile or one it extends has a `[test]`
+    /// table.
+    pub test: Option<TestImage>,
 }
 
 /// One component as the profile chain defines it: complete, with templates
@@ -175,9 +178,13 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
     let mut base_at: Option<Location> = None;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut role_packages = BTreeMap::new();
+    let mut test = None;
 
     for layer in chain.iter().rev() {
         let f = &layer.file;
+        if let Some(t) = &f.test {
+            test = Some(test_image(layer, t.get_ref())?);
+        }
         if let Some(a) = &f.arch {
             arch = Some(layer.at(a));
         }
@@ -243,7 +250,34 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         packages,
         components,
         role_packages,
+        test,
     })
+}
+
+/// A `[test]` table with its CA files read (relative to the profile's
+/// directory) and checked to be PEM certificates.
+fn test_image(layer: &Layer, t: &schema::TestTable) -> Result<TestImage, ProfileError> {
+    let dir = layer.path.parent().unwrap_or(Path::new("."));
+    let mut trusted_cas = Vec::new();
+    for file in &t.trust {
+        let at = layer.loc(&file.span());
+        let path = dir.join(file.get_ref());
+        let pem = fs::read_to_string(&path).map_err(|e| {
+            ProfileError::invalid(at.clone(), format!("test.trust: reading {}: {e}", path.display()))
+        })?;
+        let certs = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        if certs == 0 || pem.contains("PRIVATE KEY-----") {
+            return Err(ProfileError::invalid(
+                at,
+                format!(
+                    "test.trust: {} is not a PEM certificate (and must hold no private key)",
+                    path.display()
+                ),
+            ));
+        }
+        trusted_cas.push(pem);
+    }
+    Ok(TestImage { trusted_cas })
 }
 
 fn merge_component(

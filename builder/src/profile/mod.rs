@@ -22,7 +22,7 @@ pub use error::{Location, ProfileError};
 pub use load::{ComponentSpec, Profile, SpecSource};
 // The image build (keel build) uses all of these.
 #[allow(unused_imports)]
-pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source};
+pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source, TestImage};
 
 /// Where profiles and role definitions live.
 #[derive(Debug, Clone)]
@@ -95,6 +95,7 @@ pub fn resolve_loaded(
         source_date_epoch: profile.source_date_epoch,
         base: Base { suite: profile.suite.clone(), mirror: profile.mirror.clone(), packages },
         components,
+        test: profile.test.clone(),
     })
 }
 
