@@ -509,6 +509,31 @@ impl Cluster {
         self.dir.join(name).join(vm::CONSOLE_LOG)
     }
 
+    /// The AWS endpoint names node `name` reached (sorted, deduplicated):
+    /// each over a TLS connection whose certificate the node verified, and
+    /// each resolved by the node through the network's resolver (dnsmasq's
+    /// log shows the query from the node's address). An error when the
+    /// node refused a handshake or used a name it did not look up there.
+    pub fn aws_names_used(&self, name: &str) -> Result<Vec<String>> {
+        let ip = IpAddr::V4(self.node(name)?.private_ip);
+        let mut names = Vec::new();
+        for c in self.aws_names.connections().into_iter().filter(|c| c.peer.ip() == ip) {
+            if let Err(e) = &c.handshake {
+                bail!("node {name}: a TLS handshake with the AWS endpoint proxy failed: {e}");
+            }
+            names.extend(c.server_name);
+        }
+        names.sort();
+        names.dedup();
+        let log = self.net.dnsmasq_log();
+        for n in &names {
+            if !log.contains(&format!("query[A] {n} from {ip}")) {
+                bail!("node {name} reached {n} without asking the network's resolver for it");
+            }
+        }
+        Ok(names)
+    }
+
     /// The run's work directory.
     pub fn dir(&self) -> &Path {
         &self.dir

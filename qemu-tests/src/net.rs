@@ -208,7 +208,10 @@ impl Network {
             text.push_str("port=0\n");
         } else {
             // Every query is logged: tests read which guest asked for what.
-            text.push_str(&format!("log-queries\ndhcp-option=option:dns-server,{}\n", self.gateway()));
+            text.push_str(&format!(
+                "log-queries\ndhcp-option=option:dns-server,{}\n",
+                self.gateway()
+            ));
             for (name, addr) in &self.names {
                 text.push_str(&format!("address=/{name}/{addr}\n"));
             }

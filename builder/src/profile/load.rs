@@ -263,7 +263,10 @@ fn test_image(layer: &Layer, t: &schema::TestTable) -> Result<TestImage, Profile
         let at = layer.loc(&file.span());
         let path = dir.join(file.get_ref());
         let pem = fs::read_to_string(&path).map_err(|e| {
-            ProfileError::invalid(at.clone(), format!("test.trust: reading {}: {e}", path.display()))
+            ProfileError::invalid(
+                at.clone(),
+                format!("test.trust: reading {}: {e}", path.display()),
+            )
         })?;
         let certs = pem.matches("-----BEGIN CERTIFICATE-----").count();
         if certs == 0 || pem.contains("PRIVATE KEY-----") {

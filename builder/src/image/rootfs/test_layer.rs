@@ -49,11 +49,19 @@ mod tests {
     #[test]
     fn the_marker_and_the_cas_go_in_and_debians_bundle_stays() {
         let dir = tempfile::tempdir().unwrap();
-        write_file(dir.path(), TRUST_STORE, b"-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----", 0o644).unwrap();
+        write_file(
+            dir.path(),
+            TRUST_STORE,
+            b"-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----",
+            0o644,
+        )
+        .unwrap();
         let ca = "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n";
         add_test_layer(dir.path(), &TestImage { trusted_cas: vec![ca.into()] }).unwrap();
         let bundle = fs::read_to_string(dir.path().join(TRUST_STORE)).unwrap();
-        assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n"));
+        assert!(
+            bundle.starts_with("-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n")
+        );
         assert!(bundle.ends_with(ca));
         assert!(dir.path().join(TEST_IMAGE_FILE).is_file());
         assert_eq!(fs::read_to_string(dir.path().join(TEST_CA_DIR).join("0.crt")).unwrap(), ca);
