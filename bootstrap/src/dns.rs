@@ -52,6 +52,12 @@ struct Inner {
 }
 
 impl Dns {
+    /// Resolves with the name servers of the running system's
+    /// `/etc/resolv.conf`.
+    pub fn system() -> Dns {
+        Dns::from_root(Path::new("/"))
+    }
+
     /// Resolves with the name servers of `<root>/etc/resolv.conf`.
     pub fn from_root(root: &Path) -> Dns {
         Dns::from_resolv_conf(&root.join(RESOLV_CONF))
