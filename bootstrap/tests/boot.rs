@@ -255,6 +255,9 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
     std::fs::create_dir_all(root.path().join("usr/lib/keel")).unwrap();
     std::fs::write(root.path().join(userdata::IMAGE_ROLE_FILE), format!("{role}\n")).unwrap();
     write_components(root.path());
+    // A test image: these nodes reach moto over plain http through their
+    // user data's endpoint override (production_image() takes it away).
+    std::fs::write(root.path().join(userdata::TEST_IMAGE_FILE), "test image\n").unwrap();
     let imds = ImdsEmulator::start(Instance {
         instance_id: id.clone(),
         region: REGION.into(),
@@ -269,6 +272,12 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
 }
 
 impl Node {
+    /// Makes this node's root an image that is not a test image.
+    fn production_image(self) -> Node {
+        std::fs::remove_file(self.path(userdata::TEST_IMAGE_FILE)).unwrap();
+        self
+    }
+
     async fn boot(&self) -> Result<node::Configured, node::BootError> {
         node::run(node::Options {
             root: self.root.path().to_path_buf(),
@@ -1837,4 +1846,84 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
     assert!(err.contains("/secrets/bootstrap-token-abcdef?") && err.contains("HTTP 403"), "{err}");
     assert!(!err.contains("0123456789abcdef"), "the token in an error: {err}");
     assert_eq!(api.seen().len() - before, 2, "one /readyz and one PATCH");
+}
+
+/// Issue 13, item 4: on an image that is not a test image, a plain-http
+/// `aws.endpoint-url` is refused before any AWS call, with one line that
+/// says why and what would be accepted.
+#[tokio::test]
+async fn an_http_endpoint_url_is_refused_on_a_production_image() {
+    let mut ud = user_data_for_rendering(Role::Worker);
+    ud.aws = Some(userdata::Aws { endpoint_url: Some("http://10.0.0.9:5000".into()) });
+    let inst = ("i-0prod".to_string(), "10.0.1.5".to_string(), "ip-10-0-1-5.ec2.internal".into());
+    let n = node(Role::Worker, &inst, user_data_bytes(&ud)).production_image();
+    let err = n.boot().await.unwrap_err();
+    assert_eq!(err.step, "aws config", "{err}");
+    for part in ["\"http://10.0.0.9:5000\" refused", "https://", "test image", "[test]"] {
+        assert!(err.message.contains(part), "{part:?} not in {err}");
+    }
+    assert!(
+        n.console.text().contains("keel-bootstrap: aws config: failed: aws.endpoint-url"),
+        "{}",
+        n.console.text()
+    );
+    // The same user data on a test image gets past the check (and then
+    // fails only to reach the address, which nothing serves).
+    assert!(aws::check_endpoint("http://10.0.0.9:5000", true).is_ok());
+    assert!(aws::check_endpoint("HTTPS://s3.example.internal", false).is_ok());
+}
+
+/// Issue 13, item 3: the node's AWS client verifies the endpoint's
+/// certificate against the image's trust store (`etc/ssl/certs/
+/// ca-certificates.crt` under its root) and nothing else: behind a TLS
+/// proxy whose CA the store lacks, every call fails on the certificate
+/// (the proxy sees the handshake refused); with the CA in the store the
+/// same call reaches moto. An https override is accepted on any image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_refuses_an_endpoint_whose_certificate_its_trust_store_lacks() {
+    use keel_testkit::test_ca::TestCa;
+    use keel_testkit::tls_proxy::TlsProxy;
+    let aws = aws_env().await;
+    let moto: std::net::SocketAddr =
+        aws.moto.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy_ca = TestCa::ephemeral().unwrap();
+    let proxy = TlsProxy::start(moto, &proxy_ca.issue(&["127.0.0.1".into()]).unwrap()).unwrap();
+    let imds = ImdsEmulator::start(Instance {
+        instance_id: "i-0tls".into(),
+        region: REGION.into(),
+        availability_zone: format!("{REGION}a"),
+        private_ipv4: "10.0.1.7".into(),
+        local_hostname: "ip-10-0-1-7.ec2.internal".into(),
+        user_data: None,
+        credentials: Some(Credentials::testing()),
+    })
+    .unwrap();
+    let target = aws::Target {
+        region: Some(REGION.into()),
+        endpoint_url: Some(format!("https://{}", proxy.addr())),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join(aws::TRUST_STORE);
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    let list = |sdk: SdkConfig| async move {
+        aws::s3_client(&sdk).list_objects_v2().bucket(BUCKET).send().await
+    };
+
+    // No trust store at all: a clear error before any call.
+    let err = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap_err();
+    assert!(err.to_string().contains("ca-certificates.crt"), "{err}");
+
+    // Another CA (a stand-in for Debian's bundle, which lacks it too).
+    std::fs::write(&store, TestCa::ephemeral().unwrap().cert_pem).unwrap();
+    let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
+    let err = aws::display_error(&list(sdk).await.unwrap_err());
+    assert!(err.contains("UnknownIssuer") || err.contains("certificate"), "{err}");
+    let refused = proxy.connections();
+    assert!(!refused.is_empty() && refused.iter().all(|c| c.handshake.is_err()), "{refused:?}");
+
+    // The proxy's CA in the store: the same call goes through to moto.
+    std::fs::write(&store, &proxy_ca.cert_pem).unwrap();
+    let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
+    list(sdk).await.unwrap_or_else(|e| panic!("{}", aws::display_error(&e)));
+    assert!(proxy.connections().iter().any(|c| c.handshake.is_ok()));
 }

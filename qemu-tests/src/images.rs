@@ -10,6 +10,10 @@
 //! Debian's etcd, containerd, runc and CNI plugins repacked into upstream's
 //! release layouts ([`crate::repack`]) and test doubles of the Kubernetes
 //! binaries (`fixtures/doubles`), served through the run's mirrors file.
+//! Its `[test]` table makes every image here a test image: its nodes reach
+//! AWS by the real endpoint names through a TLS proxy only the machine's
+//! test CA vouches for (see [`crate::aws_names`]); the CA's certificate is
+//! written beside the copied profiles as `keel-test-ca.crt`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -147,6 +151,11 @@ pub fn profiles() -> Result<(PathBuf, PathBuf)> {
                 std::fs::copy(&from, dir.join(&name))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
+            // The machine's test CA, named by ci.toml's `[test]` table.
+            let ca = keel_testkit::test_ca::TestCa::machine().context("the machine's test CA")?;
+            let ca_path = dir.join("keel-test-ca.crt");
+            std::fs::write(&ca_path, &ca.cert_pem)
+                .with_context(|| format!("writing {}", ca_path.display()))?;
             let mut repacked = crate::repack::ensure(&crate::repack::pinned(&ci)?)
                 .context("repacking Debian's binaries for the CI profile")?;
             repacked.push(with_api_server_double(&dir, &tools()?.api_server_double)?);

@@ -1,6 +1,7 @@
 //! Harness that boots Keel images under QEMU against an emulated AWS.
 
 pub mod aws;
+pub mod aws_names;
 pub mod cluster;
 pub mod debian;
 pub mod disk;

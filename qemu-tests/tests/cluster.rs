@@ -3,8 +3,10 @@
 //! new ones restore the newest snapshot): Keel images booted as a cluster under
 //! QEMU against moto and the metadata emulator, checked from the host with
 //! Debian's etcdctl over TLS. Needs root, QEMU, OVMF, moto, dnsmasq and
-//! etcdctl; builds the etcd image (TEST-ONLY profile `ci`, the production recipe) and the controller
-//! image (TEST-ONLY profile `ci`) when they are missing.
+//! etcdctl; builds the etcd image and the controller image (TEST-ONLY
+//! profile `ci`: the production recipe, a test image whose nodes reach AWS
+//! by its endpoint names through the test CA's TLS proxy, see
+//! `keel_qemu_tests::aws_names`) when they are missing.
 //!
 //! The three scenarios share one 3-node etcd cluster (forming one costs
 //! minutes under TCG): `main` owns it, creates it on the first scenario
@@ -23,6 +25,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use keel_bootstrap::envelope;
 use keel_contract::Role;
+use keel_qemu_tests::aws_names::endpoint_name;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::etcd_cluster::{EtcdCluster, FAILED};
 use keel_qemu_tests::etcdctl::{self, Credentials, Etcdctl};
@@ -140,8 +143,9 @@ fn main() -> ExitCode {
 /// a. Three etcd VMs found each other by tags, opened their bundles and
 /// formed one TLS-secured cluster: three members with the nodes' peer
 /// URLs, every endpoint healthy, a key written through one member is read
-/// through another; and the cluster refuses a client without a
-/// certificate its CA signed.
+/// through another; the cluster refuses a client without a certificate
+/// its CA signed; and every member reached EC2, S3 and KMS by their real
+/// endpoint names over verified HTTPS.
 async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> {
     let members = c.etcdctl().member_list().await?;
     ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
@@ -196,6 +200,17 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
     )?;
     let refused = Etcdctl::new(creds, c.endpoints()[..1].to_vec()).get("keel/scenario-a").await;
     ensure!(refused.is_err(), "a client certificate from another CA read the key: {refused:?}");
+
+    // Every member reached AWS by its real names (no endpoint override in
+    // the user data): EC2 for discovery, the virtual-hosted bucket, KMS,
+    // each looked up through the network's resolver and verified.
+    let bucket = format!("{}.{}", c.cluster.account.bucket, endpoint_name("s3"));
+    for n in c.members() {
+        let names = c.cluster.aws_names_used(&n.name)?;
+        for want in [&endpoint_name("ec2"), &bucket, &endpoint_name("kms")] {
+            ensure!(names.contains(want), "{} did not reach {want}: {names:?}", n.name);
+        }
+    }
     Ok(())
 }
 

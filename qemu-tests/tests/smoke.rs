@@ -1,6 +1,6 @@
 //! Image smoke tests (need root, mmdebstrap's Debian mirror or a warm
 //! ~/.cache/keel, QEMU and OVMF): `keel build` makes the etcd image of the
-//! TEST-ONLY `ci` profile (the production recipe); it boots under QEMU to keel-bootstrap.service and its
+//! TEST-ONLY `ci` profile (the production recipe, a test image); it boots under QEMU to keel-bootstrap.service and its
 //! root partition grows to fill a bigger disk; worker and controller
 //! images (test profile) boot too; a copy with one byte of /usr changed
 //! fails dm-verity; a second build gives the same bytes; `keel inspect`
@@ -171,6 +171,7 @@ fn inspect_reads_the_manifest_from_the_image() {
     let m = &inspected;
     assert_eq!(m["role"], "etcd");
     assert_eq!(m["profile"], images::PROFILE);
+    assert_eq!(m["test-image"], true, "the QEMU tests boot test images");
     let etcd = m["components"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Scenario c of the QEMU suite: a worker boots from the worker image
 //! against the emulated account (moto, the metadata emulator, the VM
-//! network of `keel_qemu_tests::cluster`): keel-bootstrap configures it,
+//! network of `keel_qemu_tests::cluster`), reaching S3 and KMS by their
+//! real endpoint names over verified HTTPS: keel-bootstrap configures it,
 //! containerd starts with the configuration keel-bootstrap wrote and
 //! answers on its socket with the CRI plugin loaded, the CNI network list
 //! is in place, and the kubelet accepts the rendered configuration and
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use keel_contract::userdata::Kubelet;
 use keel_contract::Role;
+use keel_qemu_tests::aws_names::endpoint_name;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::images;
 use keel_qemu_tests::vm::tail;
@@ -96,6 +98,12 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
         format!("request a client certificate for node {} from https://{}:6443 with the bootstrap token", node.hostname, c.api_host()),
     ] {
         assert!(line.contains(&part), "{part:?} not in the kubelet test double's line: {line}");
+    }
+    // Every AWS call by its real name: the bundle from the virtual-hosted
+    // bucket, Decrypt from KMS, each verified against the test CA.
+    let names = c.aws_names_used("worker0").unwrap();
+    for want in [format!("{}.{}", c.account.bucket, endpoint_name("s3")), endpoint_name("kms")] {
+        assert!(names.contains(&want), "worker0 did not reach {want}: {names:?}");
     }
     eprintln!("worker: keel-bootstrap configured after {configured_after:?}, kubelet test double accepted after {accepted_after:?} (QEMU start)");
 }

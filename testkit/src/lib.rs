@@ -11,3 +11,11 @@ pub mod moto;
 pub mod process;
 pub mod pytools;
 pub mod teardown;
+pub mod test_ca;
+pub mod tls_proxy;
+
+/// Installs the process-wide TLS crypto provider (aws-lc-rs), as the
+/// binaries do; a no-op when one is installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -272,6 +272,9 @@ impl FileTree {
             keel_contract::image::render(entries.iter().map(|e| (&*e.name, &*e.version)));
         let components = keel_contract::image::COMPONENTS_FILE;
         rootfs::write_file(&tree, components, versions.as_bytes(), 0o644)?;
+        if let Some(test) = &req.resolved.test {
+            rootfs::add_test_layer(&tree, test)?;
+        }
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
         Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
@@ -434,6 +437,7 @@ fn disk_image(
         cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
         secure_boot: manifest::secure_boot(req.secure_boot),
+        test_image: r.test.is_some(),
         components: manifest::components(&r.components, &tree.packages)?,
         debian_packages: tree.packages,
         disk_guid: table.disk_guid,

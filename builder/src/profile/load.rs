@@ -11,7 +11,7 @@ use keel_contract::Role;
 use toml::Spanned;
 
 use super::error::{Location, ProfileError};
-use super::resolved::{Digest, Install};
+use super::resolved::{Digest, Install, TestImage};
 use super::schema::{self, ComponentTable, InstallTable, ProfileFile};
 
 /// The only architecture Keel builds for.
@@ -47,6 +47,9 @@ pub struct Profile {
     pub role_packages: BTreeMap<Role, Vec<String>>,
     /// Extra components per role, each where the profile names it.
     pub role_components: BTreeMap<Role, Vec<(String, Location)>>,
+    /// TEST ONLY: set when the profile or one it extends has a `[test]`
+    /// table.
+    pub test: Option<TestImage>,
 }
 
 /// One component as the profile chain defines it: complete, with templates
@@ -181,9 +184,13 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut role_packages = BTreeMap::new();
     let mut role_components = BTreeMap::new();
+    let mut test = None;
 
     for layer in chain.iter().rev() {
         let f = &layer.file;
+        if let Some(t) = &f.test {
+            test = Some(test_image(layer, t.get_ref())?);
+        }
         if let Some(a) = &f.arch {
             arch = Some(layer.at(a));
         }
@@ -263,6 +270,7 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         components,
         role_packages,
         role_components,
+        test,
     })
 }
 
@@ -290,6 +298,35 @@ fn check_kernel_cmdline(k: At<Vec<String>>) -> Result<Vec<String>, ProfileError>
         }
     }
     Ok(k.value)
+}
+
+/// A `[test]` table with its CA files read (relative to the profile's
+/// directory) and checked to be PEM certificates.
+fn test_image(layer: &Layer, t: &schema::TestTable) -> Result<TestImage, ProfileError> {
+    let dir = layer.path.parent().unwrap_or(Path::new("."));
+    let mut trusted_cas = Vec::new();
+    for file in &t.trust {
+        let at = layer.loc(&file.span());
+        let path = dir.join(file.get_ref());
+        let pem = fs::read_to_string(&path).map_err(|e| {
+            ProfileError::invalid(
+                at.clone(),
+                format!("test.trust: reading {}: {e}", path.display()),
+            )
+        })?;
+        let certs = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        if certs == 0 || pem.contains("PRIVATE KEY-----") {
+            return Err(ProfileError::invalid(
+                at,
+                format!(
+                    "test.trust: {} is not a PEM certificate (and must hold no private key)",
+                    path.display()
+                ),
+            ));
+        }
+        trusted_cas.push(pem);
+    }
+    Ok(TestImage { trusted_cas })
 }
 
 fn merge_component(

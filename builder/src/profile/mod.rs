@@ -22,7 +22,7 @@ pub use error::{Location, ProfileError};
 pub use load::{ComponentSpec, Profile, SpecSource};
 // The image build (keel build) uses all of these.
 #[allow(unused_imports)]
-pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source};
+pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source, TestImage};
 
 /// Where profiles and role definitions live.
 #[derive(Debug, Clone)]
@@ -98,6 +98,7 @@ pub fn resolve_loaded(
         kernel_cmdline: profile.kernel_cmdline.clone(),
         base: Base { suite: profile.suite.clone(), mirror: profile.mirror.clone(), packages },
         components,
+        test: profile.test.clone(),
     })
 }
 

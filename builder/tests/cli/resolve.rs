@@ -23,6 +23,8 @@ fn names(v: &Value) -> Vec<String> {
 fn production_resolves_for_every_role() {
     let repo = repo();
     let controller = resolve_json(&repo, "production", "controller");
+    // A shipped profile never makes a test image.
+    assert!(controller.get("test").is_none(), "production has a [test] table");
     assert_eq!(
         names(&controller),
         [
@@ -322,4 +324,47 @@ fn bug_a_test_only_kernel_argument_is_a_profile_key_the_shipped_profiles_do_not_
             needle,
         );
     }
+}
+
+/// A `[test]` table makes a test profile: its CA certificates (read
+/// relative to the profile) are in the resolved manifest, and a profile
+/// extending it is a test profile too; a profile without one has no
+/// `test` key. Files that are not certificates, or carry a key, are
+/// refused at their position.
+#[test]
+fn a_test_table_makes_test_images_and_its_cas_must_be_certificates() {
+    let ws = workspace_with_roles();
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    fs::write(ws.path().join("profiles/test-ca.crt"), ca).unwrap();
+    ws.profile("ci", "extends = \"base\"\n[test]\ntrust = [\"test-ca.crt\"]\n");
+    ws.profile("ci-child", "extends = \"ci\"\n");
+    for name in ["ci", "ci-child"] {
+        let v = resolve_json(ws.path(), name, "etcd");
+        assert_eq!(v["test"]["trusted-cas"], serde_json::json!([ca]), "{name}");
+    }
+    assert!(resolve_json(ws.path(), "base", "etcd").get("test").is_none());
+
+    fs::write(ws.path().join("profiles/key.pem"), format!("{ca}-----BEGIN PRIVATE KEY-----\n"))
+        .unwrap();
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ntrust = [\"key.pem\"]\n",
+        "3:10",
+        "must hold no private key",
+    );
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ntrust = [\"nope.crt\"]\n",
+        "3:10",
+        "test.trust: reading",
+    );
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ncmdline = []\n",
+        "3:1",
+        "unknown field `cmdline`",
+    );
 }
