@@ -9,4 +9,5 @@ pub mod imds;
 pub mod moto;
 pub mod process;
 pub mod pytools;
+pub mod readback;
 pub mod teardown;
