@@ -9,6 +9,7 @@ pub mod etcdctl;
 pub mod images;
 pub mod keel;
 pub mod net;
+pub mod published;
 pub mod rundir;
 pub mod stock;
 pub mod vm;

@@ -99,68 +99,82 @@ fn assert_nothing_left(out: &Path) {
     assert!(!out.with_extension("partial").exists(), "a partial read-back was left");
 }
 
+/// A moto server, the proxy in front of it, a snapshot of `uploaded`
+/// blocks of [`image_bytes`] (block `bad_checksum` sent with a wrong
+/// checksum), and `image` written as the image to compare with.
+struct Case {
+    _moto: Moto,
+    proxy: FaultProxy,
+    ebs: aws_sdk_ebs::Client,
+    id: String,
+    _dir: tempfile::TempDir,
+    image: PathBuf,
+    out: PathBuf,
+}
+
+impl Case {
+    /// `through_proxy: false` reads straight from moto.
+    async fn new(
+        uploaded: &[u64],
+        bad_checksum: Option<u64>,
+        image: &[u8],
+        through_proxy: bool,
+    ) -> Case {
+        let moto = Moto::start().unwrap();
+        let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
+        let ebs = ebs(if through_proxy { &proxy.endpoint } else { &moto.endpoint }).await;
+        let id = upload(&ebs, &image_bytes(), uploaded, bad_checksum).await;
+        let dir = tempfile::tempdir().unwrap();
+        let image = write_image(dir.path(), image);
+        let out = dir.path().join("disk.raw");
+        Case { _moto: moto, proxy, ebs, id, _dir: dir, image, out }
+    }
+
+    async fn read_back(&self) -> Result<keel_testkit::readback::ReadBack, Error> {
+        read_back(&self.ebs, &self.id, &self.image, &self.out).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_back_the_image_a_snapshot_holds() {
-    let moto = Moto::start().unwrap();
-    let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
-    let ebs = ebs(&proxy.endpoint).await;
     let data = image_bytes();
-    let id = upload(&ebs, &data, &DATA, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let image = write_image(dir.path(), &data);
-    let out = dir.path().join("disk.raw");
-
-    let r = read_back(&ebs, &id, &image, &out).await.unwrap();
+    let c = Case::new(&DATA, None, &data, true).await;
+    let r = c.read_back().await.unwrap();
     assert_eq!(r.listed, DATA);
     assert_eq!(r.block_size, BLOCK as u64);
     assert_eq!(r.volume_bytes, 1 << 30);
-    let disk = std::fs::read(&out).unwrap();
+    let disk = std::fs::read(&c.out).unwrap();
     assert_eq!(disk.len(), 1 << 30, "the disk is the volume's size");
     assert!(disk[..IMAGE_LEN] == data[..], "the disk starts with the image");
     assert!(disk[IMAGE_LEN..].iter().all(|&b| b == 0), "and is zeros after it");
-    assert!(!out.with_extension("partial").exists());
+    assert!(!c.out.with_extension("partial").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_that_differs_is_named_with_both_sha256s() {
-    let moto = Moto::start().unwrap();
-    let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
-    let ebs = ebs(&proxy.endpoint).await;
     let data = image_bytes();
-    let id = upload(&ebs, &data, &DATA, None).await;
-    let dir = tempfile::tempdir().unwrap();
     let mut changed = data.clone();
     changed[2 * BLOCK + 100] ^= 1;
-    let image = write_image(dir.path(), &changed);
-    let out = dir.path().join("disk.raw");
-
-    let err = read_back(&ebs, &id, &image, &out).await.unwrap_err();
+    let c = Case::new(&DATA, None, &changed, true).await;
+    let err = c.read_back().await.unwrap_err();
     let text = err.to_string();
     match &err {
         Error::Mismatch { snapshot_id, index, listed, expected, actual, .. } => {
-            assert_eq!((snapshot_id.as_str(), *index, *listed), (id.as_str(), 2, true));
+            assert_eq!((snapshot_id.as_str(), *index, *listed), (c.id.as_str(), 2, true));
             assert_eq!(expected, &hex::encode(Sha256::digest(block(&changed, 2))));
             assert_eq!(actual, &hex::encode(Sha256::digest(block(&data, 2))));
         }
         other => panic!("expected a mismatch of block 2: {other}"),
     }
-    assert!(text.contains(&id) && text.contains("block 2"), "{text}");
-    assert_nothing_left(&out);
+    assert!(text.contains(&c.id) && text.contains("block 2"), "{text}");
+    assert_nothing_left(&c.out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_data_the_snapshot_does_not_hold_is_named() {
-    let moto = Moto::start().unwrap();
-    let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
-    let ebs = ebs(&proxy.endpoint).await;
-    let data = image_bytes();
     // Block 2 never uploaded: a volume reads zeros there.
-    let id = upload(&ebs, &data, &[0, 5], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let image = write_image(dir.path(), &data);
-    let out = dir.path().join("disk.raw");
-
-    let err = read_back(&ebs, &id, &image, &out).await.unwrap_err();
+    let c = Case::new(&[0, 5], None, &image_bytes(), true).await;
+    let err = c.read_back().await.unwrap_err();
     match &err {
         Error::Mismatch { index: 2, listed: false, actual, .. } => {
             assert_eq!(actual, &hex::encode(Sha256::digest(vec![0u8; BLOCK])));
@@ -168,48 +182,36 @@ async fn image_data_the_snapshot_does_not_hold_is_named() {
         other => panic!("expected unlisted block 2: {other}"),
     }
     assert!(err.to_string().contains("not listed by ListSnapshotBlocks"), "{err}");
-    assert_nothing_left(&out);
+    assert_nothing_left(&c.out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_that_does_not_match_its_checksum_is_refused() {
     // moto keeps whatever checksum the upload sent and returns it with the
     // block: a wrong one is what an uploader's checksum bug looks like.
-    let moto = Moto::start().unwrap();
-    let proxy = FaultProxy::start(&moto.endpoint, false).unwrap();
-    let ebs = ebs(&proxy.endpoint).await;
     let data = image_bytes();
-    let id = upload(&ebs, &data, &DATA, Some(5)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let image = write_image(dir.path(), &data);
-    let out = dir.path().join("disk.raw");
-
-    let err = read_back(&ebs, &id, &image, &out).await.unwrap_err();
+    let c = Case::new(&DATA, Some(5), &data, true).await;
+    let err = c.read_back().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Call { call: "GetSnapshotBlock", index: Some(5), .. }), "{text}");
-    assert!(text.contains(&id) && text.contains(&b64_sha256(&block(&data, 5))), "{text}");
+    assert!(text.contains(&c.id) && text.contains(&b64_sha256(&block(&data, 5))), "{text}");
     // Retried a bounded number of times, then given up.
-    let gets = proxy
+    let block5 = format!("/snapshots/{}/blocks/5", c.id);
+    let gets = c
+        .proxy
         .requests()
         .iter()
-        .filter(|r| r.method == "GET" && r.path.starts_with(&format!("/snapshots/{id}/blocks/5")))
+        .filter(|r| r.method == "GET" && r.path.starts_with(&block5))
         .count();
     assert_eq!(gets, keel_testkit::readback::BLOCK_RETRY.max_attempts as usize, "GETs of block 5");
-    assert_nothing_left(&out);
+    assert_nothing_left(&c.out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn straight_from_moto_the_wrong_block_size_is_named() {
     // moto 5.2.5 answers BlockSize 512 for 524288-byte blocks.
-    let moto = Moto::start().unwrap();
-    let ebs = ebs(&moto.endpoint).await;
-    let data = image_bytes();
-    let id = upload(&ebs, &data, &DATA, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let image = write_image(dir.path(), &data);
-    let out = dir.path().join("disk.raw");
-
-    let err = read_back(&ebs, &id, &image, &out).await.unwrap_err().to_string();
+    let c = Case::new(&DATA, None, &image_bytes(), false).await;
+    let err = c.read_back().await.unwrap_err().to_string();
     assert!(err.contains("512-byte blocks") && err.contains("fault_proxy"), "{err}");
-    assert_nothing_left(&out);
+    assert_nothing_left(&c.out);
 }
