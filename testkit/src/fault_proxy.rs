@@ -378,11 +378,10 @@ async fn forward(state: &State, req: &Request) -> anyhow::Result<Reply> {
 fn announces_block_size(method: &str, path: &str) -> bool {
     let path = path.split('?').next().unwrap_or_default();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        ("POST", ["snapshots"]) => true,
-        ("GET", ["snapshots", _, "blocks"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, parts.as_slice()),
+        ("POST", ["snapshots"]) | ("GET", ["snapshots", _, "blocks"])
+    )
 }
 
 /// A StartSnapshot or ListSnapshotBlocks reply with `BlockSize` set to
