@@ -1,9 +1,9 @@
 //! An n-node etcd cluster of Keel VMs, as the scenarios and the demo
 //! bring it up: the cluster's assets published to the emulated account,
-//! the AMI `keel publish` registered (or a stand-in), n tagged instances with etcd user
-//! data, the VMs booted all at once, then waits until every node's
-//! keel-bootstrap says `configured` and the host's etcdctl sees exactly
-//! those n members, started and healthy. Also the replacement of a
+//! the AMI `keel publish` registered (or a stand-in), n tagged instances
+//! with etcd user data, the VMs booted all at once, then waits until every
+//! node's keel-bootstrap says `configured` and the host's etcdctl sees
+//! exactly those n members, started and healthy. Also the replacement of a
 //! member (stop, terminate, boot a new instance that joins).
 //!
 //! Progress goes to stderr, one line per event, prefixed `cluster:`.

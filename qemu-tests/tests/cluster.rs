@@ -6,9 +6,10 @@
 //! etcdctl over TLS. The etcd members boot what `keel publish` uploaded:
 //! the image is published into the run's account and its AMI's root
 //! snapshot read back block by block (`keel_qemu_tests::published`)
-//! before the members are launched from that AMI. Needs root, QEMU, OVMF, moto, dnsmasq and
-//! etcdctl; builds the etcd image (profile `local`) and the controller
-//! image (TEST-ONLY profile `k8s-test`) when they are missing.
+//! before the members are launched from that AMI. Needs root, QEMU, OVMF,
+//! moto, dnsmasq and etcdctl; builds the etcd image (profile `local`) and
+//! the controller image (TEST-ONLY profile `k8s-test`) when they are
+//! missing.
 //!
 //! The three scenarios share one 3-node etcd cluster (forming one costs
 //! minutes under TCG): `main` owns it, creates it on the first scenario
