@@ -7,12 +7,13 @@
 //! records the EC2 calls (not the block data) and answers the EBS block
 //! size AWS answers. The AMI's root snapshot is the one keel's
 //! RegisterImage call mapped to the AMI's root device: moto 5.2.5 ignores
-//! RegisterImage's block device mappings and reports a snapshot of its
-//! own, without blocks, in DescribeImages (on AWS, DescribeImages names the
-//! mapped snapshot). That snapshot is read back block by block through the
-//! EBS direct API (`keel_testkit::readback`: every block checked against
-//! the image, the unlisted ones zeros) into `<work dir>/published/disk.raw`,
-//! removed with the cluster.
+//! RegisterImage's block device mappings, and DescribeImages reports a
+//! root device `/dev/sda1` on a 15 GiB snapshot of moto's own that the EBS
+//! direct API does not know (ListSnapshotBlocks fails on it); on AWS,
+//! DescribeImages names the mapped snapshot. That snapshot is read back
+//! block by block through the EBS direct API (`keel_testkit::readback`:
+//! every block checked against the image, the unlisted ones zeros) into
+//! `<work dir>/published/disk.raw`, removed with the cluster.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
