@@ -127,10 +127,7 @@ fn puts(reqs: &[Recorded]) -> Vec<&Recorded> {
 }
 
 fn block_of(data: &[u8], index: u64) -> Vec<u8> {
-    let start = index as usize * BLOCK;
-    let mut b = data[start..(start + BLOCK).min(data.len())].to_vec();
-    b.resize(BLOCK, 0);
-    b
+    readback::padded_block(data, index, BLOCK)
 }
 
 fn b64_sha256(data: &[u8]) -> String {

@@ -181,6 +181,16 @@ async fn list(ebs: &aws_sdk_ebs::Client, snapshot_id: &str) -> Result<Listing, E
     Ok(Listing { volume_bytes, block_size, blocks })
 }
 
+/// Block `index` of `data`, zero-padded to `block_size` bytes past the
+/// end of `data` (as a volume reads there): what an uploader sends and a
+/// read-back gets for that block.
+pub fn padded_block(data: &[u8], index: u64, block_size: usize) -> Vec<u8> {
+    let start = (index as usize * block_size).min(data.len());
+    let mut block = data[start..(start + block_size).min(data.len())].to_vec();
+    block.resize(block_size, 0);
+    block
+}
+
 /// Block `index` of `image` (`image_len` bytes), zero-padded to a whole
 /// block.
 fn image_block(
@@ -371,4 +381,17 @@ async fn write_checked(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_block;
+
+    #[test]
+    fn blocks_past_the_data_are_zero_padded() {
+        let data: Vec<u8> = (1..=10).collect();
+        assert_eq!(padded_block(&data, 0, 4), vec![1, 2, 3, 4]);
+        assert_eq!(padded_block(&data, 2, 4), vec![9, 10, 0, 0], "a short last block");
+        assert_eq!(padded_block(&data, 3, 4), vec![0, 0, 0, 0], "past the end");
+    }
 }

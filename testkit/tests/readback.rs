@@ -12,7 +12,7 @@ use aws_sdk_ebs::types::ChecksumAlgorithm;
 use base64::Engine;
 use keel_testkit::fault_proxy::FaultProxy;
 use keel_testkit::moto::Moto;
-use keel_testkit::readback::{read_back, Error};
+use keel_testkit::readback::{padded_block, read_back, Error};
 use sha2::{Digest, Sha256};
 
 const BLOCK: usize = 524_288;
@@ -33,10 +33,7 @@ fn image_bytes() -> Vec<u8> {
 }
 
 fn block(data: &[u8], index: u64) -> Vec<u8> {
-    let start = index as usize * BLOCK;
-    let mut b = data[start..(start + BLOCK).min(data.len())].to_vec();
-    b.resize(BLOCK, 0);
-    b
+    padded_block(data, index, BLOCK)
 }
 
 fn b64_sha256(data: &[u8]) -> String {
@@ -195,15 +192,23 @@ async fn a_block_that_does_not_match_its_checksum_is_refused() {
     let text = err.to_string();
     assert!(matches!(err, Error::Call { call: "GetSnapshotBlock", index: Some(5), .. }), "{text}");
     assert!(text.contains(&c.id) && text.contains(&b64_sha256(&block(&data, 5))), "{text}");
-    // Retried a bounded number of times, then given up.
+    // Retried a bounded number of times, then given up. The proxy logs a
+    // request once its reply is written, so the last one may be logged
+    // just after the client saw it: wait for the log, a few seconds at most.
     let block5 = format!("/snapshots/{}/blocks/5", c.id);
-    let gets = c
-        .proxy
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.starts_with(&block5))
-        .count();
-    assert_eq!(gets, keel_testkit::readback::BLOCK_RETRY.max_attempts as usize, "GETs of block 5");
+    let gets = || {
+        c.proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with(&block5))
+            .count()
+    };
+    let attempts = keel_testkit::readback::BLOCK_RETRY.max_attempts as usize;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gets() < attempts && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(gets(), attempts, "GETs of block 5");
     assert_nothing_left(&c.out);
 }
 
