@@ -13,7 +13,8 @@
 //!   the reply (coldsnap, `crate::readback`) behave as they would against
 //!   AWS;
 //! - injects throttling (HTTP 400 `ThrottlingException`), 5xx and EC2
-//!   error replies on chosen requests, consumed one per matching request.
+//!   error replies on chosen requests (PutSnapshotBlock or GetSnapshotBlock
+//!   of a block, an EC2 action), consumed one per matching request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub enum Fault {
 enum Target {
     /// PutSnapshotBlock for this block index.
     PutBlock(u64),
+    /// GetSnapshotBlock for this block index.
+    GetBlock(u64),
     /// An EC2 query-API call with this `Action`.
     Ec2Action(String),
 }
@@ -171,6 +174,12 @@ impl FaultProxy {
         self.add(Target::PutBlock(index), faults);
     }
 
+    /// Answers the next GetSnapshotBlock calls for `index` with `faults`,
+    /// one per call, then forwards again.
+    pub fn fail_get_block(&self, index: u64, faults: Vec<Fault>) {
+        self.add(Target::GetBlock(index), faults);
+    }
+
     /// Answers the next EC2 calls with this `Action` with `faults`.
     pub fn fail_ec2_action(&self, action: &str, faults: Vec<Fault>) {
         self.add(Target::Ec2Action(action.to_string()), faults);
@@ -287,6 +296,8 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
 fn injected_fault(state: &State, req: &Request) -> Option<Fault> {
     let target = if req.method == "PUT" {
         Target::PutBlock(block_index(&req.path)?)
+    } else if req.method == "GET" {
+        Target::GetBlock(block_index(&req.path)?)
     } else {
         Target::Ec2Action(form_param(&req.body, "Action")?)
     };

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::ChecksumAlgorithm;
 use base64::Engine;
-use keel_testkit::fault_proxy::FaultProxy;
+use keel_testkit::fault_proxy::{Fault, FaultProxy};
 use keel_testkit::moto::Moto;
 use keel_testkit::readback::{padded_block, read_back, Error};
 use sha2::{Digest, Sha256};
@@ -192,23 +192,9 @@ async fn a_block_that_does_not_match_its_checksum_is_refused() {
     let text = err.to_string();
     assert!(matches!(err, Error::Call { call: "GetSnapshotBlock", index: Some(5), .. }), "{text}");
     assert!(text.contains(&c.id) && text.contains(&b64_sha256(&block(&data, 5))), "{text}");
-    // Retried a bounded number of times, then given up. The proxy logs a
-    // request once its reply is written, so the last one may be logged
-    // just after the client saw it: wait for the log, a few seconds at most.
-    let block5 = format!("/snapshots/{}/blocks/5", c.id);
-    let gets = || {
-        c.proxy
-            .requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.starts_with(&block5))
-            .count()
-    };
+    // Retried a bounded number of times, then given up.
     let attempts = keel_testkit::readback::BLOCK_RETRY.max_attempts as usize;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gets() < attempts && std::time::Instant::now() < until {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(gets(), attempts, "GETs of block 5");
+    assert_eq!(gets_of_block(&c, 5, attempts).await, attempts, "GETs of block 5");
     assert_nothing_left(&c.out);
 }
 
@@ -218,5 +204,42 @@ async fn straight_from_moto_the_wrong_block_size_is_named() {
     let c = Case::new(&DATA, None, &image_bytes(), false).await;
     let err = c.read_back().await.unwrap_err().to_string();
     assert!(err.contains("512-byte blocks") && err.contains("fault_proxy"), "{err}");
+    assert_nothing_left(&c.out);
+}
+
+/// The GETs of block `index` the proxy logged (it logs a request once its
+/// reply is written, so the last may be logged just after the client saw
+/// it: waits up to a few seconds for `at_least`).
+async fn gets_of_block(c: &Case, index: u64, at_least: usize) -> usize {
+    let path = format!("/snapshots/{}/blocks/{index}", c.id);
+    let gets = || {
+        c.proxy.requests().iter().filter(|r| r.method == "GET" && r.path.starts_with(&path)).count()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gets() < at_least && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gets()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_5xx_on_a_block_are_retried() {
+    let data = image_bytes();
+    let c = Case::new(&DATA, None, &data, true).await;
+    c.proxy.fail_get_block(2, vec![Fault::Throttle, Fault::Status(503)]);
+    let r = c.read_back().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.listed, DATA);
+    assert_eq!(gets_of_block(&c, 2, 3).await, 3, "two faults, then the block");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_error_on_a_block_is_not_retried_and_names_it() {
+    let c = Case::new(&DATA, None, &image_bytes(), true).await;
+    c.proxy.fail_get_block(5, vec![Fault::Status(400)]);
+    let err = c.read_back().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Call { call: "GetSnapshotBlock", index: Some(5), .. }), "{text}");
+    assert!(text.contains(&c.id) && text.contains("ValidationException"), "{text}");
+    assert_eq!(gets_of_block(&c, 5, 1).await, 1, "a 400 is final");
     assert_nothing_left(&c.out);
 }
