@@ -17,6 +17,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 
 use crate::dns::Dns;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Attempts per AWS call (the first one included), with the SDK's
 /// exponential backoff between them.
@@ -179,6 +181,30 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// `DisplayErrorContext` appends. The one error-chain printer,
 /// [`crate::error_chain::chain`], under the name AWS call sites use.
 pub use crate::error_chain::chain as display_error;
+
+/// Throttling, 5xx, timeouts and dropped connections are worth another
+/// round beyond the SDK's own retries (EBS blocks uploaded by the builder,
+/// read back by the tests); anything else (validation, access denied, no
+/// such snapshot) is not.
+pub fn is_transient<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool
+where
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or_default();
+            code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code == "InternalServerException"
+                || code == "ServiceUnavailable"
+                || code == "InternalError"
+        }
+        _ => false,
+    }
+}
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
 /// each binary's `main`, before any HTTP client is built (and again, doing

@@ -95,6 +95,9 @@ pub struct Cluster {
     next_index: u8,
     /// The `keel` binary for `assets init/publish` (None: [`keel::bin`]).
     keel: Option<PathBuf>,
+    /// Files removed with the cluster, after its VMs stop (a disk they
+    /// boot, e.g. `published::disk_path`).
+    scratch: Vec<PathBuf>,
 }
 
 /// The EC2-style private DNS name for an address.
@@ -130,7 +133,13 @@ impl Cluster {
             nodes: Vec::new(),
             next_index: 0,
             keel: None,
+            scratch: Vec::new(),
         })
+    }
+
+    /// Removes `path` when the cluster is dropped, after its VMs stop.
+    pub fn remove_with_cluster(&mut self, path: PathBuf) {
+        self.scratch.push(path);
     }
 
     /// Runs `bin` as `keel` for the assets commands.
@@ -542,7 +551,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     /// Stops the VMs first (before the network and services they use
-    /// go) and removes their disk overlays; console logs, user data and
+    /// go) and removes their disk overlays and the files given to
+    /// [`Cluster::remove_with_cluster`]; console logs, user data and
     /// dnsmasq's log stay in the work directory.
     fn drop(&mut self) {
         self.vms.clear();
@@ -551,6 +561,9 @@ impl Drop for Cluster {
                 // Best effort: an overlay that cannot be removed is left.
                 let _ = std::fs::remove_file(e.path().join(OVERLAY));
             }
+        }
+        for path in &self.scratch {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

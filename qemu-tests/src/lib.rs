@@ -11,6 +11,7 @@ pub mod etcdctl;
 pub mod images;
 pub mod keel;
 pub mod net;
+pub mod published;
 pub mod repack;
 pub mod rundir;
 pub mod stock;

@@ -10,6 +10,7 @@ pub mod imds;
 pub mod moto;
 pub mod process;
 pub mod pytools;
+pub mod readback;
 pub mod teardown;
 pub mod test_ca;
 pub mod tls_proxy;

@@ -91,7 +91,8 @@ async fn run(args: &Args) -> Result<()> {
     cluster.use_keel(args.keel.clone());
     let deadline = Duration::from_secs(args.deadline);
     let (ec, timings) =
-        EtcdCluster::form(cluster, &args.image, Some(&args.assets), args.nodes, deadline).await?;
+        EtcdCluster::form(cluster, &args.image, None, Some(&args.assets), args.nodes, deadline)
+            .await?;
 
     let etcdctl = ec.etcdctl();
     println!("== etcd member list (etcdctl from the host, TLS with a client certificate of the cluster's etcd CA)");
