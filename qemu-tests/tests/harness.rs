@@ -24,8 +24,8 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
             dir.display()
         );
 
-        let etcd_ami = c.account.register_image("keel-etcd-local", Role::Etcd).await.unwrap();
-        let worker_ami = c.account.register_image("keel-worker-local", Role::Worker).await.unwrap();
+        let etcd_ami = c.account.register_image("keel-etcd-ci", Role::Etcd).await.unwrap();
+        let worker_ami = c.account.register_image("keel-worker-ci", Role::Worker).await.unwrap();
         assert_ne!(etcd_ami, worker_ami);
         let etcd_ud = c.user_data(Role::Etcd, 3);
         for name in ["etcd0", "etcd1", "etcd2"] {
