@@ -151,11 +151,7 @@ pub fn profiles() -> Result<(PathBuf, PathBuf)> {
                 std::fs::copy(&from, dir.join(&name))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
-            // The machine's test CA, named by ci.toml's `[test]` table.
-            let ca = keel_testkit::test_ca::TestCa::machine().context("the machine's test CA")?;
-            let ca_path = dir.join("keel-test-ca.crt");
-            std::fs::write(&ca_path, &ca.cert_pem)
-                .with_context(|| format!("writing {}", ca_path.display()))?;
+            write_test_ca(&dir)?;
             let mut repacked = crate::repack::ensure(&crate::repack::pinned(&ci)?)
                 .context("repacking Debian's binaries for the CI profile")?;
             repacked.push(with_api_server_double(&dir, &tools()?.api_server_double)?);
@@ -167,6 +163,16 @@ pub fn profiles() -> Result<(PathBuf, PathBuf)> {
     })
     .clone()
     .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Writes the machine's test CA certificate (made once by
+/// `keel_testkit::test_ca`) as `keel-test-ca.crt` into `dir`, where the CI
+/// profile's `[test]` table names it; returns its path.
+pub fn write_test_ca(dir: &Path) -> Result<PathBuf> {
+    let ca = keel_testkit::test_ca::TestCa::machine().context("the machine's test CA")?;
+    let path = dir.join("keel-test-ca.crt");
+    std::fs::write(&path, &ca.cert_pem).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// A built image of `role`.

@@ -2,8 +2,10 @@
 //! (Debian's etcd, containerd, runc and CNI plugins in upstream's release
 //! layouts; see qemu-tests/src/repack.rs) available in ~/.cache/keel and
 //! writes a mirrors file that serves them, plus the entries of a fixtures
-//! mirrors file (its directories made absolute). What the image tests do
-//! before `keel build --profile ci`; scripts/bench-build runs it.
+//! mirrors file (its directories made absolute), and writes the machine's
+//! test CA beside the profile (its `[test]` table names it). What the
+//! image tests do before `keel build --profile ci`; scripts/demo and
+//! scripts/bench-build run it.
 //!
 //! Usage: keel-qemu-repack --out FILE [--profile CI.toml] [--mirrors MIRRORS.toml]
 
@@ -36,6 +38,8 @@ fn run() -> Result<()> {
     let out = out.context("--out FILE is required (see --help)")?;
     let repacked = repack::ensure(&repack::pinned(&profile)?)?;
     repack::mirrors_file(&mirrors, &repacked, &out)?;
+    let ca = images::write_test_ca(profile.parent().unwrap_or(std::path::Path::new(".")))?;
+    println!("wrote {}", ca.display());
     for (url, path) in &repacked {
         println!("{url} -> {}", path.display());
     }
