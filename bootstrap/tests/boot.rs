@@ -1888,16 +1888,7 @@ async fn the_node_refuses_an_endpoint_whose_certificate_its_trust_store_lacks() 
         aws.moto.endpoint.trim_start_matches("http://").parse().unwrap();
     let proxy_ca = TestCa::ephemeral().unwrap();
     let proxy = TlsProxy::start(moto, &proxy_ca.issue(&["127.0.0.1".into()]).unwrap()).unwrap();
-    let imds = ImdsEmulator::start(Instance {
-        instance_id: "i-0tls".into(),
-        region: REGION.into(),
-        availability_zone: format!("{REGION}a"),
-        private_ipv4: "10.0.1.7".into(),
-        local_hostname: "ip-10-0-1-7.ec2.internal".into(),
-        user_data: None,
-        credentials: Some(Credentials::testing()),
-    })
-    .unwrap();
+    let imds = ImdsEmulator::start(Instance::with_credentials_in(REGION)).unwrap();
     let target = aws::Target {
         region: Some(REGION.into()),
         endpoint_url: Some(format!("https://{}", proxy.addr())),

@@ -186,7 +186,7 @@ async fn aws_is_reached_by_its_endpoint_names_through_the_resolver_and_the_tls_p
     use keel_bootstrap::dns::Dns;
     use keel_qemu_tests::aws::REGION;
     use keel_qemu_tests::aws_names::endpoint_name;
-    use keel_testkit::imds::{Credentials, ImdsEmulator, Instance};
+    use keel_testkit::imds::{ImdsEmulator, Instance};
 
     let mut c = Cluster::start("harness-names", "kn").await.unwrap();
     c.serve_dhcp().unwrap();
@@ -204,16 +204,7 @@ async fn aws_is_reached_by_its_endpoint_names_through_the_resolver_and_the_tls_p
     }
     assert!(dns.lookup("example.com").await.is_err(), "the network's resolver has no way out");
 
-    let imds = ImdsEmulator::start(Instance {
-        instance_id: "i-0names".into(),
-        region: REGION.into(),
-        availability_zone: format!("{REGION}a"),
-        private_ipv4: "10.0.0.1".into(),
-        local_hostname: "ip-10-0-0-1".into(),
-        user_data: None,
-        credentials: Some(Credentials::testing()),
-    })
-    .unwrap();
+    let imds = ImdsEmulator::start(Instance::with_credentials_in(REGION)).unwrap();
     let target = aws::Target { region: Some(REGION.into()), endpoint_url: None };
     let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
     let s3 = aws::s3_client(&sdk);

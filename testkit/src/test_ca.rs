@@ -28,11 +28,7 @@ pub const CA_NAME: &str = "Keel TEST ONLY CA (qemu-tests; never trusted by a shi
 
 /// Where the machine's test CA lives.
 pub fn default_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KEEL_TEST_CA_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-    home.join(".cache/keel/test-ca")
+    crate::cache_dir("KEEL_TEST_CA_DIR", "test-ca")
 }
 
 /// A CA that can issue server certificates.
