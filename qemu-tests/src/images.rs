@@ -71,7 +71,16 @@ fn cargo(args: &[&str], rustflags: Option<&str>, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds `keel` and the static `keel-bootstrap` once per process.
+/// `cargo build --release` of `args` as a static binary for
+/// x86_64-unknown-linux-gnu (what goes into an image).
+fn static_release(args: &[&str], target: &Path) -> Result<()> {
+    let mut all = vec!["build", "--release", "--target", "x86_64-unknown-linux-gnu"];
+    all.extend_from_slice(args);
+    cargo(&all, Some("-C target-feature=+crt-static"), target)
+}
+
+/// Builds `keel`, the static `keel-bootstrap` and the static API server
+/// TEST DOUBLE once per process.
 pub fn tools() -> Result<&'static Tools> {
     static TOOLS: OnceLock<std::result::Result<Tools, String>> = OnceLock::new();
     TOOLS
@@ -82,34 +91,10 @@ pub fn tools() -> Result<&'static Tools> {
                 keel_testkit::host_tools::check()?;
                 let target = target_dir()?;
                 cargo(&["build", "-p", "keel", "--bin", "keel"], None, &target)?;
-                cargo(
-                    &[
-                        "build",
-                        "--release",
-                        "-p",
-                        "keel-bootstrap",
-                        "--target",
-                        "x86_64-unknown-linux-gnu",
-                    ],
-                    Some("-C target-feature=+crt-static"),
-                    &target,
-                )?;
+                static_release(&["-p", "keel-bootstrap"], &target)?;
                 // Its own build: built with keel-bootstrap, feature
                 // unification would change the shipped binary's dependencies.
-                cargo(
-                    &[
-                        "build",
-                        "--release",
-                        "-p",
-                        "keel-testkit",
-                        "--bin",
-                        "keel-apiserver-double",
-                        "--target",
-                        "x86_64-unknown-linux-gnu",
-                    ],
-                    Some("-C target-feature=+crt-static"),
-                    &target,
-                )?;
+                static_release(&["-p", "keel-testkit", "--bin", "keel-apiserver-double"], &target)?;
                 let release = target.join("x86_64-unknown-linux-gnu/release");
                 Ok(Tools {
                     keel: target.join("debug/keel"),
