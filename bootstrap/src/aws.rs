@@ -3,13 +3,22 @@
 //! (`--endpoint-url`, `AWS_ENDPOINT_URL`, or the user data's override for
 //! local testing), timeouts on every call and the SDK's standard bounded
 //! retries. Path-style S3 addressing is used whenever an endpoint is
-//! overridden, since emulators listen on an IP address.
+//! overridden, since emulators listen on an IP address. On a node
+//! ([`node_sdk_config`]) the override must be https unless the image is a
+//! test image, names are resolved in-process ([`crate::dns`]) and
+//! certificates are verified against the image's trust store.
 
+use std::path::Path;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+
+use crate::dns::Dns;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Attempts per AWS call (the first one included), with the SDK's
 /// exponential backoff between them.
@@ -35,24 +44,95 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     loader(target).load().await
 }
 
-/// The metadata service URL given to [`node_sdk_config`] is not a URL.
+/// Where the node's trust store is, relative to its root: the bundle
+/// Debian's ca-certificates builds (and a test image's layer extends with
+/// the test CA; see [`keel_contract::userdata::TEST_IMAGE_FILE`]).
+pub const TRUST_STORE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// The node's AWS configuration could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("metadata service URL {url:?}: {source}")]
-pub(crate) struct ImdsUrlError {
-    url: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
+pub enum NodeConfigError {
+    /// The metadata service URL given to [`node_sdk_config`] is not a URL.
+    #[error("metadata service URL {url:?}: {source}")]
+    ImdsUrl { url: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointRefused),
+    #[error("reading the trust store {path}: {source}")]
+    TrustStore { path: String, source: std::io::Error },
 }
 
-/// On a node: the same configuration, with the standard credential chain
-/// reading the instance profile's credentials from the metadata service at
-/// `imds_url` (injectable so tests and the QEMU harness can serve it).
-pub(crate) async fn node_sdk_config(
+/// `aws.endpoint-url` is plain HTTP on an image that is not a test image.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "aws.endpoint-url {url:?} refused: only https:// endpoints are accepted on this image \
+     (the KMS data key and the instance's credentials would cross the network in clear); \
+     plain http is for test images only, built from a profile with a [test] table \
+     (this image has no /{marker})",
+    marker = keel_contract::userdata::TEST_IMAGE_FILE
+)]
+pub struct EndpointRefused {
+    pub url: String,
+}
+
+/// The endpoint override rule: https always; anything else only on a test
+/// image.
+pub fn check_endpoint(url: &str, test_image: bool) -> Result<(), EndpointRefused> {
+    if is_https(url) || test_image {
+        Ok(())
+    } else {
+        Err(EndpointRefused { url: url.to_string() })
+    }
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// On a node whose file system is at `root`: the same configuration, with
+/// - the endpoint override checked ([`check_endpoint`]; the image is a test
+///   image when `<root>/usr/lib/keel/test-image` exists),
+/// - an HTTPS client that resolves names with [`Dns`] from
+///   `<root>/etc/resolv.conf` (not through glibc's NSS) and verifies
+///   certificates against `<root>/etc/ssl/certs/ca-certificates.crt` only,
+/// - the standard credential chain reading the instance profile's
+///   credentials from the metadata service at `imds_url` (injectable so
+///   tests and the QEMU harness can serve it).
+pub async fn node_sdk_config(
     target: &Target,
     imds_url: &str,
-) -> Result<SdkConfig, ImdsUrlError> {
+    root: &Path,
+) -> Result<SdkConfig, NodeConfigError> {
+    let plain_http = match &target.endpoint_url {
+        Some(url) => {
+            check_endpoint(url, keel_contract::userdata::is_test_image(root))?;
+            !is_https(url)
+        }
+        None => false,
+    };
+    let trust = if plain_http {
+        // A test image's http endpoint: nothing to verify.
+        TrustStore::empty().with_native_roots(false)
+    } else {
+        let path = root.join(TRUST_STORE);
+        let pem = std::fs::read(&path).map_err(|source| NodeConfigError::TrustStore {
+            path: path.display().to_string(),
+            source,
+        })?;
+        TrustStore::empty().with_native_roots(false).with_pem_certificate(pem)
+    };
+    let tls = TlsContext::builder().with_trust_store(trust).build().map_err(|e| {
+        NodeConfigError::TrustStore {
+            path: root.join(TRUST_STORE).display().to_string(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+        .tls_context(tls)
+        .build_with_resolver(Dns::from_root(root));
     let imds = aws_config::imds::Client::builder()
         .endpoint(imds_url)
-        .map_err(|source| ImdsUrlError { url: imds_url.to_string(), source })?
+        .map_err(|source| NodeConfigError::ImdsUrl { url: imds_url.to_string(), source })?
         .build();
     let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
         .imds_client(imds);
@@ -60,7 +140,7 @@ pub(crate) async fn node_sdk_config(
         chain = chain.region(Region::new(region.clone()));
     }
     let credentials = chain.build().await;
-    Ok(loader(target).credentials_provider(credentials).load().await)
+    Ok(loader(target).http_client(http).credentials_provider(credentials).load().await)
 }
 
 fn loader(target: &Target) -> aws_config::ConfigLoader {
@@ -101,6 +181,30 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// `DisplayErrorContext` appends. The one error-chain printer,
 /// [`crate::error_chain::chain`], under the name AWS call sites use.
 pub use crate::error_chain::chain as display_error;
+
+/// Throttling, 5xx, timeouts and dropped connections are worth another
+/// round beyond the SDK's own retries (EBS blocks uploaded by the builder,
+/// read back by the tests); anything else (validation, access denied, no
+/// such snapshot) is not.
+pub fn is_transient<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool
+where
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or_default();
+            code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code == "InternalServerException"
+                || code == "ServiceUnavailable"
+                || code == "InternalError"
+        }
+        _ => false,
+    }
+}
 
 /// Installs the process-wide TLS crypto provider. Called once at the top of
 /// each binary's `main`, before any HTTP client is built (and again, doing

@@ -131,6 +131,9 @@ pub fn mtls_client(
         .timeout(timeout)
         .connect_timeout(timeout)
         .no_proxy()
+        // Names (if a URL ever holds one) resolved in-process, never by
+        // glibc's NSS (see crate::dns).
+        .dns_resolver(std::sync::Arc::new(crate::dns::Dns::system()))
         .build()
 }
 

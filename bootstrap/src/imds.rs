@@ -76,6 +76,9 @@ impl Imds {
             .connect_timeout(REQUEST_TIMEOUT)
             // IMDS must be reached directly, never through a proxy.
             .no_proxy()
+            // Names (a base URL given by name) resolved in-process, never
+            // by glibc's NSS (see crate::dns).
+            .dns_resolver(std::sync::Arc::new(crate::dns::Dns::system()))
             .build()
             .map_err(ImdsError::Client)?;
         Ok(Imds {

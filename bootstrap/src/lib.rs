@@ -8,6 +8,7 @@
 pub mod atomic_file;
 pub mod aws;
 pub mod discovery;
+pub mod dns;
 pub mod envelope;
 pub mod error_chain;
 pub mod etcd_api;

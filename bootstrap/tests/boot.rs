@@ -26,6 +26,7 @@ use keel_bootstrap::{aws, discovery, envelope};
 use keel_contract::bundle::{self, Bundle, BundleFile};
 use keel_contract::userdata::{self, UserData};
 use keel_contract::{tags, Role};
+use keel_testkit::api_server_double::{ApiServerDouble, Config as ApiConfig};
 use keel_testkit::imds::{Credentials, Fault, ImdsEmulator, Instance};
 use keel_testkit::moto::Moto;
 use keel_testkit::process::Guard;
@@ -232,6 +233,14 @@ impl Aws {
     }
 }
 
+/// The components file `keel build` writes (the versions of the CI
+/// profile's containerd and runc).
+fn write_components(root: &Path) {
+    std::fs::create_dir_all(root.join("usr/lib/keel")).unwrap();
+    let text = keel_contract::image::render([("containerd", "2.1.9"), ("runc", "1.3.6")]);
+    std::fs::write(root.join(keel_contract::image::COMPONENTS_FILE), text).unwrap();
+}
+
 /// A simulated instance: its root file system and its metadata service.
 struct Node {
     root: tempfile::TempDir,
@@ -245,6 +254,10 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("usr/lib/keel")).unwrap();
     std::fs::write(root.path().join(userdata::IMAGE_ROLE_FILE), format!("{role}\n")).unwrap();
+    write_components(root.path());
+    // A test image: these nodes reach moto over plain http through their
+    // user data's endpoint override (production_image() takes it away).
+    std::fs::write(root.path().join(userdata::TEST_IMAGE_FILE), "test image\n").unwrap();
     let imds = ImdsEmulator::start(Instance {
         instance_id: id.clone(),
         region: REGION.into(),
@@ -259,6 +272,12 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
 }
 
 impl Node {
+    /// Makes this node's root an image that is not a test image.
+    fn production_image(self) -> Node {
+        std::fs::remove_file(self.path(userdata::TEST_IMAGE_FILE)).unwrap();
+        self
+    }
+
     async fn boot(&self) -> Result<node::Configured, node::BootError> {
         node::run(node::Options {
             root: self.root.path().to_path_buf(),
@@ -904,7 +923,18 @@ fn golden_files() {
             )
             .unwrap(),
         ),
-        ("containerd-config.toml", worker::containerd_config(&layout)),
+        (
+            "containerd-1.7-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V2),
+        ),
+        (
+            "containerd-2.0-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V3 { bin_dirs: false }),
+        ),
+        (
+            "containerd-2.1-config.toml",
+            worker::containerd_config(&layout, worker::ContainerdSchema::V3 { bin_dirs: true }),
+        ),
         ("cni.conflist.template", worker::cni_template()),
         ("user-data.toml", ud.to_toml().unwrap()),
     ];
@@ -954,6 +984,7 @@ fn bug_workers_with_the_same_last_octet_share_no_derived_pod_range() {
     let render = |ip: &str| {
         let root = tempfile::tempdir().unwrap();
         let layout = Layout::node_view(root.path());
+        write_components(root.path());
         let id = Identity {
             instance_id: format!("i-{}", ip.replace('.', "")),
             region: REGION.into(),
@@ -1200,31 +1231,51 @@ impl Chaos {
             self.members.iter().map(|m| node::etcd::client_url(&m.node.ip)).collect();
     }
 
-    /// Exactly one cluster id, the member list equals the live instances
-    /// (all voting), and the counter never went backwards.
-    async fn check(&self, event: usize, what: &str) {
-        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
-        let mut want: Vec<String> = self.members.iter().map(|m| m.node.id.clone()).collect();
-        want.sort();
+    /// What is wrong with the members' views of the membership, if anything:
+    /// a member that does not answer, another member list than `want`, a
+    /// learner, or more than one cluster id.
+    async fn membership_problem(&self, want: &[String]) -> Option<String> {
         let mut cluster_ids = std::collections::BTreeSet::new();
         for m in &self.members {
             let endpoint = node::etcd::client_url(&m.node.ip);
-            let ms = self
-                .client
-                .membership(&endpoint)
-                .await
-                .unwrap_or_else(|e| panic!("event {event} ({what}): {endpoint}: {e}"));
+            let ms = match self.client.membership(&endpoint).await {
+                Ok(ms) => ms,
+                Err(e) => return Some(format!("{endpoint}: {e}")),
+            };
             cluster_ids.insert(ms.cluster_id.clone());
             let mut names: Vec<String> = ms.members.iter().map(|m| m.name.clone()).collect();
             names.sort();
-            assert_eq!(names, want, "event {event} ({what}): members seen by {endpoint}");
-            assert!(
-                ms.members.iter().all(|m| !m.is_learner),
-                "event {event} ({what}): a learner is left: {:?}",
-                ms.members
-            );
+            if names != want {
+                return Some(format!("members seen by {endpoint}: {names:?}, want {want:?}"));
+            }
+            if ms.members.iter().any(|m| m.is_learner) {
+                return Some(format!("a learner is left, seen by {endpoint}: {:?}", ms.members));
+            }
         }
-        assert_eq!(cluster_ids.len(), 1, "event {event} ({what}): cluster ids {cluster_ids:?}");
+        (cluster_ids.len() != 1).then(|| format!("cluster ids {cluster_ids:?}"))
+    }
+
+    /// Exactly one cluster id, the member list equals the live instances
+    /// (all voting), and the counter never went backwards. A member answers
+    /// the member list from what it has applied (etcd 3.4 has no
+    /// linearizable member list): a member that has not yet applied the
+    /// last promotion still shows a learner. So the views get up to
+    /// `CONVERGE` to agree; what they showed then is the failure.
+    async fn check(&self, event: usize, what: &str) {
+        const CONVERGE: Duration = Duration::from_secs(30);
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        let mut want: Vec<String> = self.members.iter().map(|m| m.node.id.clone()).collect();
+        want.sort();
+        let until = std::time::Instant::now() + CONVERGE;
+        loop {
+            match self.membership_problem(&want).await {
+                None => break,
+                Some(problem) if std::time::Instant::now() >= until => {
+                    panic!("event {event} ({what}): after {CONVERGE:?}: {problem}")
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
         let endpoint = node::etcd::client_url(&self.members[0].node.ip);
         let value: u64 = self
             .client
@@ -1704,139 +1755,30 @@ async fn etcd_servers_follow_membership() {
     assert_eq!(std::fs::metadata(&env_path).unwrap().modified().unwrap(), mtime);
 }
 
-/// A TEST DOUBLE of the Kubernetes API server, not kube-apiserver (none
-/// can be had here): HTTPS with a serving certificate from the cluster CA,
-/// a client certificate from that CA required (as kube-apiserver's
-/// --client-ca-file), `/readyz` answering 503 for the first `unready`
-/// requests and then `ok`, every other request answered `status` with the
-/// body echoed, and each request recorded. It checks nothing about the
-/// objects: their schemas are checked by kubernetes-validate (keel's CLI
-/// tests).
-struct ApiServerDouble {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    status: Arc<Mutex<u16>>,
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    content_type: String,
-    client: String,
-    client_not_after: i64,
-    body: Vec<u8>,
-}
-
-impl ApiServerDouble {
-    async fn start(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let serving = ca
-            .issue(&pki::Request {
-                what: "API server double serving certificate",
-                common_name: "kube-apiserver",
-                organization: None,
-                dns_names: vec!["localhost".into()],
-                ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-                usage: Usage::Server,
-            })
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let status = Arc::new(Mutex::new(200u16));
-        let (seen2, status2) = (seen.clone(), status.clone());
-        tokio::spawn(async move {
-            let readyz = Arc::new(Mutex::new(0usize));
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, seen, status, readyz) =
-                    (acceptor.clone(), seen2.clone(), status2.clone(), readyz.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-                    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-                    let client = cert.subject().to_string();
-                    let client_not_after = cert.validity().not_after.timestamp();
-                    loop {
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            if tls.read(&mut byte).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            head.push(byte[0]);
-                        }
-                        let head = String::from_utf8_lossy(&head).into_owned();
-                        let mut lines = head.lines();
-                        let mut first = lines.next().unwrap_or("").split(' ');
-                        let (method, target) = (
-                            first.next().unwrap_or("").to_string(),
-                            first.next().unwrap_or("").to_string(),
-                        );
-                        let header = |name: &str| {
-                            head.lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                                })
-                                .unwrap_or_default()
-                        };
-                        let len: usize = header("content-length").parse().unwrap_or(0);
-                        let mut body = vec![0u8; len];
-                        tls.read_exact(&mut body).await.unwrap();
-                        let (code, reply) = if target == "/readyz" {
-                            let mut n = readyz.lock().unwrap();
-                            *n += 1;
-                            if *n <= unready {
-                                (503, b"not ready".to_vec())
-                            } else {
-                                (200, b"ok".to_vec())
-                            }
-                        } else {
-                            (*status.lock().unwrap(), body.clone())
-                        };
-                        seen.lock().unwrap().push(Seen {
-                            method,
-                            target,
-                            content_type: header("content-type"),
-                            client: client.clone(),
-                            client_not_after,
-                            body,
-                        });
-                        let out = format!(
-                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            reply.len()
-                        );
-                        if tls.write_all(out.as_bytes()).await.is_err()
-                            || tls.write_all(&reply).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        ApiServerDouble { url, seen, status }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
+/// The API server TEST DOUBLE (`keel_testkit::api_server_double`) on
+/// 127.0.0.1, serving with a certificate from the cluster CA and requiring
+/// client certificates from it; `/readyz` is 503 for the first `unready`
+/// requests.
+fn api_server_double(ca: &Ca, ca_pem: &str, unready: usize) -> ApiServerDouble {
+    let serving = ca
+        .issue(&pki::Request {
+            what: "API server double serving certificate",
+            common_name: "kube-apiserver",
+            organization: None,
+            dns_names: vec!["localhost".into()],
+            ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            usage: Usage::Server,
+        })
+        .unwrap();
+    ApiServerDouble::start(ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_ca_pem: ca_pem.to_string(),
+        serving_cert_pem: serving.cert_pem.clone(),
+        serving_key_pem: serving.key_pem.to_string(),
+        unready,
+        log: None,
+    })
+    .unwrap()
 }
 
 /// Issue 16: nothing applied the bootstrap-token Secret or the RBAC that
@@ -1867,14 +1809,15 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
         None,
     )
     .unwrap();
-    let api = ApiServerDouble::start(&ca, &ca_crt, 2).await;
+    let api = api_server_double(&ca, &ca_crt, 2);
+    let url = api.url();
     let ready = Policy {
         initial: Duration::from_millis(50),
         max_delay: Duration::from_millis(100),
         deadline: Duration::from_secs(20),
         max_attempts: 20,
     };
-    let applied = apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    let applied = apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap();
     assert_eq!(
         applied,
         [
@@ -1910,19 +1853,88 @@ async fn controller_applies_the_join_objects_by_server_side_apply() {
 
     // Idempotent: a second run (another controller, a reboot) sends the
     // same applies.
-    apply::apply_join(&layout, &api.url, &ready, &Policy::quick()).await.unwrap();
+    apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap();
     let again: Vec<_> =
         api.seen().into_iter().filter(|s| s.method == "PATCH").skip(4).map(|s| s.body).collect();
     assert_eq!(again, patches.iter().map(|p| p.body.clone()).collect::<Vec<_>>());
 
     // Refused (403): a final error naming the object's URL, no retries.
-    *api.status.lock().unwrap() = 403;
+    api.set_status(403);
     let before = api.seen().len();
-    let err = apply::apply_join(&layout, &api.url, &ready, &Policy::quick())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err =
+        apply::apply_join(&layout, &url, &ready, &Policy::quick()).await.unwrap_err().to_string();
     assert!(err.contains("/secrets/bootstrap-token-abcdef?") && err.contains("HTTP 403"), "{err}");
     assert!(!err.contains("0123456789abcdef"), "the token in an error: {err}");
     assert_eq!(api.seen().len() - before, 2, "one /readyz and one PATCH");
+}
+
+/// Issue 13, item 4: on an image that is not a test image, a plain-http
+/// `aws.endpoint-url` is refused before any AWS call, with one line that
+/// says why and what would be accepted.
+#[tokio::test]
+async fn an_http_endpoint_url_is_refused_on_a_production_image() {
+    let mut ud = user_data_for_rendering(Role::Worker);
+    ud.aws = Some(userdata::Aws { endpoint_url: Some("http://10.0.0.9:5000".into()) });
+    let inst = ("i-0prod".to_string(), "10.0.1.5".to_string(), "ip-10-0-1-5.ec2.internal".into());
+    let n = node(Role::Worker, &inst, user_data_bytes(&ud)).production_image();
+    let err = n.boot().await.unwrap_err();
+    assert_eq!(err.step, "aws config", "{err}");
+    for part in ["\"http://10.0.0.9:5000\" refused", "https://", "test image", "[test]"] {
+        assert!(err.message.contains(part), "{part:?} not in {err}");
+    }
+    assert!(
+        n.console.text().contains("keel-bootstrap: aws config: failed: aws.endpoint-url"),
+        "{}",
+        n.console.text()
+    );
+    // The same user data on a test image gets past the check (and then
+    // fails only to reach the address, which nothing serves).
+    assert!(aws::check_endpoint("http://10.0.0.9:5000", true).is_ok());
+    assert!(aws::check_endpoint("HTTPS://s3.example.internal", false).is_ok());
+}
+
+/// Issue 13, item 3: the node's AWS client verifies the endpoint's
+/// certificate against the image's trust store (`etc/ssl/certs/
+/// ca-certificates.crt` under its root) and nothing else: behind a TLS
+/// proxy whose CA the store lacks, every call fails on the certificate
+/// (the proxy sees the handshake refused); with the CA in the store the
+/// same call reaches moto. An https override is accepted on any image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_refuses_an_endpoint_whose_certificate_its_trust_store_lacks() {
+    use keel_testkit::test_ca::TestCa;
+    use keel_testkit::tls_proxy::TlsProxy;
+    let aws = aws_env().await;
+    let moto: std::net::SocketAddr =
+        aws.moto.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy_ca = TestCa::ephemeral().unwrap();
+    let proxy = TlsProxy::start(moto, &proxy_ca.issue(&["127.0.0.1".into()]).unwrap()).unwrap();
+    let imds = ImdsEmulator::start(Instance::with_credentials_in(REGION)).unwrap();
+    let target = aws::Target {
+        region: Some(REGION.into()),
+        endpoint_url: Some(format!("https://{}", proxy.addr())),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join(aws::TRUST_STORE);
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    let list = |sdk: SdkConfig| async move {
+        aws::s3_client(&sdk).list_objects_v2().bucket(BUCKET).send().await
+    };
+
+    // No trust store at all: a clear error before any call.
+    let err = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap_err();
+    assert!(err.to_string().contains("ca-certificates.crt"), "{err}");
+
+    // Another CA (a stand-in for Debian's bundle, which lacks it too).
+    std::fs::write(&store, TestCa::ephemeral().unwrap().cert_pem).unwrap();
+    let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
+    let err = aws::display_error(&list(sdk).await.unwrap_err());
+    assert!(err.contains("UnknownIssuer") || err.contains("certificate"), "{err}");
+    let refused = proxy.connections();
+    assert!(!refused.is_empty() && refused.iter().all(|c| c.handshake.is_err()), "{refused:?}");
+
+    // The proxy's CA in the store: the same call goes through to moto.
+    std::fs::write(&store, &proxy_ca.cert_pem).unwrap();
+    let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
+    list(sdk).await.unwrap_or_else(|e| panic!("{}", aws::display_error(&e)));
+    assert!(proxy.connections().iter().any(|c| c.handshake.is_ok()));
 }

@@ -5,7 +5,8 @@
 //! [`run`] hands each subcommand to the module that does the work; the
 //! pipeline itself reads top to bottom in those modules (see DESIGN.md).
 //! Besides the command line, the public API is [`Tools`], the build's
-//! tools tree, which the QEMU benchmark harness uses too.
+//! tools tree, which the QEMU benchmark harness uses too, and
+//! [`fetch_file`], the verified artifact cache for test fixture steps.
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -21,6 +22,7 @@ mod publish;
 mod secureboot;
 mod userdata;
 
+pub use fetch::{fetch_file, FetchError};
 pub use image::tools::Tools;
 pub use image::BuildError;
 

@@ -8,6 +8,7 @@
 
 pub mod assets;
 pub mod bundle;
+pub mod image;
 pub mod join;
 pub mod kube_names;
 pub mod kubeconfig;

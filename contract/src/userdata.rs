@@ -27,6 +27,17 @@ use crate::{kube_names, Role};
 pub const VERSION: u32 = 1;
 /// Where the image records its role (one word), relative to the root.
 pub const IMAGE_ROLE_FILE: &str = "usr/lib/keel/role";
+/// Present, relative to the root, only in a test image: one built from a
+/// profile with a `[test]` table. It lives in the dm-verity-verified
+/// `/usr`, so a node cannot be turned into a test image after the build.
+/// A test image accepts a plain-http `aws.endpoint-url` and trusts the
+/// test CA the profile names.
+pub const TEST_IMAGE_FILE: &str = "usr/lib/keel/test-image";
+
+/// Whether the image at `root` is a test image ([`TEST_IMAGE_FILE`]).
+pub fn is_test_image(root: &Path) -> bool {
+    root.join(TEST_IMAGE_FILE).exists()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

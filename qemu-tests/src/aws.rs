@@ -116,6 +116,12 @@ impl Account {
         &self.moto.endpoint
     }
 
+    /// moto's address (what the TLS proxy for the endpoint names forwards to).
+    pub fn moto_addr(&self) -> Result<std::net::SocketAddr> {
+        let hostport = self.moto.endpoint.trim_start_matches("http://");
+        hostport.parse().with_context(|| format!("moto's endpoint {:?}", self.moto.endpoint))
+    }
+
     /// Environment for a child process (`keel assets publish`, ...) to
     /// reach this account.
     pub fn env(&self) -> Vec<(String, String)> {

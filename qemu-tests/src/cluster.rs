@@ -6,6 +6,10 @@
 //! user data rendered with `keel_contract::userdata`, role credentials):
 //! one emulator bound in the namespace on 169.254.169.254:80 answers every
 //! guest, choosing the identity by the request's source address. The
+//! nodes reach the account by AWS's real endpoint names over verified
+//! HTTPS, with no endpoint override in their user data
+//! ([`crate::aws_names`]: the network's resolver and a TLS proxy in front
+//! of moto; the images must be test images, which trust the test CA). The
 //! run's work directory is
 //! `$CARGO_TARGET_DIR/qemu-runs/<test>-<pid>/` and stays after the run.
 //!
@@ -21,11 +25,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keel_contract::userdata::{self, Assets, Aws, Etcd, UserData};
+use keel_contract::userdata::{self, Assets, Etcd, UserData};
 use keel_contract::Role;
 use keel_testkit::imds::{Credentials, ImdsEmulator, Instance};
 
 use crate::aws::{Account, AZ, REGION};
+use crate::aws_names::AwsNames;
 use crate::keel;
 use crate::net::{Host, Network, METADATA_ADDR};
 use crate::rundir;
@@ -80,6 +85,8 @@ pub struct Cluster {
     /// taps are in and the services they talk to.
     vms: HashMap<String, Vm>,
     imds: Option<ImdsEmulator>,
+    /// The endpoint names' TLS proxy, stopped before moto it forwards to.
+    pub aws_names: AwsNames,
     pub account: Account,
     pub net: Network,
     pub dir: PathBuf,
@@ -88,6 +95,9 @@ pub struct Cluster {
     next_index: u8,
     /// The `keel` binary for `assets init/publish` (None: [`keel::bin`]).
     keel: Option<PathBuf>,
+    /// Files removed with the cluster, after its VMs stop (a disk they
+    /// boot, e.g. `published::disk_path`).
+    scratch: Vec<PathBuf>,
 }
 
 /// The EC2-style private DNS name for an address.
@@ -106,13 +116,16 @@ impl Cluster {
     /// [`Cluster::start`] with `dir` (made by [`rundir::create_at`]) as
     /// the work directory, e.g. the demo's `--logs`.
     pub async fn start_in(dir: PathBuf, name: &str) -> Result<Cluster> {
-        let net = Network::create(&dir).context("creating the VM network (needs root)")?;
+        let mut net = Network::create(&dir).context("creating the VM network (needs root)")?;
         let account = Account::create(net.host_ip(), &net.cidr(), name)
             .await
             .with_context(|| format!("creating the emulated AWS account on {}", net.host_ip()))?;
+        let aws_names = AwsNames::serve(&mut net, account.moto_addr()?)
+            .context("serving AWS's endpoint names in the VM network")?;
         Ok(Cluster {
             vms: HashMap::new(),
             imds: None,
+            aws_names,
             account,
             net,
             dir,
@@ -120,7 +133,13 @@ impl Cluster {
             nodes: Vec::new(),
             next_index: 0,
             keel: None,
+            scratch: Vec::new(),
         })
+    }
+
+    /// Removes `path` when the cluster is dropped, after its VMs stop.
+    pub fn remove_with_cluster(&mut self, path: PathBuf) {
+        self.scratch.push(path);
     }
 
     /// Runs `bin` as `keel` for the assets commands.
@@ -159,7 +178,8 @@ impl Cluster {
     }
 
     /// User data for a node of `role` in a cluster of `etcd_members`
-    /// etcd nodes, with AWS calls sent to this run's moto.
+    /// etcd nodes. It has no `aws` table: the node reaches AWS (this run's
+    /// moto) by the regional endpoint names, as on EC2.
     pub fn user_data(&self, role: Role, etcd_members: u32) -> UserData {
         UserData {
             version: userdata::VERSION,
@@ -179,7 +199,7 @@ impl Cluster {
                 election_timeout_ms: None,
                 quota_backend_bytes: None,
             },
-            aws: Some(Aws { endpoint_url: Some(self.account.endpoint().to_string()) }),
+            aws: None,
             kubernetes: None,
             kubelet: None,
         }
@@ -498,6 +518,31 @@ impl Cluster {
         self.dir.join(name).join(vm::CONSOLE_LOG)
     }
 
+    /// The AWS endpoint names node `name` reached (sorted, deduplicated):
+    /// each over a TLS connection whose certificate the node verified, and
+    /// each resolved by the node through the network's resolver (dnsmasq's
+    /// log shows the query from the node's address). An error when the
+    /// node refused a handshake or used a name it did not look up there.
+    pub fn aws_names_used(&self, name: &str) -> Result<Vec<String>> {
+        let ip = IpAddr::V4(self.node(name)?.private_ip);
+        let mut names = Vec::new();
+        for c in self.aws_names.connections().into_iter().filter(|c| c.peer.ip() == ip) {
+            if let Err(e) = &c.handshake {
+                bail!("node {name}: a TLS handshake with the AWS endpoint proxy failed: {e}");
+            }
+            names.extend(c.server_name);
+        }
+        names.sort();
+        names.dedup();
+        let log = self.net.dnsmasq_log();
+        for n in &names {
+            if !log.contains(&format!("query[A] {n} from {ip}")) {
+                bail!("node {name} reached {n} without asking the network's resolver for it");
+            }
+        }
+        Ok(names)
+    }
+
     /// The run's work directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -506,7 +551,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     /// Stops the VMs first (before the network and services they use
-    /// go) and removes their disk overlays; console logs, user data and
+    /// go) and removes their disk overlays and the files given to
+    /// [`Cluster::remove_with_cluster`]; console logs, user data and
     /// dnsmasq's log stay in the work directory.
     fn drop(&mut self) {
         self.vms.clear();
@@ -515,6 +561,9 @@ impl Drop for Cluster {
                 // Best effort: an overlay that cannot be removed is left.
                 let _ = std::fs::remove_file(e.path().join(OVERLAY));
             }
+        }
+        for path in &self.scratch {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The Kubernetes TEST DOUBLES (`fixtures/doubles/k8s-test-double`,
 //! installed as kubelet, kube-apiserver, kube-controller-manager and
-//! kube-scheduler by the TEST-ONLY profile `fixtures/profiles/k8s-test.toml`)
+//! kube-scheduler by the TEST-ONLY profile `fixtures/profiles/ci.toml`)
 //! run on the host, without a VM: against a node root that keel-bootstrap's
 //! own steps filled (`keel_bootstrap::node::{worker, controller}`, rendered
 //! under the root the way a node renders under `/`), with Debian's
@@ -205,6 +205,13 @@ impl NodeRoot {
             .tempdir_in("/tmp")
             .context("creating a node root")?;
         let layout = Layout::new(dir.path());
+        // As `keel build` writes it: the version of the containerd that
+        // serves this root (the host's), so keel-bootstrap renders its schema.
+        let version = containerd_version(Path::new("containerd"))?;
+        let components = dir.path().join(keel_contract::image::COMPONENTS_FILE);
+        std::fs::create_dir_all(components.parent().unwrap_or(dir.path()))?;
+        std::fs::write(&components, keel_contract::image::render([("containerd", &*version)]))
+            .with_context(|| format!("writing {}", components.display()))?;
         let root = NodeRoot { layout, ud: user_data(role), id: identity(ip), dir, bundle, etcd };
         root.render()?;
         Ok(root)
@@ -400,40 +407,67 @@ impl NodeRoot {
     }
 }
 
-/// Debian's containerd serving a node root's rendered configuration (its
+/// The version containerd `bin` reports (`containerd --version`: `containerd
+/// github.com/containerd/containerd[/v2] 2.1.9+unknown ...`).
+pub fn containerd_version(bin: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().nth(2) {
+        Some(v) if out.status.success() => Ok(v.to_string()),
+        _ => bail!("{} --version printed no version: {text:?}", bin.display()),
+    }
+}
+
+/// A real containerd serving a node root's rendered configuration (its
 /// socket as rendered, state and data under the root), killed on drop.
 pub struct Containerd {
     _guard: Guard,
     pub socket: PathBuf,
+    /// Its log (stderr): the CRI plugin logs the configuration it runs with.
+    pub log: PathBuf,
+    /// Its ctr, for asking it things.
+    pub ctr: PathBuf,
 }
 
 impl Containerd {
-    /// Starts containerd with `config` (default: the root's rendered one)
-    /// and waits until it answers (`ctr plugins ls`).
+    /// Starts the host's containerd with `config` (default: the root's
+    /// rendered one) and waits until it answers (`ctr plugins ls`).
     pub fn start(root: &NodeRoot, config: Option<&Path>) -> Result<Containerd> {
+        Containerd::start_in(Path::new("containerd"), &root.layout, config)
+    }
+
+    /// Starts containerd `bin` (its ctr beside it) with `config` (default:
+    /// the configuration rendered under `layout`).
+    pub fn start_in(bin: &Path, layout: &Layout, config: Option<&Path>) -> Result<Containerd> {
         let config =
-            config.map(Path::to_path_buf).unwrap_or_else(|| root.path(worker::CONTAINERD_CONFIG));
-        let socket = root.path(kube::CONTAINERD_SOCKET);
-        let log = root.path("containerd.log");
-        let mut cmd = Command::new("containerd");
+            config.map(Path::to_path_buf).unwrap_or_else(|| layout.path(worker::CONTAINERD_CONFIG));
+        let socket = layout.path(kube::CONTAINERD_SOCKET);
+        let log = layout.path("containerd.log");
+        let ctr = bin.with_file_name("ctr");
+        let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(&config)
             .arg("--root")
-            .arg(root.path("var/lib/containerd"))
+            .arg(layout.path("var/lib/containerd"))
             .arg("--state")
-            .arg(root.path("run/containerd"))
+            .arg(layout.path("run/containerd"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(&log)
                     .with_context(|| format!("creating {}", log.display()))?,
             );
-        let mut guard = Guard::spawn("containerd", cmd)
-            .context("starting containerd (install the Debian package containerd)")?;
+        let mut guard = Guard::spawn("containerd", cmd).with_context(|| {
+            format!("starting {} (install the Debian package containerd)", bin.display())
+        })?;
         let started = Instant::now();
         loop {
             let answered = socket.exists()
-                && Command::new("ctr")
+                && Command::new(&ctr)
                     .arg("--address")
                     .arg(&socket)
                     .args(["--timeout", "5s", "plugins", "ls"])
@@ -442,7 +476,7 @@ impl Containerd {
                     .status()
                     .is_ok_and(|s| s.success());
             if answered {
-                return Ok(Containerd { _guard: guard, socket });
+                return Ok(Containerd { _guard: guard, socket, log, ctr });
             }
             let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
             if let Err(e) = guard.check_running() {

@@ -1,9 +1,9 @@
 //! An n-node etcd cluster of Keel VMs, as the scenarios and the demo
 //! bring it up: the cluster's assets published to the emulated account,
-//! an AMI registered for the image, n tagged instances with etcd user
-//! data, the VMs booted all at once, then waits until every node's
-//! keel-bootstrap says `configured` and the host's etcdctl sees exactly
-//! those n members, started and healthy. Also the replacement of a
+//! the AMI `keel publish` registered (or a stand-in), n tagged instances
+//! with etcd user data, the VMs booted all at once, then waits until every
+//! node's keel-bootstrap says `configured` and the host's etcdctl sees
+//! exactly those n members, started and healthy. Also the replacement of a
 //! member (stop, terminate, boot a new instance that joins).
 //!
 //! Progress goes to stderr, one line per event, prefixed `cluster:`.
@@ -75,11 +75,14 @@ fn say(msg: std::fmt::Arguments<'_>) {
 impl EtcdCluster {
     /// Brings up `size` etcd VMs from `image` in `cluster` (started, with
     /// nothing added yet): publishes `assets` (None: `keel assets init`
-    /// into the work directory first), boots the VMs and waits, each wait
-    /// up to `deadline`, until they form one healthy cluster.
+    /// into the work directory first), launches the instances from `ami`
+    /// (None: a stand-in AMI registered here, with no disk behind it in
+    /// moto), boots the VMs and waits, each wait up to `deadline`, until
+    /// they form one healthy cluster.
     pub async fn form(
         mut cluster: Cluster,
         image: &Path,
+        ami: Option<String>,
         assets: Option<&Path>,
         size: u32,
         deadline: Duration,
@@ -96,10 +99,15 @@ impl EtcdCluster {
         ));
         cluster.publish_assets(&assets).context("publishing the assets")?;
         cluster.serve_metadata()?;
-        let ami = cluster
-            .account
-            .register_image(&format!("keel-etcd-{}", cluster.name), Role::Etcd)
-            .await?;
+        let ami = match ami {
+            Some(ami) => ami,
+            None => {
+                cluster
+                    .account
+                    .register_image(&format!("keel-etcd-{}", cluster.name), Role::Etcd)
+                    .await?
+            }
+        };
         let credentials = Credentials::issue(&assets, &cluster.dir.join("etcdctl"))?;
         let mut ec = EtcdCluster {
             cluster,

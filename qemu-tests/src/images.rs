@@ -5,10 +5,15 @@
 //! A later run finds them up to date (`keel build` compares its inputs,
 //! 0.1 s), so only changed inputs cost a rebuild.
 //!
-//! The etcd image uses the shipped `local` profile. Worker and controller
-//! use the TEST-ONLY profile `fixtures/profiles/k8s-test.toml` (`local`
-//! plus test doubles of the Kubernetes binaries Debian does not package,
-//! served from `fixtures/doubles` through `fixtures/mirrors.toml`).
+//! Every image is built from the TEST-ONLY profile `fixtures/profiles/ci.toml`:
+//! `production` (profiles/production.toml, the recipe users ship) with
+//! Debian's etcd, containerd, runc and CNI plugins repacked into upstream's
+//! release layouts ([`crate::repack`]) and test doubles of the Kubernetes
+//! binaries (`fixtures/doubles`), served through the run's mirrors file.
+//! Its `[test]` table makes every image here a test image: its nodes reach
+//! AWS by the real endpoint names through a TLS proxy only the machine's
+//! test CA vouches for (see [`crate::aws_names`]); the CA's certificate is
+//! written beside the copied profiles as `keel-test-ca.crt`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,11 +24,13 @@ use keel_contract::Role;
 
 use crate::rundir::target_dir;
 
-/// The built `keel` and static `keel-bootstrap` binaries.
+/// The built `keel` and static `keel-bootstrap` binaries, and the static
+/// API server TEST DOUBLE the test profile installs on controllers.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub keel: PathBuf,
     pub bootstrap: PathBuf,
+    pub api_server_double: PathBuf,
 }
 
 /// The workspace root (this crate's parent directory).
@@ -64,7 +71,16 @@ fn cargo(args: &[&str], rustflags: Option<&str>, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds `keel` and the static `keel-bootstrap` once per process.
+/// `cargo build --release` of `args` as a static binary for
+/// x86_64-unknown-linux-gnu (what goes into an image).
+fn static_release(args: &[&str], target: &Path) -> Result<()> {
+    let mut all = vec!["build", "--release", "--target", "x86_64-unknown-linux-gnu"];
+    all.extend_from_slice(args);
+    cargo(&all, Some("-C target-feature=+crt-static"), target)
+}
+
+/// Builds `keel`, the static `keel-bootstrap` and the static API server
+/// TEST DOUBLE once per process.
 pub fn tools() -> Result<&'static Tools> {
     static TOOLS: OnceLock<std::result::Result<Tools, String>> = OnceLock::new();
     TOOLS
@@ -75,35 +91,73 @@ pub fn tools() -> Result<&'static Tools> {
                 keel_testkit::host_tools::check()?;
                 let target = target_dir()?;
                 cargo(&["build", "-p", "keel", "--bin", "keel"], None, &target)?;
-                cargo(
-                    &[
-                        "build",
-                        "--release",
-                        "-p",
-                        "keel-bootstrap",
-                        "--target",
-                        "x86_64-unknown-linux-gnu",
-                    ],
-                    Some("-C target-feature=+crt-static"),
-                    &target,
-                )?;
+                static_release(&["-p", "keel-bootstrap"], &target)?;
+                // Its own build: built with keel-bootstrap, feature
+                // unification would change the shipped binary's dependencies.
+                static_release(&["-p", "keel-testkit", "--bin", "keel-apiserver-double"], &target)?;
+                let release = target.join("x86_64-unknown-linux-gnu/release");
                 Ok(Tools {
                     keel: target.join("debug/keel"),
-                    bootstrap: target.join("x86_64-unknown-linux-gnu/release/keel-bootstrap"),
+                    bootstrap: release.join("keel-bootstrap"),
+                    api_server_double: release.join("keel-apiserver-double"),
                 })
             };
             build().map_err(|e| format!("{e:#}"))
         })
         .as_ref()
-        .map_err(|e| anyhow::anyhow!("building keel and keel-bootstrap: {e}"))
+        .map_err(|e| {
+            anyhow::anyhow!("building keel, keel-bootstrap and the API server double: {e}")
+        })
 }
 
-/// The profile an image of `role` is built from here.
-pub fn profile(role: Role) -> &'static str {
-    match role {
-        Role::Etcd => "local",
-        Role::Worker | Role::Controller => "k8s-test",
-    }
+/// The profile every image is built from here (TEST ONLY).
+pub const PROFILE: &str = "ci";
+
+/// The profile an image of `role` is built from here: [`PROFILE`] for
+/// every role.
+pub fn profile(_role: Role) -> &'static str {
+    PROFILE
+}
+
+/// The profiles directory and mirrors file of this run: production.toml
+/// and the CI profile side by side (`extends` looks beside the file), and
+/// the mirrors file with the repacked artifacts (made when missing).
+pub fn profiles() -> Result<(PathBuf, PathBuf)> {
+    static DONE: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let make = || -> Result<(PathBuf, PathBuf)> {
+            let dir = target_dir()?.join("images/profiles");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ci = fixtures().join(format!("profiles/{PROFILE}.toml"));
+            for (from, name) in [
+                (workspace().join("profiles/production.toml"), "production.toml".to_string()),
+                (ci.clone(), format!("{PROFILE}.toml")),
+            ] {
+                std::fs::copy(&from, dir.join(&name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            write_test_ca(&dir)?;
+            let mut repacked = crate::repack::ensure(&crate::repack::pinned(&ci)?)
+                .context("repacking Debian's binaries for the CI profile")?;
+            repacked.push(with_api_server_double(&dir, &tools()?.api_server_double)?);
+            let mirrors = dir.join("mirrors.toml");
+            crate::repack::mirrors_file(&fixtures().join("mirrors.toml"), &repacked, &mirrors)?;
+            Ok((dir, mirrors))
+        };
+        make().map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Writes the machine's test CA certificate (made once by
+/// `keel_testkit::test_ca`) as `keel-test-ca.crt` into `dir`, where the CI
+/// profile's `[test]` table names it; returns its path.
+pub fn write_test_ca(dir: &Path) -> Result<PathBuf> {
+    let ca = keel_testkit::test_ca::TestCa::machine().context("the machine's test CA")?;
+    let path = dir.join("keel-test-ca.crt");
+    std::fs::write(&path, &ca.cert_pem).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// A built image of `role`.
@@ -155,24 +209,8 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         .arg("--bootstrap-bin")
         .arg(&tools.bootstrap)
         .args(extra);
-    if profile == "k8s-test" {
-        // The test profile extends `local`: both go in one directory.
-        let profiles = target_dir()?.join("images/profiles");
-        std::fs::create_dir_all(&profiles)
-            .with_context(|| format!("creating {}", profiles.display()))?;
-        for (from, name) in [
-            (workspace().join("profiles/local.toml"), "local.toml"),
-            (fixtures().join("profiles/k8s-test.toml"), "k8s-test.toml"),
-        ] {
-            std::fs::copy(&from, profiles.join(name))
-                .with_context(|| format!("copying {}", from.display()))?;
-        }
-        cmd.arg("--profiles-dir")
-            .arg(&profiles)
-            .arg("--mirrors")
-            .arg(fixtures().join("mirrors.toml"))
-            .arg("--offline");
-    }
+    let (profiles, mirrors) = profiles()?;
+    cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(&mirrors).arg("--offline");
     let output = cmd.output().with_context(|| format!("running {}", tools.keel.display()))?;
     if !output.status.success() {
         bail!(
@@ -188,6 +226,33 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         manifest: out.join(format!("{stem}.manifest.json")),
         report: String::from_utf8_lossy(&output.stdout).into_owned(),
     })
+}
+
+/// Gives the CI profile copied into `profiles` the API server TEST DOUBLE
+/// built this run, for controllers: a component pinned to the binary's
+/// digest (it changes with the code, so it is pinned here, not in the
+/// fixture). Returns the (URL, file) mirror entry that serves it.
+fn with_api_server_double(profiles: &Path, binary: &Path) -> Result<(String, PathBuf)> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    let name = "keel-apiserver-double";
+    let url = format!("https://keel.test/built/{name}");
+    let profile = profiles.join(format!("{PROFILE}.toml"));
+    let mut text = std::fs::read_to_string(&profile)
+        .with_context(|| format!("reading {}", profile.display()))?;
+    text.push_str(&format!(
+        "\n# Added by qemu-tests (images.rs): the API server TEST DOUBLE built this run.\n\
+         [components.{name}]\n\
+         version = \"0.0.0-test-double\"\n\
+         url = \"{url}\"\n\
+         sha256 = \"{digest}\"\n\
+         install = {{ kind = \"binary\", path = \"/usr/bin/{name}\", mode = 0o755 }}\n\n\
+         [roles.controller]\n\
+         components = [\"{name}\"]\n"
+    ));
+    std::fs::write(&profile, text).with_context(|| format!("writing {}", profile.display()))?;
+    Ok((url, binary.to_path_buf()))
 }
 
 /// The image of `role` in `<target>/images/`, built when missing or out

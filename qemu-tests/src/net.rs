@@ -1,6 +1,9 @@
 //! A private network for test VMs: a network namespace holding a bridge,
 //! one tap device per VM, dnsmasq answering DHCP with a fixed address per
-//! MAC, and the instance metadata address 169.254.169.254 on the bridge.
+//! MAC and, as the VPC resolver DHCP names, DNS for the names the test
+//! gives it ([`Network::answer_names`]; every other name is refused: the
+//! network has no way out), and the instance metadata address
+//! 169.254.169.254 on the bridge.
 //! A veth pair puts the host (the test process) on the same segment, so
 //! host-side clients reach the VMs and the VMs reach servers the test runs
 //! on the host side (moto) without any routing or NAT.
@@ -47,6 +50,8 @@ pub struct Network {
     subnet: u8,
     taps: Vec<String>,
     dnsmasq: Option<Guard>,
+    /// Names the resolver answers (with every name under them).
+    names: Vec<(String, Ipv4Addr)>,
     workdir: PathBuf,
     _on_interrupt: Registration,
 }
@@ -121,6 +126,7 @@ impl Network {
             subnet,
             taps: Vec::new(),
             dnsmasq: None,
+            names: Vec::new(),
             workdir: workdir.to_path_buf(),
             _on_interrupt: {
                 let (netns, veth) = (netns.clone(), veth_host.clone());
@@ -178,22 +184,44 @@ impl Network {
         format!("52:54:00:77:{:02x}:{:02x}", self.subnet, 10 + i)
     }
 
+    /// Has the resolver answer each `(name, address)`: `name` and every
+    /// name under it resolve to `address` (A records). Takes effect when
+    /// dnsmasq next starts ([`Network::serve_dhcp`]).
+    pub fn answer_names(&mut self, names: Vec<(String, Ipv4Addr)>) {
+        self.names = names;
+    }
+
     /// Starts dnsmasq in the namespace with a fixed lease per host
-    /// (restarting it when it already runs, e.g. for a replacement node).
+    /// (restarting it when it already runs, e.g. for a replacement node),
+    /// handing out the bridge's address as the guests' name server when
+    /// there are names to answer ([`Network::answer_names`]).
     pub fn serve_dhcp(&mut self, hosts: &[Host]) -> Result<()> {
         self.dnsmasq.take();
         let conf = self.workdir.join(format!("{}-dnsmasq.conf", self.netns));
         let mut text = format!(
-            "interface=br0\nbind-interfaces\nport=0\nno-resolv\nno-hosts\nleasefile-ro\n\
+            "interface=br0\nbind-interfaces\nno-resolv\nno-hosts\nleasefile-ro\n\
              dhcp-authoritative\ndhcp-range=10.77.{s}.10,static,255.255.255.0,12h\n\
              dhcp-option=option:router,10.77.{s}.1\n",
             s = self.subnet
         );
+        if self.names.is_empty() {
+            text.push_str("port=0\n");
+        } else {
+            // Every query is logged: tests read which guest asked for what.
+            text.push_str(&format!(
+                "log-queries\ndhcp-option=option:dns-server,{}\n",
+                self.gateway()
+            ));
+            for (name, addr) in &self.names {
+                text.push_str(&format!("address=/{name}/{addr}\n"));
+            }
+        }
         for h in hosts {
             text.push_str(&format!("dhcp-host={},{},{}\n", h.mac, h.ip, h.hostname));
         }
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
-        let log = File::create(self.workdir.join(format!("{}-dnsmasq.log", self.netns)))?;
+        // Appended to: a restart (a replacement node) keeps the earlier queries.
+        let log = File::options().create(true).append(true).open(self.dnsmasq_log_path())?;
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -214,6 +242,18 @@ impl Network {
         guard.check_running().context("dnsmasq (is dnsmasq-base installed?)")?;
         self.dnsmasq = Some(guard);
         Ok(())
+    }
+
+    /// dnsmasq's log (DHCP and, with names to answer, every DNS query:
+    /// `query[A] <name> from <address>` then `config <name> is <address>`).
+    pub fn dnsmasq_log(&self) -> String {
+        std::fs::read(self.dnsmasq_log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn dnsmasq_log_path(&self) -> PathBuf {
+        self.workdir.join(format!("{}-dnsmasq.log", self.netns))
     }
 
     /// Creates a tap device in the namespace, attached to the bridge, for

@@ -1,10 +1,16 @@
 //! Scenarios a, b and d of issue 7 (and b's variants of issue 14: the
 //! replacement gets the dead member's IP; every member is replaced and the
-//! new ones restore the newest snapshot): Keel images booted as a cluster under
-//! QEMU against moto and the metadata emulator, checked from the host with
-//! Debian's etcdctl over TLS. Needs root, QEMU, OVMF, moto, dnsmasq and
-//! etcdctl; builds the etcd image (profile `local`) and the controller
-//! image (TEST-ONLY profile `k8s-test`) when they are missing.
+//! new ones restore the newest snapshot), and p of issue 13 (the published
+//! AMI is what boots): Keel images booted as a cluster under QEMU against
+//! moto and the metadata emulator, checked from the host with Debian's
+//! etcdctl over TLS. The etcd members boot what `keel publish` uploaded:
+//! the image is published into the run's account and its AMI's root
+//! snapshot read back block by block (`keel_qemu_tests::published`)
+//! before the members are launched from that AMI. Needs root, QEMU, OVMF,
+//! moto, dnsmasq and etcdctl; builds the etcd image and the controller
+//! image (TEST-ONLY profile `ci`: the production recipe, a test image
+//! whose nodes reach AWS by its endpoint names through the test CA's TLS
+//! proxy, see `keel_qemu_tests::aws_names`) when they are missing.
 //!
 //! The three scenarios share one 3-node etcd cluster (forming one costs
 //! minutes under TCG): `main` owns it, creates it on the first scenario
@@ -21,12 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use keel_bootstrap::aws::display_error;
 use keel_bootstrap::envelope;
-use keel_contract::Role;
+use keel_contract::{tags, Role};
+use keel_qemu_tests::aws_names::endpoint_name;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::etcd_cluster::{EtcdCluster, FAILED};
 use keel_qemu_tests::etcdctl::{self, Credentials, Etcdctl};
-use keel_qemu_tests::images;
+use keel_qemu_tests::{images, published};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Each wait (boot to keel-bootstrap's last line, then to a healthy
@@ -72,9 +80,23 @@ impl Shared {
 
 async fn form() -> Result<EtcdCluster> {
     let image = images::image(Role::Etcd).context("building the etcd image")?;
-    let cluster = Cluster::start("cluster", "qt").await?;
+    let mut cluster = Cluster::start("cluster", "qt").await?;
     let dir = cluster.dir().to_path_buf();
-    let (ec, t) = EtcdCluster::form(cluster, &image.path, None, MEMBERS, DEADLINE)
+    // The members boot what `keel publish` uploaded, read back from the
+    // AMI's snapshot, and are launched from that AMI.
+    let p = published::publish(&mut cluster, &image)
+        .await
+        .with_context(|| format!("publishing the etcd image (logs in {})", dir.display()))?;
+    eprintln!(
+        "timing: keel publish {:.1} s ({} MiB image, {} blocks into {}, AMI {}), read-back {:.1} s",
+        p.publish_took.as_secs_f64(),
+        std::fs::metadata(&image.path).map(|m| m.len() >> 20).unwrap_or_default(),
+        p.blocks,
+        p.snapshot_id,
+        p.ami,
+        p.read_back_took.as_secs_f64()
+    );
+    let (ec, t) = EtcdCluster::form(cluster, &p.disk, Some(p.ami), None, MEMBERS, DEADLINE)
         .await
         .with_context(|| format!("logs in {}", dir.display()))?;
     for (name, d) in &t.configured {
@@ -106,10 +128,11 @@ fn main() -> ExitCode {
             }
         },
     });
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
         ("a_three_etcd_vms_form_one_tls_cluster", |c| {
             Box::pin(three_etcd_vms_form_one_tls_cluster(c))
         }),
+        ("p_the_published_ami_is_what_boots", |c| Box::pin(the_published_ami_is_what_boots(c))),
         ("d_a_controller_reaches_etcd_with_its_client_certificate", |c| {
             Box::pin(a_controller_reaches_etcd_with_its_client_certificate(c))
         }),
@@ -140,8 +163,9 @@ fn main() -> ExitCode {
 /// a. Three etcd VMs found each other by tags, opened their bundles and
 /// formed one TLS-secured cluster: three members with the nodes' peer
 /// URLs, every endpoint healthy, a key written through one member is read
-/// through another; and the cluster refuses a client without a
-/// certificate its CA signed.
+/// through another; the cluster refuses a client without a certificate
+/// its CA signed; and every member reached EC2, S3 and KMS by their real
+/// endpoint names over verified HTTPS.
 async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> {
     let members = c.etcdctl().member_list().await?;
     ensure!(members.len() == 3, "expected 3 members: {}", etcdctl::describe(&members));
@@ -196,19 +220,97 @@ async fn three_etcd_vms_form_one_tls_cluster(c: &mut EtcdCluster) -> Result<()> 
     )?;
     let refused = Etcdctl::new(creds, c.endpoints()[..1].to_vec()).get("keel/scenario-a").await;
     ensure!(refused.is_err(), "a client certificate from another CA read the key: {refused:?}");
+
+    // Every member reached AWS by its real names (no endpoint override in
+    // the user data): EC2 for discovery, the virtual-hosted bucket, KMS,
+    // each looked up through the network's resolver and verified.
+    let bucket = format!("{}.{}", c.cluster.account.bucket, endpoint_name("s3"));
+    for n in c.members() {
+        let names = c.cluster.aws_names_used(&n.name)?;
+        for want in [&endpoint_name("ec2"), &bucket, &endpoint_name("kms")] {
+            ensure!(names.contains(want), "{} did not reach {want}: {names:?}", n.name);
+        }
+    }
     Ok(())
 }
 
-/// d. A controller (TEST-ONLY k8s-test profile) boots against the etcd
+/// p. The published AMI is what boots (issue 13): the members' instances
+/// were launched from the AMI `keel publish` registered (tagged with the
+/// image's sha256, which a stand-in AMI is not), their VMs boot the disk
+/// read back block by block from its root snapshot (checked against the
+/// image while the cluster formed), and each kernel was started with the
+/// image's dm-verity root hash.
+async fn the_published_ami_is_what_boots(c: &mut EtcdCluster) -> Result<()> {
+    let built = images::image(Role::Etcd).context("the etcd image")?.manifest()?;
+    let sha256 = built["image-sha256"].as_str().context("no image-sha256 in the build manifest")?;
+    let root_hash =
+        built["verity-root-hash"].as_str().context("no verity-root-hash in the build manifest")?;
+    let disk = published::disk_path(c.cluster.dir());
+    ensure!(c.image == disk, "the members boot {}, not {}", c.image.display(), disk.display());
+
+    let ec2 = &c.cluster.account.ec2;
+    let images = ec2
+        .describe_images()
+        .image_ids(&c.ami)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("DescribeImages {}: {}", c.ami, display_error(&e)))?;
+    let image = images.images().first().with_context(|| format!("no AMI {}", c.ami))?;
+    let tagged = image.tags().iter().find(|t| t.key() == Some(tags::IMAGE_SHA256));
+    ensure!(
+        tagged.and_then(|t| t.value()) == Some(sha256),
+        "AMI {} carries {} {:?}, the image has sha256 {sha256}",
+        c.ami,
+        tags::IMAGE_SHA256,
+        tagged.and_then(|t| t.value())
+    );
+
+    let ids: Vec<String> = c.members().iter().map(|n| n.instance_id.clone()).collect();
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("DescribeInstances {ids:?}: {}", display_error(&e)))?;
+    let launched: Vec<(String, String)> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.image_id().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    ensure!(launched.len() == ids.len(), "DescribeInstances {ids:?}: {launched:?}");
+    for (id, ami) in &launched {
+        ensure!(ami == &c.ami, "instance {id} was launched from {ami}, not {}", c.ami);
+    }
+    let usrhash = format!("usrhash={root_hash}");
+    for n in c.members() {
+        ensure!(
+            c.cluster.console(&n.name).contains(&usrhash),
+            "{}'s kernel was not started with {usrhash} ({})",
+            n.name,
+            c.cluster.console_log(&n.name).display()
+        );
+    }
+    Ok(())
+}
+
+/// d. A controller (TEST-ONLY ci profile) boots against the etcd
 /// cluster: its bootstrap finds the members by tags and reaches them with
 /// the API server's etcd client certificate from its bundle (`etcd
-/// check: ok`), then configures the control plane. From the host, the
+/// check: ok`), then configures the control plane; keel-join.service
+/// applies the join objects (bootstrap-token Secret, node bootstrap RBAC)
+/// by server-side apply to the API server TEST DOUBLE, which records them
+/// (a real kube-apiserver's acceptance cannot be shown here). From the host, the
 /// certificate the controller was given (its bundle, fetched and opened
 /// with the controller's KMS context) reads and writes the cluster.
 async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdCluster) -> Result<()> {
     let image = images::image(Role::Controller).context("building the controller image")?;
-    let ami =
-        c.cluster.account.register_image("keel-controller-k8s-test", Role::Controller).await?;
+    let ami = c.cluster.account.register_image("keel-controller-ci", Role::Controller).await?;
     let ud = c.cluster.user_data(Role::Controller, c.size);
     c.cluster.add_node_with("controller0", Role::Controller, &ami, Some(&ud)).await?;
     c.cluster.serve_dhcp()?;
@@ -230,6 +332,40 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
         console.contains("keel-bootstrap: etcd check: ok"),
         "no `etcd check: ok` on the controller's console"
     );
+    // keel-join.service applies the join objects to the API server: here
+    // the kube-apiserver TEST DOUBLE, which hands over to the API server
+    // TEST DOUBLE binary (keel_testkit::api_server_double) once its flags
+    // are checked; that double records each request on the console.
+    let t = c.cluster.wait_all(
+        &["controller0"],
+        "keel-bootstrap: join objects applied to https://127.0.0.1:6443",
+        &[
+            "keel-bootstrap: failed: applying the join objects",
+            "kube-apiserver-test-double: rejected",
+        ],
+        DEADLINE,
+        |_, _| {},
+    )?;
+    eprintln!(
+        "timing: controller0 applied the join objects {:.1} s after QEMU started",
+        t[0].as_secs_f64()
+    );
+    let console = c.cluster.console("controller0");
+    let applies: Vec<&str> =
+        console.lines().filter(|l| l.contains("apiserver-double: PATCH ")).collect();
+    for object in [
+        "/api/v1/namespaces/kube-system/secrets/bootstrap-token-",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:kubelet-bootstrap?",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:node-autoapprove-bootstrap?",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/keel:node-autoapprove-certificate-rotation?",
+    ] {
+        ensure!(
+            applies.iter().any(|l| l.contains(object)
+                && l.contains("fieldManager=keel&force=true")
+                && l.contains("from \"CN=keel:join-applier, O=system:masters\": 200")),
+            "the API server double recorded no server-side apply of {object} by the join applier: {applies:#?}"
+        );
+    }
     // Its VM is not needed any more: give the CPU back.
     c.cluster.stop("controller0")?;
 

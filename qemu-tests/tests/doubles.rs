@@ -104,7 +104,7 @@ fn expect_rejections(doubles: &Doubles, root: &NodeRoot, component: &str, faults
 #[test]
 fn the_test_profile_installs_this_double_under_each_name() {
     let profile =
-        std::fs::read_to_string(keel_qemu_tests::images::fixtures().join("profiles/k8s-test.toml"))
+        std::fs::read_to_string(keel_qemu_tests::images::fixtures().join("profiles/ci.toml"))
             .unwrap();
     let digest = std::process::Command::new("sha256sum").arg(doubles::path()).output().unwrap();
     let digest = String::from_utf8(digest.stdout).unwrap();

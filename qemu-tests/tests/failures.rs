@@ -45,7 +45,7 @@ fn etcd_image() -> Image {
 /// user data `user_data` makes, metadata and DHCP served; not booted.
 async fn cluster_with_node(test: &str, user_data: impl FnOnce(&Cluster) -> UserData) -> Cluster {
     let mut c = Cluster::start(test, CLUSTER).await.expect("starting the cluster");
-    let ami = c.account.register_image("keel-etcd-local", Role::Etcd).await.unwrap();
+    let ami = c.account.register_image("keel-etcd-ci", Role::Etcd).await.unwrap();
     let ud = user_data(&c);
     c.add_node_with(NODE, Role::Etcd, &ami, Some(&ud)).await.unwrap();
     c.serve_metadata().unwrap();
@@ -84,13 +84,16 @@ fn boot_until_bootstrap_fails(
     assert!(!console.contains(CONFIGURED), "{console}");
 
     // systemd's own status of the role's service, printed after the
-    // failure: loaded with Keel's drop-in, and not started.
+    // failure: Keel's unit (not a package's), and not started.
     let report = &console[console.find(FAILED).unwrap()..];
     let unit = report
         .find("etcd.service - ")
         .unwrap_or_else(|| panic!("no status of etcd.service:\n{report}"));
     assert!(report[unit..].contains(HELD_BACK), "etcd.service is not inactive:\n{report}");
-    assert!(report.contains("10-keel.conf"), "etcd.service without Keel's drop-in:\n{report}");
+    assert!(
+        report.contains("etcd.service - etcd (configured by keel-bootstrap)"),
+        "etcd.service is not Keel's unit:\n{report}"
+    );
     assert!(
         !report.contains("Active: active"),
         "a service is running after the bootstrap failed:\n{report}"

@@ -24,8 +24,8 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
             dir.display()
         );
 
-        let etcd_ami = c.account.register_image("keel-etcd-local", Role::Etcd).await.unwrap();
-        let worker_ami = c.account.register_image("keel-worker-local", Role::Worker).await.unwrap();
+        let etcd_ami = c.account.register_image("keel-etcd-ci", Role::Etcd).await.unwrap();
+        let worker_ami = c.account.register_image("keel-worker-ci", Role::Worker).await.unwrap();
         assert_ne!(etcd_ami, worker_ami);
         let etcd_ud = c.user_data(Role::Etcd, 3);
         for name in ["etcd0", "etcd1", "etcd2"] {
@@ -146,11 +146,7 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
             let (code, ud) = metadata_get(&c, n.private_ip, "user-data");
             assert_eq!(code, 200, "{name} user data");
             let ud = UserData::parse(ud.as_bytes(), Role::Etcd).unwrap();
-            assert_eq!(
-                ud.endpoint_url(),
-                Some(c.account.endpoint()),
-                "AWS calls go to this run's moto"
-            );
+            assert_eq!(ud.aws, None, "nodes reach AWS by its endpoint names, no override");
             assert_eq!(
                 (ud.assets.bucket.as_str(), ud.etcd.expected_members),
                 (c.account.bucket.as_str(), 3)
@@ -173,6 +169,81 @@ async fn nodes_are_leased_found_by_tags_dropped_when_terminated_and_assets_open_
     assert!(
         dir.join(format!("{netns}-dnsmasq.log")).exists(),
         "dnsmasq's log is left for debugging"
+    );
+}
+
+/// AWS by its real names, as a node reaches it (the path every VM boot
+/// takes, checked here from the host side of the VM network in seconds):
+/// the network's resolver answers the regional endpoint names, virtual-
+/// hosted bucket names included, with the TLS proxy's address and refuses
+/// other names; keel-bootstrap's node configuration (no endpoint override,
+/// names from a resolv.conf naming that resolver, the test CA as its only
+/// trust) then calls S3, KMS and EC2 through the proxy, and moto answers
+/// each by the request's signing scope and Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_is_reached_by_its_endpoint_names_through_the_resolver_and_the_tls_proxy() {
+    use keel_bootstrap::aws;
+    use keel_bootstrap::dns::Dns;
+    use keel_qemu_tests::aws::REGION;
+    use keel_qemu_tests::aws_names::endpoint_name;
+    use keel_testkit::imds::{ImdsEmulator, Instance};
+
+    let mut c = Cluster::start("harness-names", "kn").await.unwrap();
+    c.serve_dhcp().unwrap();
+    let gw = c.net.gateway();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    std::fs::write(root.path().join("etc/resolv.conf"), format!("nameserver {gw}\n")).unwrap();
+    let ca = keel_testkit::test_ca::TestCa::machine().unwrap();
+    std::fs::write(root.path().join(aws::TRUST_STORE), &ca.cert_pem).unwrap();
+
+    let dns = Dns::from_root(root.path());
+    let bucket_host = format!("{}.{}", c.account.bucket, endpoint_name("s3"));
+    for name in [endpoint_name("ec2"), endpoint_name("kms"), bucket_host.clone()] {
+        assert_eq!(dns.lookup(&name).await.unwrap(), vec![std::net::IpAddr::V4(gw)], "{name}");
+    }
+    assert!(dns.lookup("example.com").await.is_err(), "the network's resolver has no way out");
+
+    let imds = ImdsEmulator::start(Instance::with_credentials_in(REGION)).unwrap();
+    let target = aws::Target { region: Some(REGION.into()), endpoint_url: None };
+    let sdk = aws::node_sdk_config(&target, &imds.base_url(), root.path()).await.unwrap();
+    let s3 = aws::s3_client(&sdk);
+    s3.put_object()
+        .bucket(&c.account.bucket)
+        .key("names/probe")
+        .body(b"probe".to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("S3 PutObject: {}", aws::display_error(&e)));
+    let got = s3
+        .get_object()
+        .bucket(&c.account.bucket)
+        .key("names/probe")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("S3 GetObject: {}", aws::display_error(&e)));
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"probe");
+    aws_sdk_kms::Client::new(&sdk)
+        .describe_key()
+        .key_id(&c.account.kms_key_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("KMS DescribeKey: {}", aws::display_error(&e)));
+    aws_sdk_ec2::Client::new(&sdk)
+        .describe_vpcs()
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("EC2 DescribeVpcs: {}", aws::display_error(&e)));
+
+    let names: Vec<String> =
+        c.aws_names.connections().into_iter().filter_map(|c| c.server_name).collect();
+    for want in [&bucket_host, &endpoint_name("kms"), &endpoint_name("ec2")] {
+        assert!(names.contains(want), "{want} not among the proxy's TLS names {names:?}");
+    }
+    let log = c.net.dnsmasq_log();
+    assert!(
+        log.contains(&format!("query[A] {} from {}", endpoint_name("kms"), c.net.host_ip())),
+        "{log}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! Secure Boot and SBOM tests (need root, a warm ~/.cache/keel or
 //! mmdebstrap's Debian mirror, sbsigntool, faketime, mtools, and for the
-//! boots QEMU, OVMF's Secure Boot build and virt-firmware): one etcd image of the `local`
+//! boots QEMU, OVMF's Secure Boot build and virt-firmware): one etcd image of the TEST-ONLY `ci`
 //! profile, signed with a test key hierarchy made by `keel keys init`, is
 //! built once per run (found up to date on the next) and shared by every
 //! test here.

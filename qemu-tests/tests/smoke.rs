@@ -1,6 +1,6 @@
 //! Image smoke tests (need root, mmdebstrap's Debian mirror or a warm
 //! ~/.cache/keel, QEMU and OVMF): `keel build` makes the etcd image of the
-//! `local` profile; it boots under QEMU to keel-bootstrap.service and its
+//! TEST-ONLY `ci` profile (the production recipe, a test image); it boots under QEMU to keel-bootstrap.service and its
 //! root partition grows to fill a bigger disk; worker and controller
 //! images (test profile) boot too; a copy with one byte of /usr changed
 //! fails dm-verity; a second build gives the same bytes; `keel inspect`
@@ -97,8 +97,8 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
 }
 
 /// Worker and controller come from the test-only profile
-/// qemu-tests/fixtures/profiles/k8s-test.toml (local + Kubernetes test
-/// doubles from a local mirror directory).
+/// qemu-tests/fixtures/profiles/ci.toml (production, Debian's binaries
+/// repacked, Kubernetes test doubles from a local mirror directory).
 fn k8s_test_image(role: Role) -> PathBuf {
     let image = images::image(role).expect("building the image");
     let m = image.manifest().unwrap();
@@ -170,16 +170,23 @@ fn inspect_reads_the_manifest_from_the_image() {
     assert_eq!(inspected, b.manifest().unwrap());
     let m = &inspected;
     assert_eq!(m["role"], "etcd");
-    assert_eq!(m["profile"], "local");
+    assert_eq!(m["profile"], images::PROFILE);
+    assert_eq!(m["test-image"], true, "the QEMU tests boot test images");
     let etcd = m["components"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "etcd")
         .expect("etcd component");
-    assert_eq!(etcd["debian-package"], "etcd-server");
-    assert!(m["debian-packages"].as_array().unwrap().iter().any(|p| p["name"] == "etcd-server"));
+    // The production recipe: etcd from a release-layout tarball, no
+    // Debian etcd package in the image.
+    assert_eq!(etcd["source"], "url");
+    assert_eq!(etcd["version"], "3.5.30");
+    assert!(!m["debian-packages"].as_array().unwrap().iter().any(|p| p["name"] == "etcd-server"));
     assert_eq!(m["verity-root-hash"].as_str().unwrap().len(), 64);
+    // The test profile's QEMU workaround is on this image's command line
+    // (and only there: production.toml sets no kernel-cmdline).
+    assert!(m["cmdline"].as_str().unwrap().ends_with(" no_timer_check"), "{}", m["cmdline"]);
 
     // A no-op rebuild finds the image up to date.
     let again = images::image(Role::Etcd).unwrap();

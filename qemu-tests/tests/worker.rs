@@ -1,6 +1,7 @@
 //! Scenario c of the QEMU suite: a worker boots from the worker image
 //! against the emulated account (moto, the metadata emulator, the VM
-//! network of `keel_qemu_tests::cluster`): keel-bootstrap configures it,
+//! network of `keel_qemu_tests::cluster`), reaching S3 and KMS by their
+//! real endpoint names over verified HTTPS: keel-bootstrap configures it,
 //! containerd starts with the configuration keel-bootstrap wrote and
 //! answers on its socket with the CRI plugin loaded, the CNI network list
 //! is in place, and the kubelet accepts the rendered configuration and
@@ -8,7 +9,7 @@
 //!
 //! The kubelet in this image is a TEST DOUBLE, not Kubernetes
 //! (`fixtures/doubles/k8s-test-double`, installed as /usr/bin/kubelet by
-//! the TEST-ONLY profile `fixtures/profiles/k8s-test.toml`): no kubelet
+//! the TEST-ONLY profile `fixtures/profiles/ci.toml`): no kubelet
 //! binary can be had on these machines (Debian packages none; upstream
 //! downloads are not reachable). kubelet.service starts it exactly as it
 //! would start kubelet 1.36, and it rejects what kubelet 1.36 rejects at
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use keel_contract::userdata::Kubelet;
 use keel_contract::Role;
+use keel_qemu_tests::aws_names::endpoint_name;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::images;
 use keel_qemu_tests::vm::tail;
@@ -47,7 +49,7 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
     let assets = c.init_assets().unwrap();
     c.publish_assets(&assets).unwrap();
     c.serve_metadata().unwrap();
-    let ami = c.account.register_image("keel-worker-k8s-test", Role::Worker).await.unwrap();
+    let ami = c.account.register_image("keel-worker-ci", Role::Worker).await.unwrap();
     let mut ud = c.user_data(Role::Worker, 1);
     ud.kubelet = Some(Kubelet {
         max_pods: None,
@@ -88,12 +90,20 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
         console.lines().find_map(|l| l.split_once(ACCEPTED).map(|(_, s)| s.trim_end())).unwrap();
     for part in [
         format!("node {} ({}), taints none,", node.hostname, node.private_ip),
-        "at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),
+        // The containerd of the CI profile (2.1, repacked from Debian) read
+        // the configuration keel-bootstrap wrote in its schema (version 3).
+        "containerd 2.1.9+unknown at unix:///run/containerd/containerd.sock with CRI plugin ok".to_string(),
         "CNI network keel (host-local bridge portmap) from containerd's template /etc/containerd/cni.conflist.template with the Node's spec.podCIDR".to_string(),
         "client CA /etc/kubernetes/pki/ca.crt".to_string(),
         format!("request a client certificate for node {} from https://{}:6443 with the bootstrap token", node.hostname, c.api_host()),
     ] {
         assert!(line.contains(&part), "{part:?} not in the kubelet test double's line: {line}");
+    }
+    // Every AWS call by its real name: the bundle from the virtual-hosted
+    // bucket, Decrypt from KMS, each verified against the test CA.
+    let names = c.aws_names_used("worker0").unwrap();
+    for want in [format!("{}.{}", c.account.bucket, endpoint_name("s3")), endpoint_name("kms")] {
+        assert!(names.contains(&want), "worker0 did not reach {want}: {names:?}");
     }
     eprintln!("worker: keel-bootstrap configured after {configured_after:?}, kubelet test double accepted after {accepted_after:?} (QEMU start)");
 }

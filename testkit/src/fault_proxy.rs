@@ -7,11 +7,14 @@
 //!   the body), so a test can check each PutSnapshotBlock's checksum
 //!   header against the bytes it carries and count requests — moto checks
 //!   neither per-block nor aggregate checksums;
-//! - answers StartSnapshot with `BlockSize: 524288`, as AWS does (moto
-//!   says 512), so tools that take the block size from the reply (coldsnap)
-//!   behave as they would against AWS;
+//! - answers StartSnapshot and ListSnapshotBlocks with `BlockSize:
+//!   524288`, as AWS does (moto 5.2.5 says 512 but stores and indexes the
+//!   512 KiB blocks it was sent), so tools that take the block size from
+//!   the reply (coldsnap, `crate::readback`) behave as they would against
+//!   AWS;
 //! - injects throttling (HTTP 400 `ThrottlingException`), 5xx and EC2
-//!   error replies on chosen requests, consumed one per matching request.
+//!   error replies on chosen requests (PutSnapshotBlock or GetSnapshotBlock
+//!   of a block, an EC2 action), consumed one per matching request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +46,8 @@ pub enum Fault {
 enum Target {
     /// PutSnapshotBlock for this block index.
     PutBlock(u64),
+    /// GetSnapshotBlock for this block index.
+    GetBlock(u64),
     /// An EC2 query-API call with this `Action`.
     Ec2Action(String),
 }
@@ -95,9 +100,18 @@ impl Recorded {
     }
 }
 
+/// Which request bodies the proxy keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    All,
+    /// Every body but PutSnapshotBlock's data (a whole image's worth).
+    NotBlocks,
+    None,
+}
+
 struct State {
     upstream: String,
-    record_bodies: bool,
+    bodies: Bodies,
     faults: Mutex<HashMap<Target, Vec<Fault>>>,
     log: Mutex<Vec<Recorded>>,
     http: reqwest::Client,
@@ -115,6 +129,18 @@ impl FaultProxy {
     /// loopback port. `record_bodies` keeps every request body (tests);
     /// the benchmark turns it off to keep memory flat.
     pub fn start(upstream: &str, record_bodies: bool) -> anyhow::Result<FaultProxy> {
+        FaultProxy::start_with(upstream, if record_bodies { Bodies::All } else { Bodies::None })
+    }
+
+    /// [`FaultProxy::start`] keeping every request body except the block
+    /// data of PutSnapshotBlock calls: the EC2 calls of a real image's
+    /// publish (RegisterImage's parameters), without its hundreds of MiB
+    /// of blocks in memory.
+    pub fn start_recording_calls(upstream: &str) -> anyhow::Result<FaultProxy> {
+        FaultProxy::start_with(upstream, Bodies::NotBlocks)
+    }
+
+    fn start_with(upstream: &str, bodies: Bodies) -> anyhow::Result<FaultProxy> {
         // reqwest is built without a default TLS provider; the workspace's
         // one (idempotent if already installed).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -124,7 +150,7 @@ impl FaultProxy {
             .context("building the proxy's HTTP client")?;
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_string(),
-            record_bodies,
+            bodies,
             faults: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             http,
@@ -146,6 +172,12 @@ impl FaultProxy {
     /// one per call, then forwards again.
     pub fn fail_block(&self, index: u64, faults: Vec<Fault>) {
         self.add(Target::PutBlock(index), faults);
+    }
+
+    /// Answers the next GetSnapshotBlock calls for `index` with `faults`,
+    /// one per call, then forwards again.
+    pub fn fail_get_block(&self, index: u64, faults: Vec<Fault>) {
+        self.add(Target::GetBlock(index), faults);
     }
 
     /// Answers the next EC2 calls with this `Action` with `faults`.
@@ -239,11 +271,16 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
         stream.write_all(&body).await?;
         stream.flush().await?;
         let close = req.close;
+        let keep = match state.bodies {
+            Bodies::All => true,
+            Bodies::NotBlocks => !(req.method == "PUT" && block_index(&req.path).is_some()),
+            Bodies::None => false,
+        };
         lock(&state.log).push(Recorded {
             method: req.method,
             path: req.path,
             headers: req.headers,
-            body: if state.record_bodies { req.body } else { Vec::new() },
+            body: if keep { req.body } else { Vec::new() },
             status,
             injected,
             received: req.received,
@@ -259,6 +296,8 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
 fn injected_fault(state: &State, req: &Request) -> Option<Fault> {
     let target = if req.method == "PUT" {
         Target::PutBlock(block_index(&req.path)?)
+    } else if req.method == "GET" {
+        Target::GetBlock(block_index(&req.path)?)
     } else {
         Target::Ec2Action(form_param(&req.body, "Action")?)
     };
@@ -339,16 +378,25 @@ async fn forward(state: &State, req: &Request) -> anyhow::Result<Reply> {
         .collect();
     let mut body = resp.bytes().await.context("reading the upstream reply")?.to_vec();
     // StartSnapshot answers 201 Created.
-    if req.method == "POST"
-        && req.path.split('?').next() == Some("/snapshots")
-        && (200..300).contains(&status)
-    {
+    if announces_block_size(&req.method, &req.path) && (200..300).contains(&status) {
         body = with_aws_block_size(&body);
     }
     Ok((status, headers, body))
 }
 
-/// StartSnapshot's reply with `BlockSize` set to what AWS answers.
+/// StartSnapshot (`POST /snapshots`) and ListSnapshotBlocks (`GET
+/// /snapshots/{id}/blocks`): the replies that carry `BlockSize`.
+fn announces_block_size(method: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        (method, parts.as_slice()),
+        ("POST", ["snapshots"]) | ("GET", ["snapshots", _, "blocks"])
+    )
+}
+
+/// A StartSnapshot or ListSnapshotBlocks reply with `BlockSize` set to
+/// what AWS answers.
 fn with_aws_block_size(body: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut v) => {
@@ -374,6 +422,15 @@ mod tests {
         assert_eq!(form_param(body, "Action").as_deref(), Some("RegisterImage"));
         assert_eq!(form_param(body, "Name").as_deref(), Some("keel+etcd x"));
         assert_eq!(form_param(body, "Missing"), None);
+    }
+
+    #[test]
+    fn knows_which_replies_carry_the_block_size() {
+        assert!(announces_block_size("POST", "/snapshots"));
+        assert!(announces_block_size("GET", "/snapshots/snap-1/blocks?maxResults=10"));
+        assert!(!announces_block_size("GET", "/snapshots/snap-1/blocks/3"));
+        assert!(!announces_block_size("POST", "/snapshots/completion/snap-1"));
+        assert!(!announces_block_size("PUT", "/snapshots/snap-1/blocks/3"));
     }
 
     #[test]

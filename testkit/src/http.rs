@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -246,7 +246,10 @@ impl Request {
 /// Reads one request (head, then a Content-Length or chunked body),
 /// answering `Expect: 100-continue`; `None` when the connection ends or
 /// the request is malformed. `buf` keeps what was read past this request.
-pub(crate) async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+pub(crate) async fn read_request<S>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Request>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
@@ -287,7 +290,7 @@ pub(crate) async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> O
 }
 
 /// Reads more bytes into `buf`; `None` at the end of the connection.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 64 * 1024];
     let n = stream.read(&mut chunk).await.ok()?;
     if n == 0 {
@@ -297,7 +300,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+async fn read_line<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -308,7 +311,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> 
     }
 }
 
-async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let size_line = read_line(stream, buf).await?;

@@ -46,6 +46,23 @@ pub struct Credentials {
     pub token: String,
 }
 
+impl Instance {
+    /// An instance in `region` with no user data and the testing
+    /// credentials: what a client that only needs the SDK's credential
+    /// chain asks for.
+    pub fn with_credentials_in(region: &str) -> Instance {
+        Instance {
+            instance_id: "i-0credentials".into(),
+            region: region.into(),
+            availability_zone: format!("{region}a"),
+            private_ipv4: "10.0.0.1".into(),
+            local_hostname: "ip-10-0-0-1".into(),
+            user_data: None,
+            credentials: Some(Credentials::testing()),
+        }
+    }
+}
+
 impl Credentials {
     /// The dummy credentials moto accepts.
     pub fn testing() -> Credentials {

@@ -12,11 +12,7 @@ use crate::process::{free_port, Guard};
 
 /// Where `scripts/setup` installs moto.
 pub fn venv_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KEEL_MOTO_VENV") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-    home.join(".cache/keel/moto-venv")
+    crate::cache_dir("KEEL_MOTO_VENV", "moto-venv")
 }
 
 /// A running moto server on a loopback port, stopped on drop. Each test

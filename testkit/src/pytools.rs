@@ -9,11 +9,7 @@ use std::path::PathBuf;
 
 /// Where `scripts/setup` installs the tools.
 pub fn venv_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KEEL_PYTOOLS_VENV") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-    home.join(".cache/keel/pytools-venv")
+    crate::cache_dir("KEEL_PYTOOLS_VENV", "pytools-venv")
 }
 
 /// The path of `program` in the virtualenv, or an error saying how to

@@ -138,7 +138,7 @@ impl Boot<'_> {
                 region: Some(id.region.clone()),
                 endpoint_url: ud.endpoint_url().map(str::to_string),
             };
-            aws::node_sdk_config(&target, self.imds_url).await
+            aws::node_sdk_config(&target, self.imds_url, &layout.root).await
         })
         .await?;
         let etcd_owner = (role == Role::Etcd).then(|| etcd::etcd_owner(layout)).flatten();
@@ -516,7 +516,9 @@ async fn running_node(
         region: Some(id.region.clone()),
         endpoint_url: ud.endpoint_url().map(str::to_string),
     };
-    let sdk = aws::node_sdk_config(&target, &opts.imds_url).await.map_err(|e| e.to_string())?;
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url, &opts.root)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((id, ud, sdk))
 }
 

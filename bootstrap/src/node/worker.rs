@@ -18,34 +18,73 @@ pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 pub const CNI_TEMPLATE: &str = "etc/containerd/cni.conflist.template";
 pub const BOOTSTRAP_KUBECONFIG: &str = "etc/kubernetes/bootstrap-kubelet.kubeconfig";
 pub const BOOTSTRAP_TOKEN: &str = keel_contract::assets::paths::BOOTSTRAP_TOKEN;
-/// Where Debian's containernetworking-plugins installs the plugins.
+/// Where the CNI plugins are: Debian's containernetworking-plugins puts
+/// them there, and the profiles' install rule unpacks upstream's there.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Where containerd reads the CNI network configuration.
 pub const CNI_CONF_DIR: &str = "etc/cni/net.d";
 
-/// containerd's configuration (version 2: containerd 1.7 reads it, and
-/// 2.x migrates it on load). containerd.service starts containerd with it
-/// (`--config /etc/containerd/config.toml`); it listens on the socket the
-/// kubelet's configuration names.
-pub fn containerd_config(layout: &Layout) -> String {
+/// The configuration schema a containerd version reads. containerd 1.7
+/// (and 1.6, which the host tests run) reads `version = 2` (CRI settings under `io.containerd.grpc.v1.cri`);
+/// 2.x reads `version = 3` (under `io.containerd.cri.v1.runtime`) and only
+/// migrates older files with deprecation warnings; 2.1 replaced the CNI
+/// `bin_dir` with the list `bin_dirs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerdSchema {
+    /// containerd 1.6 and 1.7.
+    V2,
+    /// containerd 2.x; `bin_dirs` from 2.1 on.
+    V3 { bin_dirs: bool },
+}
+
+impl ContainerdSchema {
+    /// The schema containerd `version` (upstream `2.3.4` or Debian
+    /// `1.7.24~ds1-6`) reads; versions Keel has not been tested with are
+    /// refused rather than guessed.
+    pub fn for_version(version: &str) -> Result<ContainerdSchema, String> {
+        match keel_contract::image::major_minor(version) {
+            Some((1, 6 | 7)) => Ok(ContainerdSchema::V2),
+            Some((2, 0)) => Ok(ContainerdSchema::V3 { bin_dirs: false }),
+            Some((2, _)) => Ok(ContainerdSchema::V3 { bin_dirs: true }),
+            _ => Err(format!(
+                "containerd {version}: keel-bootstrap writes configuration for containerd 1.6, 1.7 and 2.x only"
+            )),
+        }
+    }
+}
+
+/// containerd's configuration in `schema`. containerd.service starts
+/// containerd with it (`--config /etc/containerd/config.toml`); it listens
+/// on the socket the kubelet's configuration names.
+pub fn containerd_config(layout: &Layout, schema: ContainerdSchema) -> String {
+    let (version, cri, bin) = match schema {
+        ContainerdSchema::V2 => (2, "io.containerd.grpc.v1.cri", "bin_dir = \"{dir}\""),
+        ContainerdSchema::V3 { bin_dirs: false } => {
+            (3, "io.containerd.cri.v1.runtime", "bin_dir = \"{dir}\"")
+        }
+        ContainerdSchema::V3 { bin_dirs: true } => {
+            (3, "io.containerd.cri.v1.runtime", "bin_dirs = [\"{dir}\"]")
+        }
+    };
+    let bin = bin.replace("{dir}", CNI_BIN_DIR);
     format!(
         "# Written by keel-bootstrap at boot.\n\
-         version = 2\n\
+         version = {version}\n\
          \n\
          [grpc]\n\
          address = \"{}\"\n\
          \n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+         [plugins.\"{cri}\".containerd]\n\
          default_runtime_name = \"runc\"\n\
          \n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+         [plugins.\"{cri}\".containerd.runtimes.runc]\n\
          runtime_type = \"io.containerd.runc.v2\"\n\
          \n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+         [plugins.\"{cri}\".containerd.runtimes.runc.options]\n\
          SystemdCgroup = true\n\
          \n\
-         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-         bin_dir = \"{CNI_BIN_DIR}\"\n\
+         [plugins.\"{cri}\".cni]\n\
+         {bin}\n\
          conf_dir = \"{}\"\n\
          conf_template = \"{}\"\n",
         layout.shown(kube::CONTAINERD_SOCKET),
@@ -84,11 +123,15 @@ pub fn cni_template() -> String {
     kube::pretty(&doc)
 }
 
-/// The "containerd config" step: /etc/containerd/config.toml and the CNI
-/// template it names.
+/// The "containerd config" step: /etc/containerd/config.toml, in the
+/// schema of the containerd the image carries (`/usr/lib/keel/components`),
+/// and the CNI template it names.
 pub fn write_containerd_config(layout: &Layout) -> Result<(), String> {
+    let components = keel_contract::image::read(&layout.root).map_err(|e| e.to_string())?;
+    let version = components.version("containerd").map_err(|e| e.to_string())?;
+    let schema = ContainerdSchema::for_version(version)?;
     super::write(layout, CNI_TEMPLATE, 0o644, cni_template().as_bytes())?;
-    super::write(layout, CONTAINERD_CONFIG, 0o644, containerd_config(layout).as_bytes())
+    super::write(layout, CONTAINERD_CONFIG, 0o644, containerd_config(layout, schema).as_bytes())
 }
 
 /// The "kubelet config" step: the bootstrap kubeconfig with `token` (a

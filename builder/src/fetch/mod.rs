@@ -198,6 +198,32 @@ async fn fetch_one(
     }
 }
 
+/// One file at `url`, verified against its `sha256` pin, through the
+/// artifact cache in `cache_dir` (a hit is re-verified; a miss is
+/// downloaded with [`FetchOptions::default`]'s timeouts and retries). For
+/// test fixture steps that fetch inputs other than a profile's components
+/// (the Debian packages qemu-tests repacks): the same cache, retry policy
+/// and errors (URL, expected and actual digest) as `keel fetch`.
+pub async fn fetch_file(
+    cache_dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    sha256: &str,
+) -> Result<PathBuf, FetchError> {
+    // A library caller has no `keel` main to install TLS's provider.
+    keel_bootstrap::aws::install_crypto_provider();
+    let cache = Cache::open(cache_dir)?;
+    let hex = Algorithm::Sha256.parse_hex(sha256).map_err(|e| FetchError::Transport {
+        name: name.to_string(),
+        url: url.to_string(),
+        message: format!("pinned sha256 {sha256:?}: {e}"),
+    })?;
+    let digest = Digest::new(Algorithm::Sha256, hex);
+    let client = download::client(FetchOptions::default().timeout)?;
+    let progress = Progress::new(false);
+    fetch_one(&client, &cache, &digest, name, url, &FetchOptions::default(), &progress).await
+}
+
 /// Downloads `url` (through mirrors, with retries) into the cache without
 /// an expected digest, and returns the file and its `algorithm` digest
 /// (`keel pin --compute`).

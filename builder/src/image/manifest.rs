@@ -35,6 +35,10 @@ pub struct Manifest {
     /// key signed the UKI (`keel build --secure-boot-key`).
     #[serde(default = "unsigned")]
     pub secure_boot: String,
+    /// TEST ONLY images (built from a profile with a `[test]` table) say
+    /// `"test-image": true`; the key is absent from every other manifest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_image: bool,
     pub components: Vec<ComponentEntry>,
     pub debian_packages: Vec<Package>,
     pub disk_guid: uuid::Uuid,

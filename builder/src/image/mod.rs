@@ -196,7 +196,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     if req.secure_boot.is_some() {
         stage.start("unified kernel image, signed with db (Secure Boot)");
     }
-    let uki = Uki::make(&tools, work, &tree, &usr, &root, req.secure_boot, epoch)?;
+    let uki =
+        Uki::make(&tools, work, &tree, &usr, &root, req.secure_boot, epoch, &r.kernel_cmdline)?;
     stage.start("disk image");
     let (manifest, sbom) = disk_image(req, &key, epoch, &seed, tree, &usr, &root, &uki, scratch)?;
 
@@ -248,7 +249,7 @@ impl FileTree {
         // Before /etc and /usr/share/doc change: dpkg's status and the
         // copyright files are what the SBOM says of each package.
         let debian = sbom::debian_packages(&tree)?;
-        let packages = debian
+        let packages: Vec<rootfs::Package> = debian
             .iter()
             .map(|d| rootfs::Package { name: d.name.clone(), version: d.version.clone() })
             .collect();
@@ -266,6 +267,16 @@ impl FileTree {
         rootfs::write_file(&tree, "usr/bin/keel-bootstrap", &bootstrap, 0o755)?;
         let role = format!("{}\n", req.resolved.role);
         rootfs::write_file(&tree, "usr/lib/keel/role", role.as_bytes(), 0o644)?;
+        // Which version of each component the node runs: keel-bootstrap
+        // writes containerd's configuration in that version's schema.
+        let entries = manifest::components(&req.resolved.components, &packages)?;
+        let versions =
+            keel_contract::image::render(entries.iter().map(|e| (&*e.name, &*e.version)));
+        let components = keel_contract::image::COMPONENTS_FILE;
+        rootfs::write_file(&tree, components, versions.as_bytes(), 0o644)?;
+        if let Some(test) = &req.resolved.test {
+            rootfs::add_test_layer(&tree, test)?;
+        }
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
         Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
@@ -344,6 +355,7 @@ struct Uki {
 }
 
 impl Uki {
+    #[allow(clippy::too_many_arguments)]
     fn make(
         tools: &tools::Tools,
         work: &Path,
@@ -352,8 +364,9 @@ impl Uki {
         root: &RootImage,
         secure_boot: Option<&crate::secureboot::SigningKey>,
         epoch: u64,
+        extra: &[String],
     ) -> Result<Self, BuildError> {
-        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid);
+        let cmdline = uki::cmdline(&usr.root_hash, &root.partition_uuid, extra);
         let os_release = FileTree::OS_RELEASE;
         uki::make(tools, work, "vmlinuz", "initrd", os_release, &cmdline, &tree.kernel)?;
         let path = match secure_boot {
@@ -428,6 +441,7 @@ fn disk_image(
         cmdline: uki.cmdline.clone(),
         verity_root_hash: usr.root_hash.clone(),
         secure_boot: manifest::secure_boot(req.secure_boot),
+        test_image: r.test.is_some(),
         components: manifest::components(&r.components, &tree.packages)?,
         debian_packages: tree.packages,
         disk_guid: table.disk_guid,
@@ -482,7 +496,7 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
     field(&mut h, &resolved);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
     field(&mut h, base::DRACUT_CONF.as_bytes());
-    field(&mut h, uki::cmdline("", &Uuid::nil()).as_bytes());
+    field(&mut h, uki::cmdline("", &Uuid::nil(), &req.resolved.kernel_cmdline).as_bytes());
     // Signed with another key (or not at all) is another image.
     field(&mut h, manifest::secure_boot(req.secure_boot).as_bytes());
     for f in req.fetched {

@@ -13,9 +13,10 @@ use super::BuildError;
 use crate::secureboot::SigningKey;
 
 /// The kernel command line of an image whose /usr has `root_hash` and
-/// whose root partition has `root_uuid`.
-pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid) -> String {
-    [
+/// whose root partition has `root_uuid`, then the profile's `extra`
+/// arguments (`kernel-cmdline`; only test profiles set any).
+pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid, extra: &[String]) -> String {
+    let keel = [
         format!("usrhash={root_hash}"),
         "mount.usrfstype=erofs".into(),
         "mount.usrflags=ro".into(),
@@ -41,13 +42,8 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid) -> String {
         "rd.systemd.mask=systemd-tmpfiles-setup-dev-early.service".into(),
         "rd.systemd.mask=systemd-tmpfiles-setup-dev.service".into(),
         "panic=30".into(),
-        // The kernel's IO-APIC timer check panics ("IO-APIC + timer doesn't
-        // work!") when a busy host delays an emulated (TCG) guest's timer;
-        // virtual machines, EC2's included, need no such check (cloud
-        // images commonly turn it off).
-        "no_timer_check".into(),
-    ]
-    .join(" ")
+    ];
+    keel.iter().chain(extra).cloned().collect::<Vec<_>>().join(" ")
 }
 
 /// Makes `work/uki.efi` from files under `work` (paths relative to it).
@@ -112,4 +108,20 @@ pub fn sign(work: &Path, key: &SigningKey, epoch: u64) -> Result<PathBuf, BuildE
         .arg(&unsigned);
     run_checked(cmd, "sbsign (signing the UKI with db)")?;
     Ok(signed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profiles_arguments_come_after_keels_and_nothing_else_is_added() {
+        let uuid = uuid::Uuid::nil();
+        let plain = cmdline("ab", &uuid, &[]);
+        assert!(plain.starts_with("usrhash=ab "), "{plain}");
+        assert!(plain.ends_with(" panic=30"), "{plain}");
+        assert!(!plain.contains("no_timer_check"), "{plain}");
+        let test = cmdline("ab", &uuid, &["no_timer_check".into()]);
+        assert_eq!(test, format!("{plain} no_timer_check"));
+    }
 }

@@ -11,7 +11,7 @@ use keel_contract::Role;
 use toml::Spanned;
 
 use super::error::{Location, ProfileError};
-use super::resolved::{Digest, Install};
+use super::resolved::{Digest, Install, TestImage};
 use super::schema::{self, ComponentTable, InstallTable, ProfileFile};
 
 /// The only architecture Keel builds for.
@@ -37,12 +37,19 @@ pub struct Profile {
     pub extends: Vec<String>,
     pub arch: String,
     pub source_date_epoch: Option<u64>,
+    /// Extra kernel command line arguments (`kernel-cmdline`).
+    pub kernel_cmdline: Vec<String>,
     pub suite: String,
     pub mirror: Option<String>,
     pub packages: Vec<String>,
     pub components: BTreeMap<String, ComponentSpec>,
     /// Extra packages per role.
     pub role_packages: BTreeMap<Role, Vec<String>>,
+    /// Extra components per role, each where the profile names it.
+    pub role_components: BTreeMap<Role, Vec<(String, Location)>>,
+    /// TEST ONLY: set when the profile or one it extends has a `[test]`
+    /// table.
+    pub test: Option<TestImage>,
 }
 
 /// One component as the profile chain defines it: complete, with templates
@@ -169,20 +176,29 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
     let requested = &chain[0];
     let mut arch: Option<At<String>> = None;
     let mut sde = None;
+    let mut kernel_cmdline: Option<At<Vec<String>>> = None;
     let mut suite: Option<At<String>> = None;
     let mut mirror: Option<At<String>> = None;
     let mut packages: Option<At<Vec<String>>> = None;
     let mut base_at: Option<Location> = None;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut role_packages = BTreeMap::new();
+    let mut role_components = BTreeMap::new();
+    let mut test = None;
 
     for layer in chain.iter().rev() {
         let f = &layer.file;
+        if let Some(t) = &f.test {
+            test = Some(test_image(layer, t.get_ref())?);
+        }
         if let Some(a) = &f.arch {
             arch = Some(layer.at(a));
         }
         if let Some(s) = &f.source_date_epoch {
             sde = Some(*s.get_ref());
+        }
+        if let Some(k) = &f.kernel_cmdline {
+            kernel_cmdline = Some(layer.at(k));
         }
         if let Some(b) = &f.base {
             base_at = Some(layer.loc(&b.span()));
@@ -203,6 +219,11 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         }
         for (role, extras) in &f.roles {
             role_packages.insert(*role.get_ref(), extras.get_ref().packages.clone());
+            let named = extras.get_ref().components.iter();
+            role_components.insert(
+                *role.get_ref(),
+                named.map(|c| (c.get_ref().clone(), layer.loc(&c.span()))).collect(),
+            );
         }
     }
 
@@ -228,6 +249,10 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
             ));
         }
     };
+    let kernel_cmdline = match kernel_cmdline {
+        None => Vec::new(),
+        Some(k) => check_kernel_cmdline(k)?,
+    };
     let mut components = BTreeMap::new();
     for (name, entry) in entries {
         components.insert(name.clone(), validate_component(name, entry)?);
@@ -238,12 +263,70 @@ fn merge(chain: &[Layer]) -> Result<Profile, ProfileError> {
         extends: chain[1..].iter().map(|l| l.name.clone()).collect(),
         arch,
         source_date_epoch: sde,
+        kernel_cmdline,
         suite,
         mirror: mirror.map(|m| m.value),
         packages,
         components,
         role_packages,
+        role_components,
+        test,
     })
+}
+
+/// Keys of the command line Keel itself sets: a profile may add
+/// arguments, not replace how /usr and the root are found and verified.
+const KEEL_CMDLINE_KEYS: [&str; 6] =
+    ["usrhash", "mount.usrfstype", "mount.usrflags", "root", "rootfstype", "rootflags"];
+
+/// `kernel-cmdline`: one argument per entry, no blanks or quotes (ukify
+/// writes the line as given), none of the keys Keel sets.
+fn check_kernel_cmdline(k: At<Vec<String>>) -> Result<Vec<String>, ProfileError> {
+    for arg in &k.value {
+        let key = arg.split('=').next().unwrap_or_default();
+        let why = if arg.is_empty() {
+            Some("an empty argument".to_string())
+        } else if arg.chars().any(|c| c.is_whitespace() || c == '"' || !c.is_ascii_graphic()) {
+            Some(format!("{arg:?} is not one argument (blanks, quotes or non-ASCII)"))
+        } else if KEEL_CMDLINE_KEYS.contains(&key) {
+            Some(format!("{key}= is set by keel build (from the image's /usr and root)"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ProfileError::invalid(k.at, format!("kernel-cmdline: {why}")));
+        }
+    }
+    Ok(k.value)
+}
+
+/// A `[test]` table with its CA files read (relative to the profile's
+/// directory) and checked to be PEM certificates.
+fn test_image(layer: &Layer, t: &schema::TestTable) -> Result<TestImage, ProfileError> {
+    let dir = layer.path.parent().unwrap_or(Path::new("."));
+    let mut trusted_cas = Vec::new();
+    for file in &t.trust {
+        let at = layer.loc(&file.span());
+        let path = dir.join(file.get_ref());
+        let pem = fs::read_to_string(&path).map_err(|e| {
+            ProfileError::invalid(
+                at.clone(),
+                format!("test.trust: reading {}: {e}", path.display()),
+            )
+        })?;
+        let certs = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        if certs == 0 || pem.contains("PRIVATE KEY-----") {
+            return Err(ProfileError::invalid(
+                at,
+                format!(
+                    "test.trust: {} is not a PEM certificate (and must hold no private key)",
+                    path.display()
+                ),
+            ));
+        }
+        trusted_cas.push(pem);
+    }
+    Ok(TestImage { trusted_cas })
 }
 
 fn merge_component(

@@ -22,7 +22,7 @@ pub use error::{Location, ProfileError};
 pub use load::{ComponentSpec, Profile, SpecSource};
 // The image build (keel build) uses all of these.
 #[allow(unused_imports)]
-pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source};
+pub use resolved::{Algorithm, Base, Component, Digest, Install, Resolved, Source, TestImage};
 
 /// Where profiles and role definitions live.
 #[derive(Debug, Clone)]
@@ -56,8 +56,10 @@ pub fn resolve_loaded(
     profile: &Profile,
     role_def: &role::RoleDef,
 ) -> Result<Resolved, ProfileError> {
+    let extra = profile.role_components.get(&role_def.role).into_iter().flatten();
+    let wanted: Vec<&(String, Location)> = role_def.components.iter().chain(extra).collect();
     let missing: Vec<&(String, Location)> =
-        role_def.components.iter().filter(|(c, _)| !profile.components.contains_key(c)).collect();
+        wanted.iter().copied().filter(|(c, _)| !profile.components.contains_key(c)).collect();
     if let Some((_, at)) = missing.first() {
         return Err(ProfileError::MissingComponent {
             at: at.clone(),
@@ -67,7 +69,7 @@ pub fn resolve_loaded(
             provided: profile.components.keys().cloned().collect(),
         });
     }
-    let mut names: Vec<&str> = role_def.components.iter().map(|(c, _)| c.as_str()).collect();
+    let mut names: Vec<&str> = wanted.iter().map(|(c, _)| c.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     let components: Vec<Component> =
@@ -93,8 +95,10 @@ pub fn resolve_loaded(
         role: role_def.role,
         arch: profile.arch.clone(),
         source_date_epoch: profile.source_date_epoch,
+        kernel_cmdline: profile.kernel_cmdline.clone(),
         base: Base { suite: profile.suite.clone(), mirror: profile.mirror.clone(), packages },
         components,
+        test: profile.test.clone(),
     })
 }
 

@@ -20,9 +20,27 @@ pub struct Resolved {
     /// to and exports as SOURCE_DATE_EPOCH; `None` when the profile sets
     /// none (the build then chooses, and says so in its manifest).
     pub source_date_epoch: Option<u64>,
+    /// Arguments the profile appends to the kernel command line (none on
+    /// a shipped profile; the test profile's QEMU workarounds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_cmdline: Vec<String>,
     pub base: Base,
     /// Sorted by name.
     pub components: Vec<Component>,
+    /// TEST ONLY: present when the profile has a `[test]` table; the image
+    /// is then a test image (never shipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestImage>,
+}
+
+/// What makes a test image: the marker `/usr/lib/keel/test-image`
+/// (`keel_contract::userdata::TEST_IMAGE_FILE`) and these CAs added to
+/// its trust store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TestImage {
+    /// PEM certificates, in the profile's order.
+    pub trusted_cas: Vec<String>,
 }
 
 /// The Debian base root filesystem.

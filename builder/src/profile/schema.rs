@@ -37,12 +37,32 @@ pub struct ProfileFile {
     pub extends: Option<Spanned<String>>,
     pub arch: Option<Spanned<String>>,
     pub source_date_epoch: Option<Spanned<u64>>,
+    /// Arguments appended to the kernel command line Keel writes (test
+    /// profiles: QEMU workarounds that a shipped image must not carry).
+    pub kernel_cmdline: Option<Spanned<Vec<String>>>,
     pub base: Option<Spanned<BaseTable>>,
     #[serde(default)]
     pub components: BTreeMap<Spanned<String>, Spanned<ComponentTable>>,
     /// Extra packages for one role under this profile.
     #[serde(default)]
     pub roles: BTreeMap<Spanned<Role>, Spanned<RoleExtras>>,
+    /// TEST ONLY: makes every image of this profile (and of profiles that
+    /// extend it) a test image. A shipped profile has no such table.
+    pub test: Option<Spanned<TestTable>>,
+}
+
+/// `[test]`: what only a test image gets (the marker
+/// `/usr/lib/keel/test-image` in the verified `/usr`, which lets the node
+/// accept a plain-http `aws.endpoint-url`, and the test CAs in its trust
+/// store). The nearest profile with a `[test]` table sets all of it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TestTable {
+    /// PEM files of CA certificates the image trusts besides Debian's
+    /// bundle, relative to the profile's directory (e.g. the QEMU tests'
+    /// CA, whose TLS proxy answers for AWS's endpoint names).
+    #[serde(default)]
+    pub trust: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +114,10 @@ pub enum InstallTable {
 pub struct RoleExtras {
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Components (defined in this profile chain) the role's image gets on
+    /// top of those its role.toml names.
+    #[serde(default)]
+    pub components: Vec<Spanned<String>>,
 }
 
 /// `images/<role>/role.toml`.

@@ -18,6 +18,9 @@ pub fn render(r: &Resolved) -> String {
     if let Some(t) = r.source_date_epoch {
         let _ = writeln!(out, "epoch     {t}");
     }
+    if !r.kernel_cmdline.is_empty() {
+        let _ = writeln!(out, "cmdline   + {}", r.kernel_cmdline.join(" "));
+    }
     let mirror = r.base.mirror.as_deref().unwrap_or("mmdebstrap's default mirror");
     let _ = writeln!(out, "base      debian {} from {mirror}", r.base.suite);
     let _ = writeln!(out, "packages  {}", wrap(&r.base.packages, 10, 78));

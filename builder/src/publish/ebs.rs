@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm};
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use base64::Engine;
 use futures::stream::{self, StreamExt};
 use indicatif::ProgressBar;
+use keel_bootstrap::aws::is_transient;
 use keel_bootstrap::retry::{retry, Attempt, Policy};
 use sha2::{Digest, Sha256};
 
@@ -226,29 +225,6 @@ async fn upload_block(
     })
     .await?;
     Ok(Some((index, digest)))
-}
-
-/// Throttling, 5xx, timeouts and dropped connections are worth another
-/// round; anything else (validation, access denied, no such snapshot) is
-/// not.
-pub fn is_transient<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool
-where
-    R: std::fmt::Debug,
-{
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(e) => {
-            let code = e.err().code().unwrap_or_default();
-            code.contains("Throttl")
-                || code == "RequestLimitExceeded"
-                || code == "InternalServerException"
-                || code == "ServiceUnavailable"
-                || code == "InternalError"
-        }
-        _ => false,
-    }
 }
 
 /// The linear aggregate checksum: base64 of SHA-256 over the per-block

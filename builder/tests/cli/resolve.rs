@@ -23,6 +23,8 @@ fn names(v: &Value) -> Vec<String> {
 fn production_resolves_for_every_role() {
     let repo = repo();
     let controller = resolve_json(&repo, "production", "controller");
+    // A shipped profile never makes a test image.
+    assert!(controller.get("test").is_none(), "production has a [test] table");
     assert_eq!(
         names(&controller),
         [
@@ -149,6 +151,31 @@ packages = ["strace"]
     assert_eq!(v, v2);
 }
 
+/// A profile adds components to a role (a test image's extra binary, an
+/// agent): `[roles.R] components` on top of role.toml's, each defined in
+/// the chain; one it does not define is an error at its position.
+#[test]
+fn a_profile_adds_components_to_a_role() {
+    let ws = workspace_with_roles();
+    ws.profile("child", "extends = \"base\"\n[roles.controller]\ncomponents = [\"pkg\"]\n");
+    let controller = resolve_json(ws.path(), "child", "controller");
+    let names: Vec<&str> = controller["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pkg", "tool"]);
+    // Other roles are unchanged.
+    let etcd = resolve_json(ws.path(), "child", "etcd");
+    assert_eq!(etcd["components"].as_array().unwrap().len(), 1);
+
+    ws.profile("child", "extends = \"base\"\n[roles.worker]\ncomponents = [\"agent\"]\n");
+    let err = fails(&ws.keel(&["resolve", "--profile", "child", "--role", "worker"]));
+    assert!(err.contains("profiles/child.toml:3:"), "{err}");
+    assert!(err.contains("\"agent\""), "{err}");
+}
+
 /// Writes `child.toml` (extending base) and asserts that resolving it fails
 /// at `line:column` with `needle` in the message.
 #[track_caller]
@@ -264,4 +291,80 @@ fn help_fits_80_columns() {
             assert!(line.chars().count() <= 80, "keel {sub} --help: line too long: {line:?}");
         }
     }
+}
+
+/// Issue 13: `no_timer_check`, a QEMU workaround, was on every image's
+/// kernel command line. Now only a profile that asks for it gets extra
+/// arguments; the shipped profiles ask for none, and a profile cannot
+/// replace the arguments that find and verify /usr and the root.
+#[test]
+fn bug_a_test_only_kernel_argument_is_a_profile_key_the_shipped_profiles_do_not_set() {
+    let repo = repo();
+    for profile in ["production", "local"] {
+        let v = resolve_json(&repo, profile, "etcd");
+        assert!(v.get("kernel-cmdline").is_none(), "{profile}: {v}");
+    }
+    let ws = workspace_with_roles();
+    ws.profile("child", "extends = \"base\"\nkernel-cmdline = [\"no_timer_check\"]\n");
+    let v = resolve_json(ws.path(), "child", "worker");
+    assert_eq!(v["kernel-cmdline"], serde_json::json!(["no_timer_check"]));
+    let table = ok(&ws.keel(&["resolve", "--profile", "child", "--role", "worker"]));
+    assert!(table.contains("cmdline   + no_timer_check"), "{table}");
+    for (arg, needle) in [
+        ("usrhash=00", "usrhash= is set by keel build"),
+        ("root=/dev/sda1", "root= is set by keel build"),
+        ("a b", "is not one argument"),
+        ("", "an empty argument"),
+    ] {
+        assert_error_at(
+            &ws,
+            "child",
+            &format!("extends = \"base\"\nkernel-cmdline = [{arg:?}]\n"),
+            "2:18",
+            needle,
+        );
+    }
+}
+
+/// A `[test]` table makes a test profile: its CA certificates (read
+/// relative to the profile) are in the resolved manifest, and a profile
+/// extending it is a test profile too; a profile without one has no
+/// `test` key. Files that are not certificates, or carry a key, are
+/// refused at their position.
+#[test]
+fn a_test_table_makes_test_images_and_its_cas_must_be_certificates() {
+    let ws = workspace_with_roles();
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    fs::write(ws.path().join("profiles/test-ca.crt"), ca).unwrap();
+    ws.profile("ci", "extends = \"base\"\n[test]\ntrust = [\"test-ca.crt\"]\n");
+    ws.profile("ci-child", "extends = \"ci\"\n");
+    for name in ["ci", "ci-child"] {
+        let v = resolve_json(ws.path(), name, "etcd");
+        assert_eq!(v["test"]["trusted-cas"], serde_json::json!([ca]), "{name}");
+    }
+    assert!(resolve_json(ws.path(), "base", "etcd").get("test").is_none());
+
+    fs::write(ws.path().join("profiles/key.pem"), format!("{ca}-----BEGIN PRIVATE KEY-----\n"))
+        .unwrap();
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ntrust = [\"key.pem\"]\n",
+        "3:10",
+        "must hold no private key",
+    );
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ntrust = [\"nope.crt\"]\n",
+        "3:10",
+        "test.trust: reading",
+    );
+    assert_error_at(
+        &ws,
+        "bad",
+        "extends = \"base\"\n[test]\ncmdline = []\n",
+        "3:1",
+        "unknown field `cmdline`",
+    );
 }

@@ -24,6 +24,11 @@ use keel_qemu_tests::{rundir, vm};
 /// members healthy; prints the member list and endpoint health; then
 /// stops everything (also on Ctrl-C).
 ///
+/// The image must be a test image (built from a profile with a [test]
+/// table, e.g. the ci profile, as scripts/demo does): the nodes reach the
+/// emulated AWS by its real endpoint names through a TLS proxy that only
+/// the test CA vouches for.
+///
 /// Needs root (network namespaces, tap devices), qemu-system-x86, ovmf,
 /// dnsmasq-base, etcd-client and moto (scripts/setup installs them all).
 /// Console logs, dnsmasq's log and each node's user data stay in --logs.
@@ -80,6 +85,22 @@ async fn run(args: &Args) -> Result<()> {
             args.assets.display()
         );
     }
+    // The nodes reach AWS by its names through the test CA's TLS proxy:
+    // an image that does not trust that CA would fail every call.
+    let manifest = args.image.with_extension("manifest.json");
+    let test_image = std::fs::read(&manifest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|m| m["test-image"] == true);
+    if !test_image {
+        bail!(
+            "--image {}: not a test image ({} does not say \"test-image\": true); build it \
+             from a profile with a [test] table, e.g. the ci profile as scripts/demo does \
+             (keel-qemu-repack writes its mirrors file and the test CA beside it)",
+            args.image.display(),
+            manifest.display()
+        );
+    }
     if !rustix::process::geteuid().is_root() {
         bail!("run as root: the VMs' network needs a network namespace and tap devices");
     }
@@ -91,7 +112,8 @@ async fn run(args: &Args) -> Result<()> {
     cluster.use_keel(args.keel.clone());
     let deadline = Duration::from_secs(args.deadline);
     let (ec, timings) =
-        EtcdCluster::form(cluster, &args.image, Some(&args.assets), args.nodes, deadline).await?;
+        EtcdCluster::form(cluster, &args.image, None, Some(&args.assets), args.nodes, deadline)
+            .await?;
 
     let etcdctl = ec.etcdctl();
     println!("== etcd member list (etcdctl from the host, TLS with a client certificate of the cluster's etcd CA)");

@@ -59,7 +59,7 @@ pub fn add_components(
 /// Unpacks a gzip tarball into `dest`, dropping `strip` leading path
 /// elements and keeping entries whose remaining path is in `include`, or
 /// lies under one of them (all entries when `include` is empty).
-fn unpack_layer(
+pub(super) fn unpack_layer(
     tarball: &Path,
     dest: &Path,
     strip: usize,
@@ -79,9 +79,14 @@ fn unpack_layer(
     for entry in archive.entries().map_err(ctx)? {
         let mut entry = entry.map_err(ctx)?;
         let path = entry.path().map_err(ctx)?.into_owned();
-        let parts: Vec<_> =
-            path.components().filter(|c| matches!(c, PathPart::Normal(_))).collect();
+        // Stripped like tar's --strip-components: a leading `.` counts
+        // (the CNI plugins tarball's `./bridge` is `bridge` after one), and
+        // only plain names are kept after it (no `..` out of `dest`).
+        let parts: Vec<_> = path.components().filter(|c| !matches!(c, PathPart::RootDir)).collect();
         if parts.len() <= strip {
+            continue;
+        }
+        if parts[strip..].iter().any(|c| !matches!(c, PathPart::Normal(_))) {
             continue;
         }
         let rel: PathBuf = parts[strip..].iter().collect();

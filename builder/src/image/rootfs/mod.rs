@@ -18,6 +18,7 @@ mod etc;
 mod files;
 mod kernel;
 mod skeleton;
+mod test_layer;
 mod times;
 mod units;
 mod unpack;
@@ -28,6 +29,7 @@ pub use self::etc::{copy_etc, make_factory_etc};
 pub use self::files::{add_files, hash_role_dirs};
 pub use self::kernel::kernel;
 pub use self::skeleton::make_skeleton;
+pub use self::test_layer::add_test_layer;
 pub use self::times::clamp_times;
 pub use self::units::add_units;
 pub use self::unpack::unpack_base;
@@ -79,7 +81,7 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::components::image_path;
+    use super::components::{image_path, unpack_layer};
     use std::os::unix::fs::symlink;
 
     use super::etc::ETC_TMPFILES;
@@ -235,6 +237,38 @@ mod tests {
         );
         assert!(fs::read_to_string(installed).unwrap().contains("--v=2"));
     }
+    /// Upstream's CNI plugins tarball names its entries `./bridge`: with
+    /// `strip-components = 1` (as in profiles/production.toml) tar installs
+    /// `bridge`; Keel used to drop the `.` first and install nothing.
+    #[test]
+    fn a_dot_slash_tarball_strips_like_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = dir.path().join("cni.tgz");
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            fs::File::create(&tgz).unwrap(),
+            flate2::Compression::fast(),
+        ));
+        for (name, body) in [("./", &b""[..]), ("./bridge", b"b"), ("./host-local", b"h")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o755);
+            if body.is_empty() {
+                h.set_entry_type(tar::EntryType::Directory);
+            }
+            // Raw: the tar crate's set_path would drop the `./`.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        let dest = dir.path().join("usr/lib/cni");
+        unpack_layer(&tgz, &dest, 1, &[], "cni-plugins").unwrap();
+        let mut names: Vec<_> =
+            fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["bridge", "host-local"]);
+    }
+
     #[test]
     fn component_paths_outside_usr_are_refused() {
         let root = Path::new("/r");
