@@ -18,10 +18,13 @@ use crate::image::BuildError;
 /// dracut's copy of the initrd into /run at every boot (only a root on
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
-/// file systems (an operator mounts them to debug). Each is one more
-/// process on the way to keel-bootstrap on a small instance. logind stays
-/// (and with it the D-Bus daemon): it turns the ACPI power button, which
-/// EC2 presses to stop an instance, into a clean shutdown.
+/// file systems (an operator mounts them to debug), and the FUSE control
+/// file system (FUSE itself works without it: /dev/fuse loads the module on
+/// first open). Each is one more process on the way to keel-bootstrap on a
+/// small instance. logind stays (and with it the D-Bus daemon): it turns
+/// the ACPI power button, which EC2 presses to stop an instance, into a
+/// clean shutdown; both start once the network is online
+/// (`dbus.socket.d/50-keel-after-network.conf`).
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -30,9 +33,16 @@ const NOT_ENABLED: &[&str] = &[
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "getty@tty1.service",
+    "sys-fs-fuse-connections.mount",
     "sys-kernel-debug.mount",
     "sys-kernel-tracing.mount",
 ];
+
+/// Units masked (a link to /dev/null in /etc/systemd/system) because a
+/// unit Keel keeps pulls them in with `Wants=` at every boot: logind wants
+/// the DRM core loaded early for a graphical seat, which a node has not
+/// (a GPU's driver loads DRM itself, as a dependency).
+const MASKED: &[&str] = &["modprobe@drm.service"];
 
 /// systemd generators of the base a node does not need, masked (a link to
 /// /dev/null in /etc/systemd/system-generators, the only way to turn one
@@ -70,6 +80,7 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     disable(&etc.join("systemd/system"), NOT_ENABLED)?;
     disable(&root.join("usr/lib/systemd/system"), NOT_ENABLED)?;
     mask_generators(root, NOT_GENERATED)?;
+    mask_units(root, MASKED)?;
     hoist_enablement(&etc.join("systemd/system"), &root.join("usr/lib/systemd/system"))?;
     // systemd makes the machine id on first boot.
     let _ = fs::remove_file(etc.join("machine-id"));
@@ -103,14 +114,26 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
 
 /// Masks the generators `names` of `root`'s /usr in its /etc.
 fn mask_generators(root: &Path, names: &[&str]) -> Result<(), BuildError> {
-    let dir = root.join("etc/systemd/system-generators");
-    fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+    let present: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| root.join("usr/lib/systemd/system-generators").join(name).exists())
+        .collect();
+    mask(&root.join("etc/systemd/system-generators"), &present)
+}
+
+/// Masks the units `names` in `root`'s /etc.
+fn mask_units(root: &Path, names: &[&str]) -> Result<(), BuildError> {
+    mask(&root.join("etc/systemd/system"), names)
+}
+
+/// Links each of `names` in `dir` to /dev/null.
+fn mask(dir: &Path, names: &[&str]) -> Result<(), BuildError> {
+    fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
     for name in names {
-        if root.join("usr/lib/systemd/system-generators").join(name).exists() {
-            let link = dir.join(name);
-            let _ = fs::remove_file(&link);
-            symlink("/dev/null", &link).map_err(|e| BuildError::io(&link, e))?;
-        }
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", &link).map_err(|e| BuildError::io(&link, e))?;
     }
     Ok(())
 }
