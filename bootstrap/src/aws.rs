@@ -191,17 +191,29 @@ pub use crate::error_chain::chain as display_error;
 /// already says everything its sources say, so the error-chain printer
 /// ([`crate::error_chain::chain`]) stops here rather than print it again.
 #[derive(Debug)]
-pub struct AwsError {
+pub struct AwsError(Box<Failure>);
+
+/// Boxed, so that the errors holding an [`AwsError`] stay small.
+#[derive(Debug)]
+struct Failure {
     code: Option<String>,
     message: Option<String>,
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl AwsError {
+    fn new(
+        code: Option<String>,
+        message: Option<String>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        AwsError(Box::new(Failure { code, message, source }))
+    }
+
     /// The service's error code (`NoSuchKey`, `AccessDeniedException`),
     /// when the service answered with one.
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.0.code.as_deref()
     }
 }
 
@@ -215,31 +227,32 @@ where
             Some(e) => (e.code().map(str::to_string), e.message().map(str::to_string)),
             None => (None, None),
         };
-        AwsError { code, message, source: Box::new(err) }
+        AwsError::new(code, message, Box::new(err))
     }
 }
 
 /// A response body that broke off while it was read (part of the call).
 impl From<aws_smithy_types::byte_stream::error::Error> for AwsError {
     fn from(err: aws_smithy_types::byte_stream::error::Error) -> Self {
-        AwsError { code: None, message: None, source: Box::new(err) }
+        AwsError::new(None, None, Box::new(err))
     }
 }
 
 impl std::fmt::Display for AwsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.code {
+        let failure = &self.0;
+        match &failure.code {
             Some(code) => {
-                write!(f, "{code}: {}", self.message.as_deref().unwrap_or("(no message)"))
+                write!(f, "{code}: {}", failure.message.as_deref().unwrap_or("(no message)"))
             }
-            None => f.write_str(&display_error(self.source.as_ref())),
+            None => f.write_str(&display_error(failure.source.as_ref())),
         }
     }
 }
 
 impl std::error::Error for AwsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.source.as_ref())
+        Some(self.0.source.as_ref())
     }
 }
 

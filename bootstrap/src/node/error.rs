@@ -65,8 +65,9 @@ pub enum NodeError {
     UserData(#[from] UserDataError),
     #[error(transparent)]
     AwsConfig(#[from] NodeConfigError),
+    /// Boxed: the bundle's errors are large, and every step returns this.
     #[error(transparent)]
-    Envelope(#[from] EnvelopeError),
+    Envelope(Box<EnvelopeError>),
     #[error(transparent)]
     Assets(#[from] AssetsError),
     #[error(transparent)]
@@ -85,4 +86,10 @@ pub enum NodeError {
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Flag(#[from] FlagError),
+}
+
+impl From<EnvelopeError> for NodeError {
+    fn from(e: EnvelopeError) -> Self {
+        NodeError::Envelope(Box::new(e))
+    }
 }
