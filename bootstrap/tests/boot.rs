@@ -58,6 +58,11 @@ fn etcd_url(block: u8, host: u32) -> String {
     format!("https://{}:2379", ip(block, host))
 }
 
+/// The EC2 host name of `ip(block, host)` (`ip-127-<run>-<block>-<host>`).
+fn host_name(block: u8, host: u32) -> String {
+    format!("ip-{}", ip(block, host).replace('.', "-"))
+}
+
 /// The first octets a run may take (the tests' blocks are 61 to about 80).
 const RUN_OCTETS: std::ops::RangeInclusive<u8> = 100..=249;
 const RUN_MARKER_PORT: u16 = 47_999;
@@ -448,7 +453,7 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
         san.contains(&ip(61, 1)) || san.contains(&format!("[127, {}, 61, 1]", run_octet())),
         "{san}"
     );
-    assert!(san.contains("ip-127-61-0-1"), "{san}");
+    assert!(san.contains(&host_name(61, 1)), "{san}");
 
     let mut etcds: Vec<Option<Guard>> = nodes.iter().map(|n| Some(n.start_etcd())).collect();
     let client = etcd_client(&aws);
@@ -533,7 +538,7 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
     let cert = pem.parse_x509().unwrap();
     let san =
         format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
-    for want in ["api.test.internal", "kubernetes.default.svc.cluster.local", "ip-127-62-0-2"] {
+    for want in ["api.test.internal", "kubernetes.default.svc.cluster.local", &host_name(62, 2)] {
         assert!(san.contains(want), "{want} missing from {san}");
     }
     assert_eq!(
@@ -544,7 +549,10 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
             & 0o777,
         0o600
     );
-    assert_eq!(std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(), "ip-127-62-0-2\n");
+    assert_eq!(
+        std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(),
+        format!("{}\n", host_name(62, 2))
+    );
     // The status file lists every certificate's expiry, soonest first:
     // the ones issued at boot (a year) before the CAs.
     let certs = ctl.status()["certificates"].as_array().unwrap().clone();
