@@ -247,7 +247,7 @@ pub fn is_final(e: &EnvelopeError) -> bool {
 mod tests {
     //! Against moto's server (KMS and S3), started per test.
     use super::*;
-    use crate::aws::{s3_client, sdk_config, Target};
+    use crate::aws::{display_error, s3_client, sdk_config, Target};
     use crate::bundle::BundleFile;
     use keel_testkit::moto::Moto;
 
@@ -308,6 +308,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
+        assert!(display_error(&e).contains("InvalidCiphertext"), "{}", display_error(&e));
         let e = AwsError::from(e);
         assert_eq!(e.code(), Some("InvalidCiphertextException"), "{e}");
 
