@@ -241,11 +241,11 @@ impl From<aws_smithy_types::byte_stream::error::Error> for AwsError {
 impl std::fmt::Display for AwsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let failure = &self.0;
-        match &failure.code {
-            Some(code) => {
-                write!(f, "{code}: {}", failure.message.as_deref().unwrap_or("(no message)"))
-            }
-            None => f.write_str(&display_error(failure.source.as_ref())),
+        match (&failure.code, &failure.message) {
+            (Some(code), Some(message)) => write!(f, "{code}: {message}"),
+            // A HEAD request's error has no body, so no message.
+            (Some(code), None) => f.write_str(code),
+            (None, _) => f.write_str(&display_error(failure.source.as_ref())),
         }
     }
 }
