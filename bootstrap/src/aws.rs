@@ -182,6 +182,80 @@ pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
 /// [`crate::error_chain::chain`], under the name AWS call sites use.
 pub use crate::error_chain::chain as display_error;
 
+/// An AWS call that failed: the SDK's error kept whole as the `source` of
+/// the error that names the call and what it was made on (bucket and key,
+/// instance, region). It reads as what the service said, its code and
+/// message (`NoSuchKey: The specified key does not exist.`), when the
+/// service answered with a code, and as the SDK error's chain otherwise
+/// (`dispatch failure: io error: ...: Connection refused`). That text
+/// already says everything its sources say, so the error-chain printer
+/// ([`crate::error_chain::chain`]) stops here rather than print it again.
+#[derive(Debug)]
+pub struct AwsError(Box<Failure>);
+
+/// Boxed, so that the errors holding an [`AwsError`] stay small.
+#[derive(Debug)]
+struct Failure {
+    code: Option<String>,
+    message: Option<String>,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl AwsError {
+    fn new(
+        code: Option<String>,
+        message: Option<String>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        AwsError(Box::new(Failure { code, message, source }))
+    }
+
+    /// The service's error code (`NoSuchKey`, `AccessDeniedException`),
+    /// when the service answered with one.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code.as_deref()
+    }
+}
+
+impl<E, R> From<SdkError<E, R>> for AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    fn from(err: SdkError<E, R>) -> Self {
+        let (code, message) = match err.as_service_error() {
+            Some(e) => (e.code().map(str::to_string), e.message().map(str::to_string)),
+            None => (None, None),
+        };
+        AwsError::new(code, message, Box::new(err))
+    }
+}
+
+/// A response body that broke off while it was read (part of the call).
+impl From<aws_smithy_types::byte_stream::error::Error> for AwsError {
+    fn from(err: aws_smithy_types::byte_stream::error::Error) -> Self {
+        AwsError::new(None, None, Box::new(err))
+    }
+}
+
+impl std::fmt::Display for AwsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failure = &self.0;
+        match (&failure.code, &failure.message) {
+            (Some(code), Some(message)) => write!(f, "{code}: {message}"),
+            // A HEAD request's error has no body, so no message.
+            (Some(code), None) => f.write_str(code),
+            (None, _) => f.write_str(&display_error(failure.source.as_ref())),
+        }
+    }
+}
+
+impl std::error::Error for AwsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.source.as_ref())
+    }
+}
+
 /// Throttling, 5xx, timeouts and dropped connections are worth another
 /// round beyond the SDK's own retries (EBS blocks uploaded by the builder,
 /// read back by the tests); anything else (validation, access denied, no

@@ -26,8 +26,8 @@ pub struct Peer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("DescribeInstances for cluster {cluster} role {role} (page {page}): {message}")]
-    Describe { cluster: String, role: Role, page: u32, message: String },
+    #[error("DescribeInstances for cluster {cluster} role {role} (page {page}): {source}")]
+    Describe { cluster: String, role: Role, page: u32, source: aws::AwsError },
     #[error("found {found} of {expected} {role} instances of cluster {cluster} ({ids}) when the {seconds} s deadline passed")]
     TooFew { cluster: String, role: Role, found: usize, expected: usize, ids: String, seconds: u64 },
 }
@@ -110,7 +110,7 @@ async fn list_filtered(
             cluster: cluster.to_string(),
             role,
             page,
-            message: aws::display_error(&e),
+            source: e.into(),
         })?;
         for inst in out.reservations().iter().flat_map(|r| r.instances()) {
             let (Some(id), Some(ip)) = (inst.instance_id(), inst.private_ip_address()) else {

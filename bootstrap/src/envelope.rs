@@ -8,7 +8,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use zeroize::Zeroizing;
 
-use crate::aws::display_error;
+use crate::aws::AwsError;
 use crate::bundle::{self, Bundle, BundleError, Header};
 use crate::role::Role;
 
@@ -18,22 +18,24 @@ pub(crate) const MAX_OBJECT_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error(
-        "KMS GenerateDataKey with key {key_id} for cluster {cluster:?} role {role}: {message}"
-    )]
-    GenerateDataKey { key_id: String, cluster: String, role: Role, message: String },
+    #[error("KMS GenerateDataKey with key {key_id} for cluster {cluster:?} role {role}: {source}")]
+    GenerateDataKey { key_id: String, cluster: String, role: Role, source: AwsError },
     #[error("KMS GenerateDataKey with key {key_id} returned no {what}")]
     IncompleteDataKey { key_id: String, what: &'static str },
-    #[error("KMS Decrypt of the data key (KMS key {key_id}) with the context of cluster {cluster:?} role {role}: {message}")]
-    Decrypt { key_id: String, cluster: String, role: Role, message: String },
+    #[error("KMS Decrypt of the data key (KMS key {key_id}) with the context of cluster {cluster:?} role {role}: {source}")]
+    Decrypt { key_id: String, cluster: String, role: Role, source: AwsError },
+    #[error("KMS Decrypt of the data key (KMS key {key_id}) with the context of cluster {cluster:?} role {role}: KMS returned no plaintext")]
+    NoPlaintext { key_id: String, cluster: String, role: Role },
     #[error("sealing the bundle of cluster {cluster:?} role {role}: {source}")]
     Seal { cluster: String, role: Role, source: BundleError },
     #[error("opening the bundle of cluster {cluster:?} role {role} (KMS key {key_id}): {source}")]
     Open { cluster: String, role: Role, key_id: String, source: BundleError },
     #[error("reading the bundle header: {0}")]
     Header(#[source] BundleError),
-    #[error("S3 GetObject s3://{bucket}/{key}: {message}")]
-    GetObject { bucket: String, key: String, message: String },
+    #[error("S3 GetObject s3://{bucket}/{key}: {source}")]
+    GetObject { bucket: String, key: String, source: AwsError },
+    #[error("S3 GetObject s3://{bucket}/{key}: reading the body: {source}")]
+    GetObjectBody { bucket: String, key: String, source: AwsError },
     #[error("S3 object s3://{bucket}/{key} is {size} bytes, more than a bundle may be ({MAX_OBJECT_BYTES})")]
     TooLarge { bucket: String, key: String, size: i64 },
     #[error("bundle s3://{bucket}/{key}: {source}")]
@@ -70,7 +72,7 @@ pub async fn seal_with_context(
             key_id: key_id.to_string(),
             cluster: bundle.cluster.clone(),
             role: bundle.role,
-            message: display_error(&e),
+            source: e.into(),
         })?;
     let incomplete = |what| EnvelopeError::IncompleteDataKey { key_id: key_id.to_string(), what };
     let plaintext = reply.plaintext().ok_or_else(|| incomplete("plaintext key"))?;
@@ -138,16 +140,15 @@ pub async fn open_with_context(
             key_id: header.kms_key_id.clone(),
             cluster: cluster.to_string(),
             role,
-            message: display_error(&e),
+            source: e.into(),
         })?;
     let data_key = Zeroizing::new(
         reply
             .plaintext()
-            .ok_or_else(|| EnvelopeError::Decrypt {
+            .ok_or_else(|| EnvelopeError::NoPlaintext {
                 key_id: header.kms_key_id.clone(),
                 cluster: cluster.to_string(),
                 role,
-                message: "KMS returned no plaintext".into(),
             })?
             .as_ref()
             .to_vec(),
@@ -189,11 +190,6 @@ pub async fn fetch_expecting(
     expected: &Expected<'_>,
 ) -> Result<Bundle, EnvelopeError> {
     let key = bundle::object_key(prefix, role);
-    let get_error = |message: String| EnvelopeError::GetObject {
-        bucket: bucket.to_string(),
-        key: key.clone(),
-        message,
-    };
     let reply = s3
         .get_object()
         .bucket(bucket)
@@ -201,7 +197,11 @@ pub async fn fetch_expecting(
         .set_expected_bucket_owner(expected.bucket_owner.map(str::to_string))
         .send()
         .await
-        .map_err(|e| get_error(display_error(&e)))?;
+        .map_err(|e| EnvelopeError::GetObject {
+            bucket: bucket.to_string(),
+            key: key.clone(),
+            source: e.into(),
+        })?;
     if let Some(size) = reply.content_length().filter(|s| *s > MAX_OBJECT_BYTES) {
         return Err(EnvelopeError::TooLarge { bucket: bucket.to_string(), key, size });
     }
@@ -209,7 +209,11 @@ pub async fn fetch_expecting(
         .body
         .collect()
         .await
-        .map_err(|e| get_error(format!("reading the body: {}", display_error(&e))))?
+        .map_err(|e| EnvelopeError::GetObjectBody {
+            bucket: bucket.to_string(),
+            key: key.clone(),
+            source: e.into(),
+        })?
         .into_bytes();
     open_expecting(kms, &bytes, cluster, role, expected.kms_key_id).await.map_err(|source| {
         EnvelopeError::Object { bucket: bucket.to_string(), key, source: Box::new(source) }
@@ -230,9 +234,10 @@ pub fn is_final(e: &EnvelopeError) -> bool {
     ];
     match e {
         EnvelopeError::Object { source, .. } => is_final(source),
-        EnvelopeError::GetObject { message, .. } | EnvelopeError::Decrypt { message, .. } => {
-            FINAL.iter().any(|f| message.contains(f))
+        EnvelopeError::GetObject { source, .. } | EnvelopeError::Decrypt { source, .. } => {
+            source.code().is_some_and(|code| FINAL.iter().any(|f| code.contains(f)))
         }
+        EnvelopeError::GetObjectBody { .. } | EnvelopeError::NoPlaintext { .. } => false,
         EnvelopeError::GenerateDataKey { .. } => false,
         _ => true,
     }
@@ -242,7 +247,7 @@ pub fn is_final(e: &EnvelopeError) -> bool {
 mod tests {
     //! Against moto's server (KMS and S3), started per test.
     use super::*;
-    use crate::aws::{s3_client, sdk_config, Target};
+    use crate::aws::{display_error, s3_client, sdk_config, Target};
     use crate::bundle::BundleFile;
     use keel_testkit::moto::Moto;
 
@@ -304,6 +309,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(display_error(&e).contains("InvalidCiphertext"), "{}", display_error(&e));
+        let e = AwsError::from(e);
+        assert_eq!(e.code(), Some("InvalidCiphertextException"), "{e}");
 
         // Asking for the worker bundle at the etcd key: refused by name.
         let e = open(&kms, &sealed, "c1", Role::Worker).await.unwrap_err();
@@ -317,10 +324,14 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("s3://assets/c2/etcd.bundle") && msg.contains("NoSuchKey"), "{msg}");
         assert!(is_final(&e), "a missing bundle is not retried");
+        let timeout = aws_sdk_s3::error::SdkError::<
+            aws_sdk_s3::operation::get_object::GetObjectError,
+            aws_smithy_runtime_api::http::Response,
+        >::timeout_error("no answer in 60 s");
         let slow = EnvelopeError::GetObject {
             bucket: "assets".into(),
             key: "c1/etcd.bundle".into(),
-            message: "dispatch failure: timeout".into(),
+            source: timeout.into(),
         };
         assert!(!is_final(&slow), "a timeout is retried");
     }

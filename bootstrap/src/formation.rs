@@ -18,7 +18,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::display_error;
+use crate::aws::AwsError;
 
 /// A formation record larger than this is refused (real ones are < 4 KiB).
 const MAX_RECORD_BYTES: usize = 256 * 1024;
@@ -57,10 +57,14 @@ impl Record {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormationError {
-    #[error("S3 {op} s3://{bucket}/{key}: {message}")]
-    S3 { op: &'static str, bucket: String, key: String, message: String },
-    #[error("formation record s3://{bucket}/{key} is unreadable: {message}")]
-    Decode { bucket: String, key: String, message: String },
+    #[error("S3 {op} s3://{bucket}/{key}: {source}")]
+    S3 { op: &'static str, bucket: String, key: String, source: AwsError },
+    #[error("S3 GetObject s3://{bucket}/{key}: the record is gone right after it was created")]
+    Vanished { bucket: String, key: String },
+    #[error("formation record s3://{bucket}/{key} is unreadable: {bytes} bytes")]
+    TooLarge { bucket: String, key: String, bytes: usize },
+    #[error("formation record s3://{bucket}/{key} is unreadable: {source}")]
+    Decode { bucket: String, key: String, source: serde_json::Error },
 }
 
 /// Where the records of one cluster live.
@@ -85,8 +89,14 @@ impl Store {
         format!("{}{generation:010}/joined/", self.base())
     }
 
-    fn err(&self, op: &'static str, key: &str, message: String) -> FormationError {
-        FormationError::S3 { op, bucket: self.bucket.clone(), key: key.to_string(), message }
+    /// A failed S3 call on `key`.
+    fn err(&self, op: &'static str, key: &str, source: impl Into<AwsError>) -> FormationError {
+        FormationError::S3 {
+            op,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            source: source.into(),
+        }
     }
 
     /// Keys under `prefix`, every page.
@@ -95,7 +105,7 @@ impl Store {
         let mut pages =
             self.s3.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.err("ListObjectsV2", prefix, display_error(&e)))?;
+            let page = page.map_err(|e| self.err("ListObjectsV2", prefix, e))?;
             out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
         }
         Ok(out)
@@ -125,25 +135,21 @@ impl Store {
         let reply = match self.s3.get_object().bucket(&self.bucket).key(&key).send().await {
             Ok(r) => r,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(self.err("GetObject", &key, display_error(&e))),
+            Err(e) => return Err(self.err("GetObject", &key, e)),
         };
-        let bytes = reply
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.err("GetObject", &key, display_error(&e)))?
-            .into_bytes();
+        let bytes =
+            reply.body.collect().await.map_err(|e| self.err("GetObject", &key, e))?.into_bytes();
         if bytes.len() > MAX_RECORD_BYTES {
-            return Err(FormationError::Decode {
+            return Err(FormationError::TooLarge {
                 bucket: self.bucket.clone(),
                 key,
-                message: format!("{} bytes", bytes.len()),
+                bytes: bytes.len(),
             });
         }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| FormationError::Decode {
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| FormationError::Decode {
             bucket: self.bucket.clone(),
             key,
-            message: e.to_string(),
+            source,
         })
     }
 
@@ -152,10 +158,10 @@ impl Store {
     /// write won, the winner's otherwise.
     pub async fn create(&self, record: &Record) -> Result<Record, FormationError> {
         let key = self.record_key(record.generation);
-        let body = serde_json::to_vec_pretty(record).map_err(|e| FormationError::Decode {
+        let body = serde_json::to_vec_pretty(record).map_err(|source| FormationError::Decode {
             bucket: self.bucket.clone(),
             key: key.clone(),
-            message: e.to_string(),
+            source,
         })?;
         let put = self
             .s3
@@ -171,12 +177,12 @@ impl Store {
             let status = e.raw_response().map(|r| r.status().as_u16());
             // 412: another formation created it; 409: one is in flight.
             if !matches!(status, Some(412) | Some(409)) {
-                return Err(self.err("PutObject (If-None-Match: *)", &key, display_error(&e)));
+                return Err(self.err("PutObject (If-None-Match: *)", &key, e));
             }
         }
-        self.read(record.generation).await?.ok_or_else(|| {
-            self.err("GetObject", &key, "the record is gone right after it was created".into())
-        })
+        self.read(record.generation)
+            .await?
+            .ok_or_else(|| FormationError::Vanished { bucket: self.bucket.clone(), key })
     }
 
     /// Registers `instance_id` as a member of `generation` (before it is
@@ -190,7 +196,7 @@ impl Store {
             .body(ByteStream::from_static(b""))
             .send()
             .await
-            .map_err(|e| self.err("PutObject", &key, display_error(&e)))?;
+            .map_err(|e| self.err("PutObject", &key, e))?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use aws_sdk_s3::primitives::ByteStream;
 use zeroize::Zeroizing;
 
-use crate::aws::display_error;
+use crate::aws::AwsError;
 use crate::bundle::{self, Bundle, BundleError, BundleFile, Header};
 use crate::envelope::{self, EnvelopeError};
 use crate::{tags, Role};
@@ -43,8 +43,10 @@ pub const MAX_SNAPSHOT_BYTES: i64 = 8 * 1024 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("S3 {op} s3://{bucket}/{key}: {message}")]
-    S3 { op: &'static str, bucket: String, key: String, message: String },
+    #[error("S3 {op} s3://{bucket}/{key}: {source}")]
+    S3 { op: &'static str, bucket: String, key: String, source: AwsError },
+    #[error("S3 GetObject s3://{bucket}/{key}: {size} bytes is too large")]
+    TooLarge { bucket: String, key: String, size: i64 },
     #[error(
         "snapshot s3://{bucket}/{key} was sealed for cluster {found:?}, not {expected:?}: refused"
     )]
@@ -95,8 +97,8 @@ impl Snapshots {
         format!("{}{taken_unix:012}.snap", self.base())
     }
 
-    fn s3_err(&self, op: &'static str, key: &str, message: String) -> SnapshotError {
-        SnapshotError::S3 { op, bucket: self.bucket.clone(), key: key.to_string(), message }
+    fn s3_err(&self, op: &'static str, key: &str, source: impl Into<AwsError>) -> SnapshotError {
+        s3_error(op, &self.bucket, key, source)
     }
 
     /// Every snapshot, oldest first.
@@ -106,7 +108,7 @@ impl Snapshots {
         let mut pages =
             self.s3.list_objects_v2().bucket(&self.bucket).prefix(&base).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.s3_err("ListObjectsV2", &base, display_error(&e)))?;
+            let page = page.map_err(|e| self.s3_err("ListObjectsV2", &base, e))?;
             for o in page.contents() {
                 let Some(key) = o.key() else { continue };
                 let Some(taken) = key
@@ -164,7 +166,7 @@ impl Snapshots {
             .body(ByteStream::from(sealed))
             .send()
             .await
-            .map_err(|e| self.s3_err("PutObject", &key, display_error(&e)))?;
+            .map_err(|e| self.s3_err("PutObject", &key, e))?;
         Ok(key)
     }
 
@@ -180,7 +182,7 @@ impl Snapshots {
                 .key(&s.key)
                 .send()
                 .await
-                .map_err(|e| self.s3_err("DeleteObject", &s.key, display_error(&e)))?;
+                .map_err(|e| self.s3_err("DeleteObject", &s.key, e))?;
             gone.push(s.key.clone());
         }
         Ok(gone)
@@ -196,16 +198,16 @@ impl Snapshots {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.s3_err("GetObject", key, display_error(&e)))?;
+            .map_err(|e| self.s3_err("GetObject", key, e))?;
         if let Some(size) = reply.content_length().filter(|s| *s > MAX_SNAPSHOT_BYTES) {
-            return Err(self.s3_err("GetObject", key, format!("{size} bytes is too large")));
+            return Err(SnapshotError::TooLarge {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                size,
+            });
         }
-        let bytes = reply
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.s3_err("GetObject", key, display_error(&e)))?
-            .into_bytes();
+        let bytes =
+            reply.body.collect().await.map_err(|e| self.s3_err("GetObject", key, e))?.into_bytes();
         if let Ok((h, _)) = Header::parse(&bytes) {
             if h.cluster != self.cluster {
                 return Err(SnapshotError::OtherCluster {
@@ -239,6 +241,21 @@ impl Snapshots {
     }
 }
 
+/// A failed S3 call on `key` in `bucket`.
+fn s3_error(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+    source: impl Into<AwsError>,
+) -> SnapshotError {
+    SnapshotError::S3 {
+        op,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        source: source.into(),
+    }
+}
+
 /// The KMS key that sealed the role's bundle under `prefix` (snapshots are
 /// sealed with the same key): read from the bundle's unencrypted header.
 pub async fn kms_key_of_bundle(
@@ -248,12 +265,6 @@ pub async fn kms_key_of_bundle(
     role: Role,
 ) -> Result<String, SnapshotError> {
     let key = bundle::object_key(prefix, role);
-    let err = |message| SnapshotError::S3 {
-        op: "GetObject",
-        bucket: bucket.to_string(),
-        key: key.clone(),
-        message,
-    };
     let reply = s3
         .get_object()
         .bucket(bucket)
@@ -261,8 +272,13 @@ pub async fn kms_key_of_bundle(
         .range("bytes=0-65535")
         .send()
         .await
-        .map_err(|e| err(display_error(&e)))?;
-    let bytes = reply.body.collect().await.map_err(|e| err(display_error(&e)))?.into_bytes();
+        .map_err(|e| s3_error("GetObject", bucket, &key, e))?;
+    let bytes = reply
+        .body
+        .collect()
+        .await
+        .map_err(|e| s3_error("GetObject", bucket, &key, e))?
+        .into_bytes();
     let (header, _) = Header::parse(&bytes).map_err(|source| SnapshotError::KeyOfBundle {
         bucket: bucket.to_string(),
         key: key.clone(),

@@ -37,6 +37,53 @@ const BUCKET: &str = "keel-assets";
 const PREFIX: &str = "test";
 const TOKEN: &str = "abcdef.0123456789abcdef";
 
+/// This run's loopback block, 127.<run>.0.0/16, of which each test takes
+/// one /24 (`net(61)` is 127.<run>.61): two runs of this test binary on one
+/// machine (two worktrees, two CI jobs) then never bind the same
+/// addresses. `<run>` is the first octet, from one derived from the
+/// process id, whose marker address 127.<run>.255.254 this process can
+/// bind on `RUN_MARKER_PORT`; it stays bound until the process exits, so
+/// the next run takes another.
+fn net(block: u8) -> String {
+    format!("127.{}.{block}", run_octet())
+}
+
+/// Host `host` of the test block `block` (see `net`).
+fn ip(block: u8, host: u32) -> String {
+    format!("{}.{host}", net(block))
+}
+
+/// The etcd client URL of `ip(block, host)`.
+fn etcd_url(block: u8, host: u32) -> String {
+    format!("https://{}:2379", ip(block, host))
+}
+
+/// The EC2 host name of `ip(block, host)` (`ip-127-<run>-<block>-<host>`).
+fn host_name(block: u8, host: u32) -> String {
+    format!("ip-{}", ip(block, host).replace('.', "-"))
+}
+
+/// The first octets a run may take (the tests' blocks are 61 to about 80).
+const RUN_OCTETS: std::ops::RangeInclusive<u8> = 100..=249;
+const RUN_MARKER_PORT: u16 = 47_999;
+
+fn run_octet() -> u8 {
+    static RUN: std::sync::OnceLock<(u8, std::net::TcpListener)> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let octets: Vec<u8> = RUN_OCTETS.collect();
+        let first = std::process::id() as usize % octets.len();
+        octets[first..]
+            .iter()
+            .chain(&octets[..first])
+            .find_map(|&octet| {
+                let marker = std::net::Ipv4Addr::new(127, octet, 255, 254);
+                std::net::TcpListener::bind((marker, RUN_MARKER_PORT)).ok().map(|l| (octet, l))
+            })
+            .expect("every block 127.100.0.0/16 to 127.249.0.0/16 is taken by another run")
+    })
+    .0
+}
+
 /// Console output captured for assertions.
 #[derive(Clone, Default)]
 struct Console(Arc<Mutex<Vec<u8>>>);
@@ -365,8 +412,7 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 60));
     let mut nodes = Vec::new();
     for n in 1..=3 {
-        let inst =
-            aws.launch(cluster, Role::Etcd, Some(&format!("127.61.0.{n}")), 1).await.remove(0);
+        let inst = aws.launch(cluster, Role::Etcd, Some(&ip(61, n)), 1).await.remove(0);
         nodes.push(node(Role::Etcd, &inst, ud.clone()));
     }
     // All three boot at once: nobody answers yet, so each forms the same new cluster.
@@ -403,8 +449,11 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let cert = pem.parse_x509().unwrap();
     let san =
         format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
-    assert!(san.contains("127.61.0.1") || san.contains("[127, 61, 0, 1]"), "{san}");
-    assert!(san.contains("ip-127-61-0-1"), "{san}");
+    assert!(
+        san.contains(&ip(61, 1)) || san.contains(&format!("[127, {}, 61, 1]", run_octet())),
+        "{san}"
+    );
+    assert!(san.contains(&host_name(61, 1)), "{san}");
 
     let mut etcds: Vec<Option<Guard>> = nodes.iter().map(|n| Some(n.start_etcd())).collect();
     let client = etcd_client(&aws);
@@ -413,7 +462,7 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
             panic!("{e}\n{}", std::fs::read_to_string(n.path("etcd.log")).unwrap_or_default())
         });
     }
-    let members = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    let members = client.member_list(&etcd_url(61, 1)).await.unwrap();
     let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
     names.sort();
     assert_eq!(names, ids);
@@ -421,16 +470,13 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     // Instance 3 dies and is replaced by a new instance at another address.
     etcds[2] = None;
     aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
-    let inst = aws.launch(cluster, Role::Etcd, Some("127.61.0.4"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Etcd, Some(&ip(61, 4)), 1).await.remove(0);
     let replacement = node(Role::Etcd, &inst, ud.clone());
     let done =
         replacement.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", replacement.console.text()));
     match done.etcd_plan {
         Some(Plan::Join { via, removed, moved_aside: None }) => {
-            assert!(
-                via == "https://127.61.0.1:2379" || via == "https://127.61.0.2:2379",
-                "joined through {via}"
-            );
+            assert!(via == etcd_url(61, 1) || via == etcd_url(61, 2), "joined through {via}");
             assert_eq!(removed, [nodes[2].id.clone()]);
         }
         other => panic!("expected a join, got {other:?}"),
@@ -438,24 +484,19 @@ async fn etcd_three_nodes_form_a_cluster_then_a_replacement_joins_and_a_reboot_r
     let env = std::fs::read_to_string(replacement.path("etc/default/etcd")).unwrap();
     assert!(env.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{env}");
     let _etcd4 = replacement.start_etcd();
-    client.health("https://127.61.0.4:2379").await.unwrap_or_else(|e| {
+    client.health(&etcd_url(61, 4)).await.unwrap_or_else(|e| {
         panic!("{e}\n{}", std::fs::read_to_string(replacement.path("etcd.log")).unwrap_or_default())
     });
     // It joined as a learner; keel-etcd-promote.service makes it a voter.
-    let learner = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    let learner = client.member_list(&etcd_url(61, 1)).await.unwrap();
     assert!(learner.iter().any(|m| m.is_learner), "{learner:?}");
     node::etcd::promote_node(&Layout::new(replacement.root.path()), Duration::from_secs(60))
         .await
         .unwrap();
-    let voters = client.member_list("https://127.61.0.1:2379").await.unwrap();
+    let voters = client.member_list(&etcd_url(61, 1)).await.unwrap();
     assert!(voters.iter().all(|m| !m.is_learner), "{voters:?}");
-    let mut names: Vec<String> = client
-        .member_list("https://127.61.0.4:2379")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
+    let mut names: Vec<String> =
+        client.member_list(&etcd_url(61, 4)).await.unwrap().into_iter().map(|m| m.name).collect();
     names.sort();
     let mut want = vec![nodes[0].id.clone(), nodes[1].id.clone(), replacement.id.clone()];
     want.sort();
@@ -474,13 +515,13 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
     let cluster = "control";
     aws.publish(cluster, Role::Etcd).await;
     aws.publish(cluster, Role::Controller).await;
-    let inst = aws.launch(cluster, Role::Etcd, Some("127.62.0.1"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Etcd, Some(&ip(62, 1)), 1).await.remove(0);
     let etcd = node(Role::Etcd, &inst, user_data_bytes(&aws.user_data(cluster, Role::Etcd, 1, 30)));
     etcd.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", etcd.console.text()));
     let _guard = etcd.start_etcd();
-    etcd_client(&aws).health("https://127.62.0.1:2379").await.unwrap();
+    etcd_client(&aws).health(&etcd_url(62, 1)).await.unwrap();
 
-    let inst = aws.launch(cluster, Role::Controller, Some("127.62.0.2"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Controller, Some(&ip(62, 2)), 1).await.remove(0);
     let ctl = node(
         Role::Controller,
         &inst,
@@ -491,13 +532,13 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
     assert!(console.contains("keel-bootstrap: etcd check: ok"), "{console}");
     assert_no_secrets(&console);
     let env = std::fs::read_to_string(ctl.path("etc/default/kube-apiserver")).unwrap();
-    assert!(env.contains("--etcd-servers=https://127.62.0.1:2379 "), "{env}");
+    assert!(env.contains(&format!("--etcd-servers={} ", etcd_url(62, 1))), "{env}");
     let pem = std::fs::read(ctl.path("etc/kubernetes/pki/apiserver.crt")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
     let cert = pem.parse_x509().unwrap();
     let san =
         format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
-    for want in ["api.test.internal", "kubernetes.default.svc.cluster.local", "ip-127-62-0-2"] {
+    for want in ["api.test.internal", "kubernetes.default.svc.cluster.local", &host_name(62, 2)] {
         assert!(san.contains(want), "{want} missing from {san}");
     }
     assert_eq!(
@@ -508,7 +549,10 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
             & 0o777,
         0o600
     );
-    assert_eq!(std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(), "ip-127-62-0-2\n");
+    assert_eq!(
+        std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(),
+        format!("{}\n", host_name(62, 2))
+    );
     // The status file lists every certificate's expiry, soonest first:
     // the ones issued at boot (a year) before the CAs.
     let certs = ctl.status()["certificates"].as_array().unwrap().clone();
@@ -527,7 +571,7 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
 async fn worker_configures_and_refuses_missing_tampered_and_wrong_context_bundles() {
     let aws = aws_env().await;
     let cluster = "workers";
-    let inst = aws.launch(cluster, Role::Worker, Some("127.63.0.1"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Worker, Some(&ip(63, 1)), 1).await.remove(0);
     let w =
         node(Role::Worker, &inst, user_data_bytes(&aws.user_data(cluster, Role::Worker, 3, 30)));
 
@@ -625,7 +669,7 @@ async fn what_a_node_sends_matches_its_iam_policy() {
     let key_arn = described.key_metadata().unwrap().arn().unwrap().to_string();
     let owner = key_arn.split(':').nth(4).unwrap().to_string();
     let proxy = FaultProxy::start(&aws.moto.endpoint, true).unwrap();
-    let inst = aws.launch(cluster, Role::Worker, Some("127.66.0.1"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Worker, Some(&ip(66, 1)), 1).await.remove(0);
     let mut ud = aws.user_data(cluster, Role::Worker, 3, 30);
     ud.aws = Some(userdata::Aws { endpoint_url: Some(proxy.endpoint.clone()) });
     ud.assets.kms_key_id = Some(key_arn.clone());
@@ -690,7 +734,7 @@ async fn too_few_etcd_peers_until_the_deadline_is_a_clear_failure() {
     let aws = aws_env().await;
     let cluster = "lonely";
     aws.publish(cluster, Role::Etcd).await;
-    let inst = aws.launch(cluster, Role::Etcd, Some("127.64.0.1"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Etcd, Some(&ip(64, 1)), 1).await.remove(0);
     let n = node(Role::Etcd, &inst, user_data_bytes(&aws.user_data(cluster, Role::Etcd, 3, 3)));
     let err = n.boot().await.unwrap_err().to_string();
     assert!(
@@ -1101,10 +1145,8 @@ async fn bench_time_to_configured() {
     };
     let mut guards = Vec::new();
     let mut nodes = Vec::new();
-    for (role, ip) in
-        [(Role::Etcd, "127.65.0.1"), (Role::Controller, "127.65.0.2"), (Role::Worker, "127.65.0.3")]
-    {
-        let inst = aws.launch(cluster, role, Some(ip), 1).await.remove(0);
+    for (role, host) in [(Role::Etcd, 1), (Role::Controller, 2), (Role::Worker, 3)] {
+        let inst = aws.launch(cluster, role, Some(&ip(65, host)), 1).await.remove(0);
         let n = node(role, &inst, user_data_bytes(&aws.user_data(cluster, role, 1, 30)));
         if bin.is_some() {
             run(&n);
@@ -1123,7 +1165,7 @@ async fn bench_time_to_configured() {
         }
         if role == Role::Etcd {
             guards.push(n.start_etcd());
-            etcd_client(&aws).health("https://127.65.0.1:2379").await.unwrap();
+            etcd_client(&aws).health(&etcd_url(65, 1)).await.unwrap();
         }
         // The etcd node's files must outlive its etcd.
         nodes.push(n);
@@ -1206,7 +1248,7 @@ const COUNTER: &str = "chaos/counter";
 impl Chaos {
     fn fresh_ip(&mut self) -> String {
         self.next_ip += 1;
-        format!("127.70.{}.{}", self.next_ip / 250, self.next_ip % 250 + 1)
+        ip(70 + (self.next_ip / 250) as u8, self.next_ip % 250 + 1)
     }
 
     async fn launch(&mut self, ip: Option<String>) -> Node {
@@ -1351,7 +1393,7 @@ fn spawn_writer(chaos: &Chaos) -> tokio::task::JoinHandle<()> {
 
 /// The randomized test of issue 14: a five-member etcd cluster, each member
 /// a real etcd started from what keel-bootstrap wrote for it, with its own
-/// loopback address (127.70.x.y), and at least 50 random events of what an
+/// loopback address (from 127.<run>.70.1, see `net`), and at least 50 random events of what an
 /// Auto Scaling group does. `KEEL_CHAOS_SEED` replays a seed;
 /// `KEEL_CHAOS_EVENTS` sets the number of events (default 50).
 /// Runs `test` on a runtime whose threads have room for the large futures
@@ -1579,10 +1621,10 @@ fn etcd_bug_unreachable_members_are_unknown_not_absent() {
 async fn unreachable_is_unknown() {
     let aws = aws_env().await;
     let cluster = "unknown";
-    let (nodes, guards, ud) = formed(&aws, cluster, "127.67.0", 3, 8).await;
+    let (nodes, guards, ud) = formed(&aws, cluster, &net(67), 3, 8).await;
     drop(guards);
     aws.ec2().terminate_instances().instance_ids(&nodes[2].id).send().await.unwrap();
-    let inst = aws.launch(cluster, Role::Etcd, Some("127.67.0.4"), 1).await.remove(0);
+    let inst = aws.launch(cluster, Role::Etcd, Some(&ip(67, 4)), 1).await.remove(0);
     let replacement = node(Role::Etcd, &inst, ud.clone());
     let err = replacement.boot().await.unwrap_err().to_string();
     assert!(err.starts_with("etcd membership: no etcd member answers"), "{err}");
@@ -1605,9 +1647,9 @@ async fn snapshot_then_restore() {
         std::env::var("KEEL_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let aws = aws_env().await;
     let cluster = "backup";
-    let (nodes, guards, ud) = formed(&aws, cluster, "127.66.0", 3, 120).await;
+    let (nodes, guards, ud) = formed(&aws, cluster, &net(66), 3, 120).await;
     let client = etcd_client(&aws);
-    let endpoint = "https://127.66.0.1:2379";
+    let endpoint = &etcd_url(66, 1);
     const MARKER: &str = "written-before-the-backup";
     client.put(endpoint, "restore/marker", MARKER).await.unwrap();
     let filler = "x".repeat(100);
@@ -1675,8 +1717,7 @@ async fn snapshot_then_restore() {
     drop(nodes);
     let mut fresh = Vec::new();
     for n in 4..=6 {
-        let inst =
-            aws.launch(cluster, Role::Etcd, Some(&format!("127.66.0.{n}")), 1).await.remove(0);
+        let inst = aws.launch(cluster, Role::Etcd, Some(&ip(66, n)), 1).await.remove(0);
         fresh.push(node(Role::Etcd, &inst, ud.clone()));
     }
     let t = std::time::Instant::now();
@@ -1690,9 +1731,9 @@ async fn snapshot_then_restore() {
         );
         assert_eq!(n.status()["state"], "configured");
     }
-    let value = client.get("https://127.66.0.5:2379", "restore/marker").await.unwrap();
+    let value = client.get(&etcd_url(66, 5), "restore/marker").await.unwrap();
     assert_eq!(value.as_deref(), Some(MARKER));
-    let last = client.get("https://127.66.0.6:2379", &format!("bench/{:06}", keys - 1)).await;
+    let last = client.get(&etcd_url(66, 6), &format!("bench/{:06}", keys - 1)).await;
     assert_eq!(last.unwrap().as_deref(), Some(filler.as_str()));
 }
 
@@ -1709,13 +1750,13 @@ async fn etcd_servers_follow_membership() {
     let ud = user_data_bytes(&aws.user_data(cluster, Role::Etcd, 1, 30));
     let first = node(
         Role::Etcd,
-        &aws.launch(cluster, Role::Etcd, Some("127.68.0.1"), 1).await.remove(0),
+        &aws.launch(cluster, Role::Etcd, Some(&ip(68, 1)), 1).await.remove(0),
         ud.clone(),
     );
     let _g1 = bring_up(&first).await.unwrap();
     let ctl = node(
         Role::Controller,
-        &aws.launch(cluster, Role::Controller, Some("127.68.0.9"), 1).await.remove(0),
+        &aws.launch(cluster, Role::Controller, Some(&ip(68, 9)), 1).await.remove(0),
         user_data_bytes(&aws.user_data(cluster, Role::Controller, 1, 30)),
     );
     ctl.boot().await.unwrap_or_else(|e| panic!("{e}\n{}", ctl.console.text()));
@@ -1727,27 +1768,30 @@ async fn etcd_servers_follow_membership() {
     };
     let env_path = ctl.path("etc/default/kube-apiserver");
     let line = node::refresh_etcd_servers(&opts()).await.unwrap();
-    assert_eq!(line, "etcd servers unchanged: https://127.68.0.1:2379");
+    assert_eq!(line, format!("etcd servers unchanged: {}", etcd_url(68, 1)));
 
     // A second member joins: the API server's list follows, and only that
     // flag changes.
     let second = node(
         Role::Etcd,
-        &aws.launch(cluster, Role::Etcd, Some("127.68.0.2"), 1).await.remove(0),
+        &aws.launch(cluster, Role::Etcd, Some(&ip(68, 2)), 1).await.remove(0),
         ud.clone(),
     );
     let _g2 = bring_up(&second).await.unwrap();
     let before = std::fs::read_to_string(&env_path).unwrap();
     let line = node::refresh_etcd_servers(&opts()).await.unwrap();
-    assert!(line.starts_with("etcd servers changed from https://127.68.0.1:2379 to"), "{line}");
+    assert!(
+        line.starts_with(&format!("etcd servers changed from {} to", etcd_url(68, 1))),
+        "{line}"
+    );
     let after = std::fs::read_to_string(&env_path).unwrap();
     assert!(
-        after.contains("--etcd-servers=https://127.68.0.1:2379,https://127.68.0.2:2379 "),
+        after.contains(&format!("--etcd-servers={},{} ", etcd_url(68, 1), etcd_url(68, 2))),
         "{after}"
     );
     assert_eq!(
-        after.replace("https://127.68.0.1:2379,https://127.68.0.2:2379", "X"),
-        before.replace("https://127.68.0.1:2379", "X")
+        after.replace(&format!("{},{}", etcd_url(68, 1), etcd_url(68, 2)), "X"),
+        before.replace(&etcd_url(68, 1), "X")
     );
     let mtime = std::fs::metadata(&env_path).unwrap().modified().unwrap();
     let line = node::refresh_etcd_servers(&opts()).await.unwrap();

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     match runtime.block_on(keel::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The one error-chain printer: each cause once, an AWS error as
+            // the service's code and message (not anyhow's `{:#}`, which
+            // repeats a cause a message already names).
+            eprintln!("error: {}", keel_bootstrap::error_chain::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,7 @@ use keel_bootstrap::discovery::Peer;
 use keel_bootstrap::imds::Identity;
 use keel_bootstrap::layout::Layout;
 use keel_bootstrap::node::assets::Assets;
-use keel_bootstrap::node::{controller, kube, worker};
+use keel_bootstrap::node::{controller, kube, worker, NodeError};
 use keel_bootstrap::{envelope, pki};
 use keel_contract::bundle::{Bundle, BundleFile};
 use keel_contract::userdata::{self, UserData};
@@ -318,12 +318,10 @@ impl NodeRoot {
                 controller::write_config(l, ud, id, &self.etcd, &certs)?;
                 controller::write_kubelet_config(l, ud, id)
             }),
-            _ => {
-                assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string()).and_then(|token| {
-                    worker::write_containerd_config(l)?;
-                    worker::write_kubelet_config(l, ud, id, token.trim())
-                })
-            }
+            _ => assets.text(worker::BOOTSTRAP_TOKEN).map_err(NodeError::from).and_then(|token| {
+                worker::write_containerd_config(l)?;
+                worker::write_kubelet_config(l, ud, id, token.trim())
+            }),
         };
         steps.map_err(|e| anyhow::anyhow!("rendering the {} configuration: {e}", ud.role))
     }

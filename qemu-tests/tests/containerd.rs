@@ -191,7 +191,7 @@ fn containerd_1_7_reads_the_version_2_configuration_keel_bootstrap_writes() {
 #[test]
 fn a_containerd_keel_has_not_been_tested_with_is_refused() {
     let (_dir, layout) = node_root("1.5.9");
-    let err = worker::write_containerd_config(&layout).unwrap_err();
+    let err = worker::write_containerd_config(&layout).unwrap_err().to_string();
     assert!(err.contains("containerd 1.5.9"), "{err}");
     assert!(!layout.path(worker::CONTAINERD_CONFIG).exists());
 }

@@ -19,7 +19,7 @@ use crate::net::Ipv4Cidr;
 use crate::pki::{Ca, Issued, PkiError, Request, Usage};
 use crate::userdata::UserData;
 
-use super::kube;
+use super::{kube, NodeError};
 
 pub const API_PORT: u16 = 6443;
 const PKI: &str = "etc/kubernetes/pki";
@@ -271,7 +271,10 @@ pub fn with_etcd_servers(env: &str, servers: &[String]) -> String {
 
 /// The client URLs of the started, voting members, as the first of
 /// `candidates` that answers reports them, sorted.
-pub async fn etcd_servers_now(api: &EtcdApi, candidates: &[String]) -> Result<Vec<String>, String> {
+pub async fn etcd_servers_now(
+    api: &EtcdApi,
+    candidates: &[String],
+) -> Result<Vec<String>, NodeError> {
     let mut failures = Vec::new();
     for c in candidates {
         match api.member_list(c).await {
@@ -284,14 +287,14 @@ pub async fn etcd_servers_now(api: &EtcdApi, candidates: &[String]) -> Result<Ve
                 urls.sort();
                 urls.dedup();
                 if urls.is_empty() {
-                    return Err(format!("{c} lists no started voting member"));
+                    return Err(NodeError::NoVotingMember { endpoint: c.clone() });
                 }
                 return Ok(urls);
             }
             Err(e) => failures.push(e.to_string()),
         }
     }
-    Err(format!("no etcd member answered: {}", failures.join("; ")))
+    Err(NodeError::NoEtcdAnswer { failures: failures.join("; ") })
 }
 
 /// The "control plane config" step: the certificates issued here, the
@@ -303,7 +306,7 @@ pub fn write_config(
     id: &Identity,
     etcd: &[Peer],
     certs: &[Cert],
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     for c in certs {
         super::write(layout, &pki_path(c.name, "key"), 0o600, c.issued.key_pem.as_bytes())?;
         super::write(layout, &pki_path(c.name, "crt"), 0o644, c.issued.cert_pem.as_bytes())?;
@@ -329,28 +332,30 @@ pub fn write_config(
             kube::kubeconfig(layout, &ud.cluster, &server, user, &cred).as_bytes(),
         )?;
     }
-    let s = |r: Result<String, kube::FlagError>| r.map_err(|e| e.to_string());
-    super::write(layout, APISERVER_ENV, 0o644, s(apiserver_env(layout, ud, id, etcd))?.as_bytes())?;
+    super::write(layout, APISERVER_ENV, 0o644, apiserver_env(layout, ud, id, etcd)?.as_bytes())?;
     super::write(
         layout,
         CONTROLLER_MANAGER_ENV,
         0o644,
-        s(controller_manager_env(layout, ud))?.as_bytes(),
+        controller_manager_env(layout, ud)?.as_bytes(),
     )?;
-    super::write(layout, SCHEDULER_ENV, 0o644, s(scheduler_env(layout))?.as_bytes())
+    super::write(layout, SCHEDULER_ENV, 0o644, scheduler_env(layout)?.as_bytes())
 }
 
 /// The "kubelet config" step: the KubeletConfiguration and the kubelet's
 /// flags, with the client certificate's kubeconfig.
-pub fn write_kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> Result<(), String> {
+pub fn write_kubelet_config(
+    layout: &Layout,
+    ud: &UserData,
+    id: &Identity,
+) -> Result<(), NodeError> {
     super::write(
         layout,
         kube::KUBELET_CONFIG,
         0o644,
         kube::kubelet_config(layout, ud, id).as_bytes(),
     )?;
-    let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG))
-        .map_err(|e| e.to_string())?;
+    let env = kube::kubelet_env(layout, ud, id, None, &layout.shown(KUBELET_KUBECONFIG))?;
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 
@@ -360,16 +365,14 @@ pub fn issue_from_assets(
     ud: &UserData,
     id: &Identity,
     assets: &super::assets::Assets,
-) -> Result<Vec<Cert>, String> {
-    let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
+) -> Result<Vec<Cert>, NodeError> {
+    let text = |p: &str| assets.text(p);
     let ca =
-        Ca::load("kubernetes/pki/ca.crt and ca.key", text(paths::CA_CRT)?, text(paths::CA_KEY)?)
-            .map_err(|e| e.to_string())?;
+        Ca::load("kubernetes/pki/ca.crt and ca.key", text(paths::CA_CRT)?, text(paths::CA_KEY)?)?;
     let fp = Ca::load(
         "kubernetes/pki/front-proxy-ca.crt and front-proxy-ca.key",
         text(paths::FRONT_PROXY_CA_CRT)?,
         text(paths::FRONT_PROXY_CA_KEY)?,
-    )
-    .map_err(|e| e.to_string())?;
-    issue(ud, id, &ca, &fp).map_err(|e| e.to_string())
+    )?;
+    Ok(issue(ud, id, &ca, &fp)?)
 }

@@ -33,6 +33,8 @@ use crate::snapshot;
 use crate::userdata::UserData;
 use crate::Role;
 
+use super::NodeError;
+
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 pub use crate::userdata::{DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS};
@@ -670,16 +672,15 @@ pub const PROMOTE_DEADLINE: Duration = Duration::from_secs(600);
 /// wrote: etcd's environment file (name, peer URL, initial cluster) and
 /// the server certificate (it carries client auth). Run after etcd
 /// started (keel-etcd-promote.service); a voting member is done at once.
-pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), String> {
+pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), NodeError> {
     let env_path = layout.path(layout::ETCD_ENV);
-    let env = std::fs::read_to_string(&env_path)
-        .map_err(|e| format!("reading {}: {e}", env_path.display()))?;
+    let env = super::read(env_path.clone())?;
     let var = |k: &str| {
         env.lines()
             .filter_map(|l| l.split_once('='))
             .find(|(n, _)| *n == k)
             .map(|(_, v)| v.trim_matches('"').to_string())
-            .ok_or_else(|| format!("{} has no {k}", env_path.display()))
+            .ok_or_else(|| NodeError::Missing { path: env_path.clone(), setting: k.to_string() })
     };
     let (name, my_url) = (var("ETCD_NAME")?, var("ETCD_INITIAL_ADVERTISE_PEER_URLS")?);
     let mut endpoints: Vec<String> = var("ETCD_INITIAL_CLUSTER")?
@@ -692,11 +693,9 @@ pub async fn promote_node(layout: &Layout, deadline: Duration) -> Result<(), Str
     endpoints.push(var("ETCD_ADVERTISE_CLIENT_URLS")?);
     let api = super::api_from_files(layout, [CA_CRT, SERVER_CRT, SERVER_KEY])?;
     let started = std::time::Instant::now();
-    promote(&api, &name, &my_url, &endpoints, deadline).await.map_err(|e| e.to_string())?;
+    promote(&api, &name, &my_url, &endpoints, deadline).await?;
     let mine = var("ETCD_ADVERTISE_CLIENT_URLS")?;
-    wait_voting(&api, &mine, deadline.saturating_sub(started.elapsed()))
-        .await
-        .map_err(|e| e.to_string())
+    Ok(wait_voting(&api, &mine, deadline.saturating_sub(started.elapsed())).await?)
 }
 
 /// Restores snapshot `key` into this node's empty data directory as the

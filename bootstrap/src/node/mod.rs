@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod assets;
 pub mod controller;
+mod error;
 pub mod etcd;
 pub mod kube;
 pub mod worker;
@@ -28,6 +29,7 @@ use crate::userdata::{self, UserData};
 use crate::{aws, envelope, formation, snapshot, Role};
 
 use self::assets::Assets;
+pub use self::error::NodeError;
 
 /// Fetching the role's bundle again after transient S3 or KMS errors.
 const ASSETS_POLICY: Policy = Policy {
@@ -126,11 +128,8 @@ impl Boot<'_> {
         rep.status.instance_id = Some(id.instance_id.clone());
         step(rep, "hostname", async { set_hostname(layout, &id.local_hostname) }).await?;
         let ud = step(rep, "user data", async {
-            let bytes = imds.user_data().await.map_err(|e| e.to_string())?.ok_or_else(|| {
-                "the instance has no user data: launch it with the output of `keel userdata`"
-                    .to_string()
-            })?;
-            UserData::parse(&bytes, role).map_err(|e| e.to_string())
+            let bytes = imds.user_data().await?.ok_or(NodeError::NoUserData)?;
+            Ok::<_, NodeError>(UserData::parse(&bytes, role)?)
         })
         .await?;
         let sdk = step(rep, "aws config", async {
@@ -178,10 +177,12 @@ impl Boot<'_> {
                     }
                 })
             })
-            .await
-            .map_err(|e| e.to_string())?;
-            Assets::install(layout, bundle, etcd_owner.map(|(u, g)| ("etcd/", u, g)))
-                .map_err(|e| e.to_string())
+            .await?;
+            Ok::<_, NodeError>(Assets::install(
+                layout,
+                bundle,
+                etcd_owner.map(|(u, g)| ("etcd/", u, g)),
+            )?)
         })
         .await;
         rep.status.aws_requests.s3_get_object = s3_requests.get();
@@ -259,11 +260,10 @@ impl Boot<'_> {
         let api = step(rep, "etcd certificates", async {
             let ca = Ca::load(
                 "etcd/pki/ca.crt and etcd/pki/ca.key",
-                assets.text(paths::ETCD_CA_CRT).map_err(|e| e.to_string())?,
-                assets.text(paths::ETCD_CA_KEY).map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?;
-            etcd::issue_certificates(layout, &ca, &me, owner).map_err(|e| e.to_string())
+                assets.text(paths::ETCD_CA_CRT)?,
+                assets.text(paths::ETCD_CA_KEY)?,
+            )?;
+            Ok::<_, NodeError>(etcd::issue_certificates(layout, &ca, &me, owner)?)
         })
         .await?;
         // A reboot with data present needs no waiting for peers: etcd's
@@ -344,7 +344,7 @@ impl Boot<'_> {
         let layout = self.layout;
         step(rep, "containerd config", async { worker::write_containerd_config(layout) }).await?;
         step(rep, "kubelet config", async {
-            let token = assets.text(worker::BOOTSTRAP_TOKEN).map_err(|e| e.to_string())?.trim();
+            let token = assets.text(worker::BOOTSTRAP_TOKEN)?.trim();
             worker::write_kubelet_config(layout, ud, id, token)
         })
         .await
@@ -353,15 +353,13 @@ impl Boot<'_> {
 
 /// At least a majority of the etcd members must answer, with the API
 /// server's etcd client certificate, before the control plane starts.
-async fn check_etcd(assets: &Assets, peers: &[Peer]) -> Result<(), String> {
-    let text = |p: &str| assets.text(p).map_err(|e| e.to_string());
+async fn check_etcd(assets: &Assets, peers: &[Peer]) -> Result<(), NodeError> {
     let api = EtcdApi::new(
-        text(paths::ETCD_CA_CRT)?,
-        text(paths::APISERVER_ETCD_CLIENT_CRT)?,
-        text(paths::APISERVER_ETCD_CLIENT_KEY)?,
+        assets.text(paths::ETCD_CA_CRT)?,
+        assets.text(paths::APISERVER_ETCD_CLIENT_CRT)?,
+        assets.text(paths::APISERVER_ETCD_CLIENT_KEY)?,
         Policy::quick(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut failures = Vec::new();
     for p in peers {
         if let Err(e) = api.health(&etcd::client_url(&p.private_ip)).await {
@@ -372,33 +370,38 @@ async fn check_etcd(assets: &Assets, peers: &[Peer]) -> Result<(), String> {
     if healthy * 2 > peers.len() {
         Ok(())
     } else {
-        Err(format!(
-            "{healthy} of {} etcd members answer with the API server's client certificate: {}",
-            peers.len(),
-            failures.join("; ")
-        ))
+        Err(NodeError::EtcdUnhealthy {
+            healthy,
+            members: peers.len(),
+            failures: failures.join("; "),
+        })
     }
 }
 
-fn write(layout: &Layout, rel: &str, mode: u32, bytes: &[u8]) -> Result<(), String> {
+fn write(layout: &Layout, rel: &str, mode: u32, bytes: &[u8]) -> Result<(), NodeError> {
     let path = layout.path(rel);
     crate::atomic_file::write(&path, mode, bytes)
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|source| NodeError::Write { path, source })
+}
+
+/// Reads a file the boot wrote.
+fn read(path: PathBuf) -> Result<String, NodeError> {
+    std::fs::read_to_string(&path).map_err(|source| NodeError::Read { path, source })
 }
 
 /// Writes /etc/hostname and, on the running system only, sets it.
-fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
+fn set_hostname(layout: &Layout, name: &str) -> Result<(), NodeError> {
     let short = name.split('.').next().unwrap_or(name);
     if short.is_empty()
         || short.len() > 63
         || !short.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(format!("{name:?} from the metadata service is not a valid host name"));
+        return Err(NodeError::HostName { name: name.to_string() });
     }
     write(layout, "etc/hostname", 0o644, format!("{short}\n").as_bytes())?;
     if layout.is_system_root() {
         rustix::system::sethostname(short.as_bytes())
-            .map_err(|e| format!("sethostname({short}): {}", std::io::Error::from(e)))?;
+            .map_err(|e| NodeError::SetHostname { name: short.to_string(), source: e.into() })?;
     }
     Ok(())
 }
@@ -407,20 +410,19 @@ fn set_hostname(layout: &Layout, name: &str) -> Result<(), String> {
 /// etcd leader only, a snapshot of the backend sealed into S3 with the
 /// KMS key of the etcd bundle, then all but the newest
 /// `snapshot::DEFAULT_RETENTION` removed. Returns the line to print.
-pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
+pub async fn etcd_snapshot(opts: &Options) -> Result<String, NodeError> {
     let layout = Layout::new(&opts.root);
     let (id, ud, sdk) = running_node(opts, Role::Etcd).await?;
     let api = api_from_files(&layout, [etcd::CA_CRT, etcd::SERVER_CRT, etcd::SERVER_KEY])?;
     let endpoint = etcd::client_url(&id.private_ipv4);
-    if !api.is_leader(&endpoint).await.map_err(|e| e.to_string())? {
+    if !api.is_leader(&endpoint).await? {
         return Ok("not the leader: the leader takes the snapshots".into());
     }
     let s3 = aws::s3_client(&sdk);
-    let key_id = snapshot::kms_key_of_bundle(&s3, &ud.assets.bucket, &ud.assets.prefix, Role::Etcd)
-        .await
-        .map_err(|e| e.to_string())?;
+    let key_id =
+        snapshot::kms_key_of_bundle(&s3, &ud.assets.bucket, &ud.assets.prefix, Role::Etcd).await?;
     let started = Instant::now();
-    let db = api.snapshot(&endpoint).await.map_err(|e| e.to_string())?;
+    let db = api.snapshot(&endpoint).await?;
     let snapshots = snapshot::Snapshots {
         s3,
         kms: aws_sdk_kms::Client::new(&sdk),
@@ -432,8 +434,8 @@ pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let key = snapshots.upload(&key_id, &db, now).await.map_err(|e| e.to_string())?;
-    let gone = snapshots.prune(snapshot::DEFAULT_RETENTION).await.map_err(|e| e.to_string())?;
+    let key = snapshots.upload(&key_id, &db, now).await?;
+    let gone = snapshots.prune(snapshot::DEFAULT_RETENTION).await?;
     Ok(format!(
         "etcd snapshot of {} bytes sealed to s3://{}/{key} in {} ms; {} older removed",
         db.len(),
@@ -450,13 +452,12 @@ pub async fn etcd_snapshot(opts: &Options) -> Result<String, String> {
 /// rewrites that one flag and restarts kube-apiserver (`systemctl
 /// try-restart`, on a running system only). Nothing changes, and nothing
 /// restarts, when the list is the same. Returns the line to print.
-pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
+pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, NodeError> {
     let layout = Layout::new(&opts.root);
     let env_path = layout.path(controller::APISERVER_ENV);
-    let env = std::fs::read_to_string(&env_path)
-        .map_err(|e| format!("reading {}: {e}", env_path.display()))?;
+    let env = read(env_path.clone())?;
     let current = controller::etcd_servers_in(&env)
-        .ok_or_else(|| format!("{} has no --etcd-servers", env_path.display()))?;
+        .ok_or_else(|| NodeError::Missing { path: env_path, setting: "--etcd-servers".into() })?;
     let (_, ud, sdk) = running_node(opts, Role::Controller).await?;
     let peers = discovery::list(
         &aws_sdk_ec2::Client::new(&sdk),
@@ -464,8 +465,7 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
         Role::Etcd,
         &Counter::default(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let mut candidates = current.clone();
     candidates.extend(peers.iter().map(|p| etcd::client_url(&p.private_ip)));
     candidates.dedup();
@@ -487,12 +487,13 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
         controller::with_etcd_servers(&env, &now).as_bytes(),
     )?;
     if layout.is_system_root() {
+        const COMMAND: &str = "systemctl try-restart kube-apiserver.service";
         let status = std::process::Command::new("systemctl")
             .args(["try-restart", "kube-apiserver.service"])
             .status()
-            .map_err(|e| format!("systemctl try-restart kube-apiserver.service: {e}"))?;
+            .map_err(|source| NodeError::Run { command: COMMAND, source })?;
         if !status.success() {
-            return Err(format!("systemctl try-restart kube-apiserver.service: {status}"));
+            return Err(NodeError::Exit { command: COMMAND, status });
         }
     }
     Ok(format!("etcd servers changed from {} to {}", current.join(","), now.join(",")))
@@ -503,30 +504,21 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, String> {
 async fn running_node(
     opts: &Options,
     role: Role,
-) -> Result<(Identity, UserData, aws_config::SdkConfig), String> {
-    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy).map_err(|e| e.to_string())?;
-    let id = imds.identity().await.map_err(|e| e.to_string())?;
-    let bytes = imds
-        .user_data()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the instance has no user data".to_string())?;
-    let ud = UserData::parse(&bytes, role).map_err(|e| e.to_string())?;
+) -> Result<(Identity, UserData, aws_config::SdkConfig), NodeError> {
+    let imds = Imds::with_policy(&opts.imds_url, opts.imds_policy)?;
+    let id = imds.identity().await?;
+    let bytes = imds.user_data().await?.ok_or(NodeError::NoUserData)?;
+    let ud = UserData::parse(&bytes, role)?;
     let target = aws::Target {
         region: Some(id.region.clone()),
         endpoint_url: ud.endpoint_url().map(str::to_string),
     };
-    let sdk = aws::node_sdk_config(&target, &opts.imds_url, &opts.root)
-        .await
-        .map_err(|e| e.to_string())?;
+    let sdk = aws::node_sdk_config(&target, &opts.imds_url, &opts.root).await?;
     Ok((id, ud, sdk))
 }
 
 /// An etcd client from the CA, certificate and key files the boot wrote.
-fn api_from_files(layout: &Layout, [ca, crt, key]: [&str; 3]) -> Result<EtcdApi, String> {
-    let read = |rel: &str| {
-        std::fs::read_to_string(layout.path(rel))
-            .map_err(|e| format!("reading {}: {e}", layout.path(rel).display()))
-    };
-    EtcdApi::new(&read(ca)?, &read(crt)?, &read(key)?, etcd::PROBE).map_err(|e| e.to_string())
+fn api_from_files(layout: &Layout, [ca, crt, key]: [&str; 3]) -> Result<EtcdApi, NodeError> {
+    let read = |rel: &str| read(layout.path(rel));
+    Ok(EtcdApi::new(&read(ca)?, &read(crt)?, &read(key)?, etcd::PROBE)?)
 }

@@ -11,7 +11,7 @@ use crate::imds::Identity;
 use crate::layout::Layout;
 use crate::userdata::UserData;
 
-use super::kube;
+use super::{kube, NodeError};
 
 pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 /// The CNI network template containerd renders with the node's pod range.
@@ -41,14 +41,12 @@ impl ContainerdSchema {
     /// The schema containerd `version` (upstream `2.3.4` or Debian
     /// `1.7.24~ds1-6`) reads; versions Keel has not been tested with are
     /// refused rather than guessed.
-    pub fn for_version(version: &str) -> Result<ContainerdSchema, String> {
+    pub fn for_version(version: &str) -> Result<ContainerdSchema, NodeError> {
         match keel_contract::image::major_minor(version) {
             Some((1, 6 | 7)) => Ok(ContainerdSchema::V2),
             Some((2, 0)) => Ok(ContainerdSchema::V3 { bin_dirs: false }),
             Some((2, _)) => Ok(ContainerdSchema::V3 { bin_dirs: true }),
-            _ => Err(format!(
-                "containerd {version}: keel-bootstrap writes configuration for containerd 1.6, 1.7 and 2.x only"
-            )),
+            _ => Err(NodeError::UnknownContainerd { version: version.to_string() }),
         }
     }
 }
@@ -126,9 +124,9 @@ pub fn cni_template() -> String {
 /// The "containerd config" step: /etc/containerd/config.toml, in the
 /// schema of the containerd the image carries (`/usr/lib/keel/components`),
 /// and the CNI template it names.
-pub fn write_containerd_config(layout: &Layout) -> Result<(), String> {
-    let components = keel_contract::image::read(&layout.root).map_err(|e| e.to_string())?;
-    let version = components.version("containerd").map_err(|e| e.to_string())?;
+pub fn write_containerd_config(layout: &Layout) -> Result<(), NodeError> {
+    let components = keel_contract::image::read(&layout.root)?;
+    let version = components.version("containerd")?;
     let schema = ContainerdSchema::for_version(version)?;
     super::write(layout, CNI_TEMPLATE, 0o644, cni_template().as_bytes())?;
     super::write(layout, CONTAINERD_CONFIG, 0o644, containerd_config(layout, schema).as_bytes())
@@ -141,7 +139,7 @@ pub fn write_kubelet_config(
     ud: &UserData,
     id: &Identity,
     token: &str,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     check_token(token)?;
     let kubeconfig = zeroize::Zeroizing::new(kube::kubeconfig(
         layout,
@@ -163,14 +161,13 @@ pub fn write_kubelet_config(
         id,
         Some(&layout.shown(BOOTSTRAP_KUBECONFIG)),
         &layout.shown(kube::KUBELET_KUBECONFIG),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     super::write(layout, kube::KUBELET_ENV, 0o644, env.as_bytes())
 }
 
 /// A bootstrap token is `[a-z0-9]{6}.[a-z0-9]{16}`; the message never
 /// quotes it.
-fn check_token(token: &str) -> Result<(), String> {
+fn check_token(token: &str) -> Result<(), NodeError> {
     let ok = token.split_once('.').is_some_and(|(id, secret)| {
         id.len() == 6
             && secret.len() == 16
@@ -180,6 +177,6 @@ fn check_token(token: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("kubernetes/bootstrap-token in the bundle is not a bootstrap token (<6 chars>.<16 chars>, lowercase letters and digits)".into())
+        Err(NodeError::NotABootstrapToken)
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Context as _};
-use keel_bootstrap::aws::{self, display_error};
+use keel_bootstrap::aws::{self, AwsError};
 use keel_bootstrap::envelope;
 use keel_contract::bundle::{self, Header};
 use keel_contract::Role;
@@ -102,7 +102,7 @@ pub async fn run(args: &PublishArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!(
                     "S3 PutObject {url}: {} (PreconditionFailed means the object changed since \
                      publish read it: run publish again)",
-                    display_error(&e)
+                    AwsError::from(e)
                 )
             })?;
         let etag = put.e_tag().map(str::to_string);
@@ -202,7 +202,7 @@ pub async fn list_keys(
         .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(|e| {
-            anyhow::anyhow!("S3 ListObjectsV2 s3://{bucket}/{list_prefix}: {}", display_error(&e))
+            anyhow::anyhow!("S3 ListObjectsV2 s3://{bucket}/{list_prefix}: {}", AwsError::from(e))
         })?;
     Ok(pages
         .iter()
@@ -219,7 +219,7 @@ pub fn list_prefix(prefix: &str) -> String {
 async fn head(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Current> {
     let reply =
         s3.head_object().bucket(bucket).key(key).send().await.map_err(|e| {
-            anyhow::anyhow!("S3 HeadObject s3://{bucket}/{key}: {}", display_error(&e))
+            anyhow::anyhow!("S3 HeadObject s3://{bucket}/{key}: {}", AwsError::from(e))
         })?;
     let empty = HashMap::new();
     Ok(Current {

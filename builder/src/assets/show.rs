@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use keel_bootstrap::aws::{self, display_error};
+use keel_bootstrap::aws::{self, AwsError};
 use keel_contract::bundle::{self, Header};
 
 use super::metadata::ObjectMeta;
@@ -31,7 +31,7 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
             .key(key)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("S3 HeadObject {url}: {}", display_error(&e)))?;
+            .map_err(|e| anyhow::anyhow!("S3 HeadObject {url}: {}", AwsError::from(e)))?;
         let ranged = s3
             .get_object()
             .bucket(&args.bucket)
@@ -40,7 +40,7 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
             .send()
             .await
             .map_err(|e| {
-                anyhow::anyhow!("S3 GetObject (header range) {url}: {}", display_error(&e))
+                anyhow::anyhow!("S3 GetObject (header range) {url}: {}", AwsError::from(e))
             })?;
         let first = ranged
             .body

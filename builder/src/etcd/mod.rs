@@ -120,7 +120,7 @@ async fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
                     anyhow::anyhow!(
                         "S3 CopyObject to s3://{}/{to}: {}",
                         store.bucket,
-                        keel_bootstrap::aws::display_error(&e)
+                        keel_bootstrap::aws::AwsError::from(e)
                     )
                 })?;
             to

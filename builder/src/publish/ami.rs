@@ -80,7 +80,7 @@ pub async fn find(
             .filters(filter("state", &["available", "pending"]))
             .send()
             .await
-            .map_err(|e| aws("DescribeImages", region, target.clone(), &e))?;
+            .map_err(|e| aws("DescribeImages", region, target.clone(), e))?;
         let mut found: Vec<Ami> = out.images().iter().filter_map(Ami::from_ec2).collect();
         // Oldest id first, so that every run picks the same one.
         found.sort_by(|a, b| a.image_id.cmp(&b.image_id));
@@ -111,7 +111,7 @@ pub async fn find_snapshot(
                 "DescribeSnapshots",
                 region,
                 format!("{}={}", tags::IMAGE_SHA256, image.sha256()),
-                &e,
+                e,
             )
         })?;
     let mut ids: Vec<String> =
@@ -136,7 +136,7 @@ pub async fn tag(
         .set_tags(Some(ec2_tags(image)))
         .send()
         .await
-        .map_err(|e| aws("CreateTags", region, resources.join(", "), &e))?;
+        .map_err(|e| aws("CreateTags", region, resources.join(", "), e))?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ pub async fn register(
         .send()
         .await
         .map_err(|e| {
-            aws("RegisterImage", region, format!("{} from {snapshot_id}", image.ami_name()), &e)
+            aws("RegisterImage", region, format!("{} from {snapshot_id}", image.ami_name()), e)
         })?;
     out.image_id().map(str::to_string).ok_or_else(|| Error::Incomplete {
         call: "RegisterImage",
@@ -211,7 +211,7 @@ pub async fn wait_available(
                 .image_ids(image_id)
                 .send()
                 .await
-                .map_err(|e| aws("DescribeImages", region, image_id, &e))?;
+                .map_err(|e| aws("DescribeImages", region, image_id, e))?;
             let image = out.images().first();
             let ami = image.and_then(Ami::from_ec2);
             Ok(Seen {

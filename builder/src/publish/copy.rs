@@ -59,7 +59,7 @@ async fn copy_one(
         .send()
         .await
         .map_err(|e| {
-            aws("CopyImage", region, format!("{} from {source_region}", source.image_id), &e)
+            aws("CopyImage", region, format!("{} from {source_region}", source.image_id), e)
         })?;
     let image_id = out.image_id().ok_or_else(|| Error::Incomplete {
         call: "CopyImage",

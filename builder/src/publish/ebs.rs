@@ -93,7 +93,7 @@ pub async fn upload(
         .client_token(client_token())
         .send()
         .await
-        .map_err(|e| aws("StartSnapshot", region, format!("{volume_gib} GiB"), &e))?;
+        .map_err(|e| aws("StartSnapshot", region, format!("{volume_gib} GiB"), e))?;
     let snapshot_id = started
         .snapshot_id()
         .ok_or_else(|| Error::Incomplete {
@@ -148,7 +148,7 @@ pub async fn upload(
             Ok(_) => format!("snapshot {snapshot_id} deleted"),
             Err(e) => format!(
                 "{}; it is not tagged, so a rerun ignores it, and AWS cancels it after {ABANDON_AFTER_MINUTES} minutes",
-                aws("DeleteSnapshot", region, snapshot_id.clone(), &e)
+                aws("DeleteSnapshot", region, snapshot_id.clone(), e)
             ),
         };
         return Err(Error::Blocks {
@@ -169,7 +169,7 @@ pub async fn upload(
         .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
         .send()
         .await
-        .map_err(|e| aws("CompleteSnapshot", region, snapshot_id.clone(), &e))?;
+        .map_err(|e| aws("CompleteSnapshot", region, snapshot_id.clone(), e))?;
     wait_completed(ec2, region, &snapshot_id).await?;
     Ok(Upload { snapshot_id, uploaded: digests.len() as u64, skipped })
 }
@@ -214,7 +214,7 @@ async fn upload_block(
         async move {
             put.send().await.map_err(|e| {
                 let transient = is_transient(&e);
-                let f = fail(aws("PutSnapshotBlock", region, snapshot_id, &e).to_string());
+                let f = fail(aws("PutSnapshotBlock", region, snapshot_id, e).to_string());
                 if transient {
                     Attempt::Retry(f)
                 } else {
@@ -263,7 +263,7 @@ async fn wait_completed(
                 .snapshot_ids(snapshot_id)
                 .send()
                 .await
-                .map_err(|e| aws("DescribeSnapshots", region, snapshot_id, &e))?;
+                .map_err(|e| aws("DescribeSnapshots", region, snapshot_id, e))?;
             let snap = out.snapshots().first();
             Ok(Seen {
                 state: snap

@@ -4,9 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use keel_bootstrap::aws::display_error;
+use keel_bootstrap::aws::AwsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,8 +21,8 @@ pub enum Error {
     )]
     ImageMismatch { image: PathBuf, manifest: PathBuf, expected: String, actual: String },
 
-    #[error("{call} in {region} ({target}): {message}")]
-    Aws { call: &'static str, region: String, target: String, message: String },
+    #[error("{call} in {region} ({target}): {source}")]
+    Aws { call: &'static str, region: String, target: String, source: AwsError },
 
     #[error("{call} in {region} ({target}) answered without {missing}")]
     Incomplete { call: &'static str, region: String, target: String, missing: &'static str },
@@ -71,24 +69,15 @@ impl fmt::Display for BlockList<'_> {
     }
 }
 
-/// An AWS SDK error as `Error::Aws`: the service's code and message
-/// (`AuthFailure: AWS was not able to validate ...`) when the service
-/// answered, the whole error chain otherwise (timeouts, connection errors).
-pub fn aws<E, R>(
+/// An AWS SDK error as `Error::Aws`, kept as its source: it reads as the
+/// service's code and message (`AuthFailure: AWS was not able to validate
+/// ...`) when the service answered, the whole error chain otherwise
+/// (timeouts, connection errors); see [`AwsError`].
+pub fn aws(
     call: &'static str,
     region: &str,
     target: impl Into<String>,
-    err: &SdkError<E, R>,
-) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let message = match err.as_service_error() {
-        Some(e) if e.code().is_some() => {
-            format!("{}: {}", e.code().unwrap_or_default(), e.message().unwrap_or("(no message)"))
-        }
-        _ => display_error(err),
-    };
-    Error::Aws { call, region: region.to_string(), target: target.into(), message }
+    err: impl Into<AwsError>,
+) -> Error {
+    Error::Aws { call, region: region.to_string(), target: target.into(), source: err.into() }
 }

@@ -31,7 +31,7 @@ pub async fn new_version(
         .send()
         .await
         .map_err(|e| {
-            aws("DescribeLaunchTemplateVersions", region, format!("launch template {name}"), &e)
+            aws("DescribeLaunchTemplateVersions", region, format!("launch template {name}"), e)
         })?;
     let found = versions.launch_template_versions();
     let missing = |what| Error::Incomplete {
@@ -67,7 +67,7 @@ pub async fn new_version(
             .send()
             .await
             .map_err(|e| {
-                aws("CreateLaunchTemplateVersion", region, format!("launch template {name}"), &e)
+                aws("CreateLaunchTemplateVersion", region, format!("launch template {name}"), e)
             })?;
         let v =
             out.launch_template_version().and_then(|v| v.version_number()).ok_or_else(|| {
@@ -93,7 +93,7 @@ pub async fn new_version(
                     "ModifyLaunchTemplate",
                     region,
                     format!("launch template {name} default {number}"),
-                    &e,
+                    e,
                 )
             })?;
         is_default = true;

@@ -26,7 +26,7 @@ pub async fn share(
                 "ModifyImageAttribute",
                 region,
                 format!("{image_id} launchPermission {}", accounts.join(",")),
-                &e,
+                e,
             )
         })?;
     Ok(())
