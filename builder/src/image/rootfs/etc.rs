@@ -39,10 +39,15 @@ const NOT_ENABLED: &[&str] = &[
 ];
 
 /// Units masked (a link to /dev/null in /etc/systemd/system) because a
-/// unit Keel keeps pulls them in with `Wants=` at every boot: logind wants
-/// the DRM core loaded early for a graphical seat, which a node has not
-/// (a GPU's driver loads DRM itself, as a dependency).
-const MASKED: &[&str] = &["modprobe@drm.service"];
+/// unit Keel keeps pulls them in with `Wants=` at every boot, each one
+/// more `modprobe` on the way to keel-bootstrap: logind wants the DRM core
+/// loaded early for a graphical seat, which a node has not (a GPU's driver
+/// loads DRM itself, as a dependency); systemd-repart wants device-mapper,
+/// which keel-init loaded before /usr existed, and the loop driver, which
+/// growing the root partition does not use (it loads on the first open of
+/// /dev/loop-control for whoever needs it).
+const MASKED: &[&str] =
+    &["modprobe@dm_mod.service", "modprobe@drm.service", "modprobe@loop.service"];
 
 /// systemd generators of the base a node does not need, masked (a link to
 /// /dev/null in /etc/systemd/system-generators, the only way to turn one
