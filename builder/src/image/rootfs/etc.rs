@@ -18,13 +18,12 @@ use crate::image::BuildError;
 /// dracut's copy of the initrd into /run at every boot (only a root on
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
-/// file systems (an operator mounts them to debug), and the FUSE control
-/// file system (FUSE itself works without it: /dev/fuse loads the module on
-/// first open). Each is one more process on the way to keel-bootstrap on a
+/// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
 /// small instance. logind stays (and with it the D-Bus daemon): it turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
-/// clean shutdown; both start once the network is online
-/// (`dbus.socket.d/50-keel-after-network.conf`).
+/// clean shutdown. (Starting the D-Bus socket only once the network is
+/// online was tried: the QEMU power button then no longer powered the VM
+/// off, cause not found; see BENCHMARKS.md.)
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -33,7 +32,6 @@ const NOT_ENABLED: &[&str] = &[
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "getty@tty1.service",
-    "sys-fs-fuse-connections.mount",
     "sys-kernel-debug.mount",
     "sys-kernel-tracing.mount",
 ];
