@@ -23,7 +23,7 @@ use crate::image::BuildError;
 /// the ACPI power button, which EC2 presses to stop an instance, into a
 /// clean shutdown. (Starting the D-Bus socket only once the network is
 /// online was tried: the QEMU power button then no longer powered the VM
-/// off, cause not found; see BENCHMARKS.md.)
+/// off, cause not found.)
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
