@@ -18,13 +18,12 @@ use crate::image::BuildError;
 /// dracut's copy of the initrd into /run at every boot (only a root on
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
-/// file systems (an operator mounts them to debug), and the FUSE control
-/// file system (FUSE itself works without it: /dev/fuse loads the module on
-/// first open). Each is one more process on the way to keel-bootstrap on a
+/// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
 /// small instance. logind stays (and with it the D-Bus daemon): it turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
-/// clean shutdown; both start once the network is online
-/// (`dbus.socket.d/50-keel-after-network.conf`).
+/// clean shutdown. (Starting the D-Bus socket only once the network is
+/// online was tried: the QEMU power button then no longer powered the VM
+/// off, cause not found.)
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -33,16 +32,20 @@ const NOT_ENABLED: &[&str] = &[
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "getty@tty1.service",
-    "sys-fs-fuse-connections.mount",
     "sys-kernel-debug.mount",
     "sys-kernel-tracing.mount",
 ];
 
 /// Units masked (a link to /dev/null in /etc/systemd/system) because a
-/// unit Keel keeps pulls them in with `Wants=` at every boot: logind wants
-/// the DRM core loaded early for a graphical seat, which a node has not
-/// (a GPU's driver loads DRM itself, as a dependency).
-const MASKED: &[&str] = &["modprobe@drm.service"];
+/// unit Keel keeps pulls them in with `Wants=` at every boot, each one
+/// more `modprobe` on the way to keel-bootstrap: logind wants the DRM core
+/// loaded early for a graphical seat, which a node has not (a GPU's driver
+/// loads DRM itself, as a dependency); systemd-repart wants device-mapper,
+/// which keel-init loaded before /usr existed, and the loop driver, which
+/// growing the root partition does not use (it loads on the first open of
+/// /dev/loop-control for whoever needs it).
+const MASKED: &[&str] =
+    &["modprobe@dm_mod.service", "modprobe@drm.service", "modprobe@loop.service"];
 
 /// systemd generators of the base a node does not need, masked (a link to
 /// /dev/null in /etc/systemd/system-generators, the only way to turn one
