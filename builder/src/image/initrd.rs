@@ -153,13 +153,9 @@ fn cpio_member(out: &mut Vec<u8>, ino: u32, name: &str, m: &Member, epoch: u64) 
     }
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().div_ceil(4) * 4, 0);
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().div_ceil(4) * 4, 0);
 }
 
 /// The uncompressed initrd: directories, /dev/console, /init, the module
