@@ -12,6 +12,7 @@ pub mod assets;
 pub mod bundle;
 pub mod gpt;
 pub mod image;
+pub mod initrd;
 pub mod join;
 pub mod kube_names;
 pub mod kubeconfig;

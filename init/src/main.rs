@@ -97,7 +97,8 @@ fn boot(log: &mut Log) -> Result<Never, String> {
 
     let vendor = sys::hypervisor_vendor();
     let tcg = vendor == TCG;
-    let list = fs::read_to_string(modules::LIST).map_err(|e| format!("{}: {e}", modules::LIST))?;
+    let list_path = modules::list_path();
+    let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
     let (mut loaded, mut here) = (0, Vec::new());
     for m in modules::parse(&list)? {
         match modules::load(&m, tcg).map_err(|e| e.to_string())? {

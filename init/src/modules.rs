@@ -1,15 +1,19 @@
 //! Loading the kernel modules the builder listed for the initrd, in the
-//! order it resolved from the kernel's modules.dep ([`LIST`]: one path a
-//! line, dependencies first; `unless-tcg` after a path: not under QEMU's
+//! order it resolved from the kernel's modules.dep ([`MODULE_LIST`]: one path a
+//! line, dependencies first; [`UNLESS_TCG`] after a path: not under QEMU's
 //! emulation).
 
 use std::fs::File;
 use std::io;
 
+use keel_contract::initrd::{MODULE_LIST, UNLESS_TCG};
+
 use crate::sys;
 
 /// Where the builder puts the list in the initrd.
-pub const LIST: &str = "/etc/keel-init/modules";
+pub fn list_path() -> String {
+    format!("/{MODULE_LIST}")
+}
 
 /// One line of [`LIST`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +30,8 @@ pub fn parse(list: &str) -> Result<Vec<Entry>, String> {
         let Some(path) = words.next().filter(|w| !w.starts_with('#')) else { continue };
         let unless_tcg = match words.next() {
             None => false,
-            Some("unless-tcg") => true,
-            Some(w) => return Err(format!("{LIST} line {}: unknown word {w:?}", i + 1)),
+            Some(UNLESS_TCG) => true,
+            Some(w) => return Err(format!("{MODULE_LIST} line {}: unknown word {w:?}", i + 1)),
         };
         out.push(Entry { path: path.to_string(), unless_tcg });
     }

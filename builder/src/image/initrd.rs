@@ -13,6 +13,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use keel_contract::initrd::{MODULE_LIST as LIST, UNLESS_TCG};
+
 use super::tools::require_host;
 use super::BuildError;
 
@@ -42,9 +44,6 @@ pub const MODULES: &[&str] = &[
 /// skips it under QEMU's emulation (TCG), where the emulated vector
 /// instructions cost more than the generic code (BENCHMARKS.md).
 pub const ACCELERATED_SHA256: &str = "sha256_ssse3";
-
-/// Where keel-init reads the module list (keel-init's `modules::LIST`).
-const LIST: &str = "etc/keel-init/modules";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
@@ -175,7 +174,8 @@ pub fn archive(
         let rel = format!("{moddir}/{m}");
         let src = tree.join(&rel);
         let bytes = fs::read(&src).map_err(|e| BuildError::io(&src, e))?;
-        list.push_str(&format!("/{rel}{}\n", if *optional { " unless-tcg" } else { "" }));
+        let flag = if *optional { format!(" {UNLESS_TCG}") } else { String::new() };
+        list.push_str(&format!("/{rel}{flag}\n"));
         files.insert(rel, (bytes, 0o644));
     }
     files.insert(LIST.to_string(), (list.into_bytes(), 0o644));
