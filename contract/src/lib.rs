@@ -2,13 +2,17 @@
 //! everything both sides must agree on, in one place, so that the builder
 //! writes exactly what the node reads. Roles, EC2 tag names, the user data
 //! schema, the asset bundle format and which files each role's bundle
-//! holds, name rules, and kubeconfig rendering. Parsing and rendering only:
+//! holds, name rules, kubeconfig rendering, and the disk layout (GPT,
+//! the /usr partitions a root hash names) that the builder writes and
+//! keel-init reads in the initrd. Parsing and rendering only:
 //! no network, no AWS (the KMS and S3 envelope is keel-bootstrap's
 //! `envelope`).
 
 pub mod assets;
 pub mod bundle;
+pub mod gpt;
 pub mod image;
+pub mod initrd;
 pub mod join;
 pub mod kube_names;
 pub mod kubeconfig;

@@ -11,16 +11,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context, Result};
 
-const SECTOR: u64 = 512;
+/// One GPT partition entry (name, byte offset, size, ...).
+pub use keel_contract::gpt::Partition;
 
-/// One GPT partition entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
-    pub name: String,
-    /// Byte offset of the first sector.
-    pub offset: u64,
-    /// Size in bytes.
-    pub size: u64,
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -28,48 +23,13 @@ fn read_at(f: &mut File, offset: u64, buf: &mut [u8]) -> Result<()> {
     f.read_exact(buf).with_context(|| format!("reading {} bytes at {offset}", buf.len()))
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
-}
-
-/// The partitions of the GPT disk image `path` (primary header, LBA 1).
+/// The partitions of the GPT disk image `path` (primary table, CRCs
+/// checked), read with the reader the builder and keel-init use.
 pub fn partitions(path: &Path) -> Result<Vec<Partition>> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut header = [0u8; 92];
-    read_at(&mut f, SECTOR, &mut header)?;
-    ensure!(&header[..8] == b"EFI PART", "{}: no GPT header at LBA 1", path.display());
-    let entries_lba = u64_at(&header, 72);
-    let count = u32_at(&header, 80) as usize;
-    let size = u32_at(&header, 84) as usize;
-    ensure!(
-        (128..=4096).contains(&size) && count <= 1024,
-        "{}: implausible GPT entry array ({count} x {size})",
-        path.display()
-    );
-    let mut table = vec![0u8; count * size];
-    read_at(&mut f, entries_lba * SECTOR, &mut table)?;
-    let mut parts = Vec::new();
-    for e in table.chunks(size) {
-        if e[..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
-        let name: Vec<u16> = e[56..128]
-            .chunks(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&c| c != 0)
-            .collect();
-        parts.push(Partition {
-            name: String::from_utf16_lossy(&name),
-            offset: first * SECTOR,
-            size: (last + 1 - first) * SECTOR,
-        });
-    }
-    Ok(parts)
+    let table = keel_contract::gpt::Table::read(&mut f)
+        .with_context(|| format!("{}: reading the GPT", path.display()))?;
+    Ok(table.partitions)
 }
 
 fn ext4_superblock(path: &Path, offset: u64) -> Result<[u8; 1024]> {

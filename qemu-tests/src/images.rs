@@ -30,6 +30,8 @@ use crate::rundir::target_dir;
 pub struct Tools {
     pub keel: PathBuf,
     pub bootstrap: PathBuf,
+    /// The static keel-init (the initrd's /init).
+    pub init: PathBuf,
     pub api_server_double: PathBuf,
 }
 
@@ -79,8 +81,8 @@ fn static_release(args: &[&str], target: &Path) -> Result<()> {
     cargo(&all, Some("-C target-feature=+crt-static"), target)
 }
 
-/// Builds `keel`, the static `keel-bootstrap` and the static API server
-/// TEST DOUBLE once per process.
+/// Builds `keel`, the static `keel-bootstrap` and `keel-init`, and the
+/// static API server TEST DOUBLE once per process.
 pub fn tools() -> Result<&'static Tools> {
     static TOOLS: OnceLock<std::result::Result<Tools, String>> = OnceLock::new();
     TOOLS
@@ -92,6 +94,8 @@ pub fn tools() -> Result<&'static Tools> {
                 let target = target_dir()?;
                 cargo(&["build", "-p", "keel", "--bin", "keel"], None, &target)?;
                 static_release(&["-p", "keel-bootstrap"], &target)?;
+                // Its own build too: keel-init links only what it uses.
+                static_release(&["-p", "keel-init"], &target)?;
                 // Its own build: built with keel-bootstrap, feature
                 // unification would change the shipped binary's dependencies.
                 static_release(&["-p", "keel-testkit", "--bin", "keel-apiserver-double"], &target)?;
@@ -99,6 +103,7 @@ pub fn tools() -> Result<&'static Tools> {
                 Ok(Tools {
                     keel: target.join("debug/keel"),
                     bootstrap: release.join("keel-bootstrap"),
+                    init: release.join("keel-init"),
                     api_server_double: release.join("keel-apiserver-double"),
                 })
             };
@@ -208,6 +213,8 @@ pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
         .arg(&out)
         .arg("--bootstrap-bin")
         .arg(&tools.bootstrap)
+        .arg("--init-bin")
+        .arg(&tools.init)
         .args(extra);
     let (profiles, mirrors) = profiles()?;
     cmd.arg("--profiles-dir").arg(&profiles).arg("--mirrors").arg(&mirrors).arg("--offline");

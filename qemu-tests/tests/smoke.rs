@@ -49,7 +49,8 @@ fn boots_to_keel_bootstrap(image: &Path, name: &str) {
 /// The etcd image boots from a disk of 2 GiB, eight times the image (as an
 /// EBS volume bigger than the AMI's snapshot): it reaches keel-bootstrap,
 /// and after a clean power-off the root partition and its ext4 file system
-/// fill the disk (systemd-repart in the initrd, then systemd-growfs).
+/// fill the disk (systemd-repart, then systemd-growfs-root, both in the
+/// real root: keel-init, the initrd's /init, only mounts it).
 #[test]
 fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     const DISK: u64 = 2 << 30;
@@ -67,6 +68,9 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
         !console.contains("is corrupted"),
         "verity complained on an untouched image:\n{console}"
     );
+    for step in ["keel-init: ", "dm-verity device usr", "switching to the real root"] {
+        assert!(console.contains(step), "no {step:?} from keel-init:\n{}", vm::tail(&console, 80));
+    }
     eprintln!("etcd image reached {MILESTONE:?} after {:?}", vm.uptime());
     vm.power_off(BOOT_DEADLINE).expect("a clean power-off");
 

@@ -26,6 +26,10 @@ pub struct BuildArgs {
     /// this keel executable].
     #[arg(long, value_name = "PATH")]
     pub bootstrap_bin: Option<PathBuf>,
+    /// Static keel-init executable, the initrd's /init [default: keel-init
+    /// next to this keel executable].
+    #[arg(long, value_name = "PATH")]
+    pub init_bin: Option<PathBuf>,
     /// Base, tools and work directories [default: ~/.cache/keel].
     #[arg(long, env = "KEEL_CACHE_DIR", value_name = "DIR")]
     pub build_cache: Option<PathBuf>,
@@ -48,12 +52,16 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let resolved = profile::resolve(&paths, &args.profile, args.role)?;
     let cache = args.fetch.cache()?;
     let fetched = fetch::fetch_all(&cache, &resolved.components, &args.fetch.options()?).await?;
-    let bootstrap_bin = match &args.bootstrap_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating the keel executable")?
-            .with_file_name("keel-bootstrap"),
+    let beside_keel = |given: &Option<PathBuf>, name: &str| -> anyhow::Result<PathBuf> {
+        Ok(match given {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locating the keel executable")?
+                .with_file_name(name),
+        })
     };
+    let bootstrap_bin = beside_keel(&args.bootstrap_bin, "keel-bootstrap")?;
+    let init_bin = beside_keel(&args.init_bin, "keel-init")?;
     let cache_dir = args.build_cache.clone().unwrap_or_else(|| {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
         home.join(".cache/keel")
@@ -78,6 +86,7 @@ pub async fn run(args: &BuildArgs) -> anyhow::Result<()> {
             resolved: &resolved,
             fetched: &fetched,
             bootstrap_bin: &bootstrap_bin,
+            init_bin: &init_bin,
             images_dir: &images_dir,
             cache_dir: &cache_dir,
             out_dir: &out_dir,

@@ -1,12 +1,13 @@
-//! Checks that the keel-bootstrap binary baked into images is a static
-//! x86-64 ELF executable: the image's /usr is verified and read-only, so
-//! the bootstrap must not depend on the base's shared libraries.
+//! Checks that the keel-bootstrap and keel-init binaries baked into images
+//! are static x86-64 ELF executables: the image's /usr is verified and
+//! read-only, so the bootstrap must not depend on the base's shared
+//! libraries, and the initrd has none.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// How to build the binary this check wants.
-pub const STATIC_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p keel-bootstrap --target x86_64-unknown-linux-gnu";
+pub const STATIC_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p keel-bootstrap -p keel-init --target x86_64-unknown-linux-gnu";
 
 const PT_INTERP: u32 = 3;
 

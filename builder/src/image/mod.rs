@@ -1,15 +1,17 @@
 //! `keel build`: profile + role -> bootable GPT disk image with a verified,
 //! read-only /usr. The pipeline, top to bottom, is [`build`]:
 //! tools tree -> Debian base (cached) -> file tree (base, components, role
-//! files, keel-bootstrap) -> /usr as erofs + dm-verity -> UKI with the root
-//! hash on its command line -> ESP -> GPT disk -> manifest.
+//! files, keel-bootstrap) and the initrd (keel-init and the kernel modules
+//! it loads) -> /usr as erofs + dm-verity -> UKI with the root hash on its
+//! command line -> ESP -> GPT disk -> manifest.
 
 mod base;
 pub mod command;
 pub mod diff;
 mod elf;
 mod esp;
-mod gpt;
+mod initrd;
+use keel_contract::gpt;
 pub mod manifest;
 mod rootfs;
 pub mod sbom;
@@ -63,8 +65,8 @@ pub enum BuildError {
     PackageNotInstalled { component: String, package: String },
     #[error("the base has no kernel in /boot: add a kernel package (linux-image-cloud-amd64) to the profile's base packages")]
     NoKernel,
-    #[error("the base has no {initrd} (is dracut in the base packages?)")]
-    NoInitrd { initrd: String },
+    #[error(transparent)]
+    Initrd(#[from] initrd::InitrdError),
     #[error("veritysetup format printed no root hash:\n{stdout}")]
     NoRootHash { stdout: String },
     #[error("root hash {hash}: {source}")]
@@ -91,6 +93,8 @@ pub struct Request<'a> {
     pub fetched: &'a [Fetched],
     /// The static keel-bootstrap executable.
     pub bootstrap_bin: &'a Path,
+    /// The static keel-init executable (the initrd's /init).
+    pub init_bin: &'a Path,
     /// `images/` (role files and units).
     pub images_dir: &'a Path,
     /// Base and tools caches, work directories.
@@ -150,14 +154,20 @@ pub fn build(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> {
     result
 }
 
+/// The build's SOURCE_DATE_EPOCH.
+fn epoch(req: &Request) -> u64 {
+    req.resolved.source_date_epoch.unwrap_or(DEFAULT_EPOCH)
+}
+
 fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> {
     let r = req.resolved;
-    let epoch = r.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
+    let epoch = epoch(req);
     let stem = file_stem(r);
     let image_path = req.out_dir.join(format!("{stem}.raw"));
     let manifest_path = req.out_dir.join(format!("{stem}.manifest.json"));
     let sbom_path = req.out_dir.join(format!("{stem}.spdx.json"));
     elf::check_static(req.bootstrap_bin)?;
+    elf::check_static(req.init_bin)?;
     let role_dirs = [req.images_dir.join("common"), req.images_dir.join(r.role.as_str())];
 
     let key = build_key(req, epoch, &role_dirs)?;
@@ -186,7 +196,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
         base::packages(&r.base).len()
     ));
     let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
-    stage.start("file tree");
+    stage.start("file tree and initrd (keel-init)");
     let tree = FileTree::assemble(req, &base_tar, work, &role_dirs)?;
     stage.start("/usr as erofs + dm-verity");
     let usr = UsrImage::make(&tools, work, epoch, &seed)?;
@@ -217,7 +227,8 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
 
 /// Stage 1: the image's file tree in `work/tree` (base, components, role
 /// files and units, keel-bootstrap, the factory /etc), with the base's
-/// kernel and initrd moved out to `work/vmlinuz` and `work/initrd`.
+/// kernel moved out to `work/vmlinuz`, and the initrd made from keel-init
+/// and the tree's kernel modules in `work/initrd`.
 struct FileTree {
     /// The Debian packages installed in the base, as the SBOM lists them.
     debian: Vec<sbom::DebPackage>,
@@ -225,6 +236,8 @@ struct FileTree {
     packages: Vec<rootfs::Package>,
     /// sha256 of the keel-bootstrap binary, hex.
     bootstrap_sha256: String,
+    /// sha256 of the keel-init binary, hex.
+    init_sha256: String,
     /// The kernel's version (`uname -r`).
     kernel: String,
 }
@@ -253,10 +266,11 @@ impl FileTree {
             .iter()
             .map(|d| rootfs::Package { name: d.name.clone(), version: d.version.clone() })
             .collect();
-        let (vmlinuz, initrd, kernel) = rootfs::kernel(&tree)?;
-        for (from, to) in [(&vmlinuz, "vmlinuz"), (&initrd, "initrd")] {
-            fs::rename(from, work.join(to)).map_err(|e| BuildError::io(from, e))?;
-        }
+        let (vmlinuz, kernel) = rootfs::kernel(&tree)?;
+        let to = work.join("vmlinuz");
+        fs::rename(&vmlinuz, &to).map_err(|e| BuildError::io(&vmlinuz, e))?;
+        let init = fs::read(req.init_bin).map_err(|e| BuildError::io(req.init_bin, e))?;
+        initrd::make(&tree, work, &kernel, &init, epoch(req))?;
         rootfs::add_components(&tree, &req.resolved.components, req.fetched)?;
         for d in role_dirs {
             rootfs::add_files(&d.join("files"), &tree)?;
@@ -279,7 +293,8 @@ impl FileTree {
         }
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
-        Ok(FileTree { debian, packages, bootstrap_sha256, kernel })
+        let init_sha256 = hex::encode(Sha256::digest(&init));
+        Ok(FileTree { debian, packages, bootstrap_sha256, init_sha256, kernel })
     }
 }
 
@@ -453,6 +468,7 @@ fn disk_image(
         name: &file_stem(r),
         debian: &tree.debian,
         bootstrap_sha256: &tree.bootstrap_sha256,
+        init_sha256: &tree.init_sha256,
     };
     let sbom = serde_json::to_vec_pretty(&sbom::document(&manifest, &inputs))
         .map_err(|source| BuildError::Serialize { what: "the SBOM", source })?;
@@ -478,11 +494,12 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-6";
+const RECIPE: &str = "keel-image-7";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
-/// bootstrap binary and keel's own version.
+/// bootstrap and init binaries, the initrd's module list and keel's own
+/// version.
 fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String, BuildError> {
     let mut h = Sha256::new();
     let field = |h: &mut Sha256, s: &[u8]| {
@@ -495,7 +512,9 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         .map_err(|source| BuildError::Serialize { what: "the resolved profile", source })?;
     field(&mut h, &resolved);
     field(&mut h, base::key(&req.resolved.base, epoch).as_bytes());
-    field(&mut h, base::DRACUT_CONF.as_bytes());
+    for m in initrd::MODULES.iter().chain([&initrd::ACCELERATED_SHA256]) {
+        field(&mut h, m.as_bytes());
+    }
     field(&mut h, uki::cmdline("", &Uuid::nil(), &req.resolved.kernel_cmdline).as_bytes());
     // Signed with another key (or not at all) is another image.
     field(&mut h, manifest::secure_boot(req.secure_boot).as_bytes());
@@ -503,7 +522,9 @@ fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String,
         field(&mut h, f.name.as_bytes());
         field(&mut h, f.digest.hex().as_bytes());
     }
-    field(&mut h, &fs::read(req.bootstrap_bin).map_err(|e| BuildError::io(req.bootstrap_bin, e))?);
+    for bin in [req.bootstrap_bin, req.init_bin] {
+        field(&mut h, &fs::read(bin).map_err(|e| BuildError::io(bin, e))?);
+    }
     rootfs::hash_role_dirs(role_dirs, &mut |b| field(&mut h, b))?;
     Ok(hex::encode(h.finalize()))
 }
@@ -684,6 +705,7 @@ mod tests {
                 resolved: &resolved,
                 fetched: &[],
                 bootstrap_bin: &bin,
+                init_bin: &bin,
                 images_dir: &paths.images,
                 cache_dir: tmp.path(),
                 out_dir: tmp.path(),

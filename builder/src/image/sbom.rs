@@ -197,6 +197,8 @@ pub struct Inputs<'a> {
     pub debian: &'a [DebPackage],
     /// sha256 of the keel-bootstrap binary.
     pub bootstrap_sha256: &'a str,
+    /// sha256 of the keel-init binary (the initrd's /init, in the UKI).
+    pub init_sha256: &'a str,
 }
 
 /// An SPDXID-safe form of `s` (letters, digits, `.` and `-`).
@@ -300,22 +302,35 @@ pub fn document(manifest: &Manifest, inputs: &Inputs) -> Value {
         }));
         contained.push(id);
     }
-    let bootstrap = "SPDXRef-keel-bootstrap".to_string();
-    packages.push(json!({
-        "SPDXID": bootstrap,
-        "name": "keel-bootstrap",
-        "versionInfo": manifest.keel_version,
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": false,
-        "checksums": [{"algorithm": "SHA256", "checksumValue": inputs.bootstrap_sha256}],
-        "supplier": "NOASSERTION",
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": "Apache-2.0",
-        "copyrightText": "NOASSERTION",
-        "primaryPackagePurpose": "APPLICATION",
-        "comment": "/usr/bin/keel-bootstrap, built from this repository (static)",
-    }));
-    contained.push(bootstrap);
+    for (name, sha256, comment) in [
+        (
+            "keel-bootstrap",
+            inputs.bootstrap_sha256,
+            "/usr/bin/keel-bootstrap, built from this repository (static)",
+        ),
+        (
+            "keel-init",
+            inputs.init_sha256,
+            "/init of the initrd in the UKI, built from this repository (static)",
+        ),
+    ] {
+        let id = format!("SPDXRef-{name}");
+        packages.push(json!({
+            "SPDXID": id,
+            "name": name,
+            "versionInfo": manifest.keel_version,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "checksums": [{"algorithm": "SHA256", "checksumValue": sha256}],
+            "supplier": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "Apache-2.0",
+            "copyrightText": "NOASSERTION",
+            "primaryPackagePurpose": "APPLICATION",
+            "comment": comment,
+        }));
+        contained.push(id);
+    }
     let mut relationships = vec![json!({
         "spdxElementId": "SPDXRef-DOCUMENT",
         "relationshipType": "DESCRIBES",

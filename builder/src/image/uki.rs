@@ -14,7 +14,9 @@ use crate::secureboot::SigningKey;
 
 /// The kernel command line of an image whose /usr has `root_hash` and
 /// whose root partition has `root_uuid`, then the profile's `extra`
-/// arguments (`kernel-cmdline`; only test profiles set any).
+/// arguments (`kernel-cmdline`; only test profiles set any). keel-init
+/// reads the first six (systemd's names for them); the root file system
+/// grows in the real root (systemd-repart, then systemd-growfs-root).
 pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid, extra: &[String]) -> String {
     let keel = [
         format!("usrhash={root_hash}"),
@@ -22,7 +24,6 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid, extra: &[String]) -> Str
         "mount.usrflags=ro".into(),
         format!("root=PARTUUID={root_uuid}"),
         "rootfstype=ext4".into(),
-        "rootflags=x-systemd.growfs".into(),
         "rw".into(),
         // EC2 and QEMU both show ttyS0 as the console log.
         "console=tty0".into(),
@@ -35,12 +36,6 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid, extra: &[String]) -> Str
         // over every unit file (seconds on a small instance), enabling
         // what the image left disabled.
         "systemd.condition_first_boot=false".into(),
-        // In the initrd, udev starts only after these make static device
-        // nodes for modules loaded on first use; the initrd loads what it
-        // needs up front (base::MODULES_LOAD), so udev need not wait.
-        "rd.systemd.mask=kmod-static-nodes.service".into(),
-        "rd.systemd.mask=systemd-tmpfiles-setup-dev-early.service".into(),
-        "rd.systemd.mask=systemd-tmpfiles-setup-dev.service".into(),
         "panic=30".into(),
     ];
     keel.iter().chain(extra).cloned().collect::<Vec<_>>().join(" ")

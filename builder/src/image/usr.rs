@@ -60,28 +60,11 @@ pub fn make(
     Ok(Usr { root_hash })
 }
 
-/// The partition UUIDs systemd derives from a root hash: the first 128 bits
-/// name the data partition, the last 128 bits the hash partition.
+/// The partition UUIDs systemd derives from a root hash
+/// ([`keel_contract::gpt::usr_partition_uuids`]).
 pub fn partition_uuids(root_hash: &str) -> Result<(Uuid, Uuid), BuildError> {
-    let bad = |source: Box<dyn std::error::Error + Send + Sync>| BuildError::BadRootHash {
+    keel_contract::gpt::usr_partition_uuids(root_hash).ok_or_else(|| BuildError::BadRootHash {
         hash: root_hash.to_string(),
-        source,
-    };
-    let bytes = hex::decode(root_hash).map_err(|e| bad(e.into()))?;
-    let half =
-        |b: &[u8]| -> Result<Uuid, BuildError> { Uuid::from_slice(b).map_err(|e| bad(e.into())) };
-    Ok((half(&bytes[..16])?, half(&bytes[bytes.len() - 16..])?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_uuids_follow_the_root_hash() {
-        let h = "0123456789abcdef0123456789abcdef".to_string() + "fedcba9876543210fedcba9876543210";
-        let (data, hash) = partition_uuids(&h).unwrap();
-        assert_eq!(data.to_string(), "01234567-89ab-cdef-0123-456789abcdef");
-        assert_eq!(hash.to_string(), "fedcba98-7654-3210-fedc-ba9876543210");
-    }
+        source: "not 64 hex digits".into(),
+    })
 }

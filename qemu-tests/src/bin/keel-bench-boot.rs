@@ -279,8 +279,9 @@ fn boot(s: &Subject, dir: &Path) -> Result<(Stages, String)> {
     drop(vm);
 
     let init = stamp(&console, "Run /init as init process", false);
-    // The initrd's systemd (Keel's dracut initrd) prints the same banner
-    // first: the last one is the real root's.
+    // An initrd's systemd (the dracut initrd of Keel images before
+    // keel-init) prints the same banner first: the last one is the real
+    // root's.
     let real_root = stamp(&console, " running in system mode", true);
     let milestone = stamp(&console, s.milestone, false);
     let units = boot_report::units(&console);

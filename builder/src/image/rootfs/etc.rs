@@ -53,11 +53,15 @@ const MASKED: &[&str] =
 /// starts any unit, at every boot. The root and /usr are named on the
 /// command line (no partition auto-discovery: gpt-auto), nothing is
 /// encrypted or integrity-protected (cryptsetup, integritysetup, tpm2),
-/// there is no swap to resume from (hibernate-resume), no SysV init
+/// there is no swap to resume from (hibernate-resume), /usr's dm-verity
+/// device is set up by keel-init in the initrd, not by systemd from
+/// `usrhash=` (veritysetup: in the real root it would make a unit for a
+/// device that is already there), no SysV init
 /// script without a unit, no rc.local, no offline update, no units from
 /// the command line (run) and no SSH socket (ssh). Kept: fstab,
-/// veritysetup (/usr), getty (the serial console) and debug
+/// getty (the serial console) and debug
 /// (`systemd.mask=` and friends on the command line).
+/// keel-init needs none of them: there is no systemd in the initrd.
 const NOT_GENERATED: &[&str] = &[
     "systemd-cryptsetup-generator",
     "systemd-gpt-auto-generator",
@@ -69,6 +73,7 @@ const NOT_GENERATED: &[&str] = &[
     "systemd-system-update-generator",
     "systemd-sysv-generator",
     "systemd-tpm2-generator",
+    "systemd-veritysetup-generator",
 ];
 
 /// The tmpfiles.d file that restores missing /etc entries from the factory

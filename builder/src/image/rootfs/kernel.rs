@@ -1,13 +1,13 @@
-//! The base's kernel and initrd.
+//! The base's kernel.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::image::BuildError;
 
-/// The kernel and initrd of the base (`/boot/vmlinuz-*`, `/boot/initrd.img-*`)
-/// and the kernel's version.
-pub fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String), BuildError> {
+/// The kernel of the base (`/boot/vmlinuz-*`, the newest) and its version.
+/// Its initrd is not the base's: the build makes it (`image::initrd`).
+pub fn kernel(root: &Path) -> Result<(PathBuf, String), BuildError> {
     let boot = root.join("boot");
     let mut versions: Vec<String> = fs::read_dir(&boot)
         .map_err(|e| BuildError::io(&boot, e))?
@@ -15,9 +15,5 @@ pub fn kernel(root: &Path) -> Result<(PathBuf, PathBuf, String), BuildError> {
         .collect();
     versions.sort();
     let version = versions.pop().ok_or(BuildError::NoKernel)?;
-    let initrd = boot.join(format!("initrd.img-{version}"));
-    if !initrd.is_file() {
-        return Err(BuildError::NoInitrd { initrd: initrd.display().to_string() });
-    }
-    Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
+    Ok((boot.join(format!("vmlinuz-{version}")), version))
 }

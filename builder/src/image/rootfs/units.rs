@@ -11,10 +11,9 @@ use crate::image::BuildError;
 
 /// Units of the base that every image enables: DHCP on every Ethernet
 /// interface, its wait-online (so network-online.target means it), DNS;
-/// and growing the root file system after systemd-repart grew its
-/// partition (the generated growfs unit of `rootflags=x-systemd.growfs`
-/// runs in the initrd, before repart, which runs after the switch to
-/// the root: it would find nothing to grow).
+/// and growing the root file system online after systemd-repart (enabled
+/// by the base, in the real root) grew its partition: keel-init, the
+/// initrd's /init, only mounts the root.
 const ENABLE: &[(&str, &str)] = &[
     ("sysinit.target", "systemd-growfs-root.service"),
     ("multi-user.target", "systemd-networkd.service"),

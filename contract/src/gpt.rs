@@ -2,12 +2,13 @@
 //! primary header and entry array at the start of the disk, the backup
 //! copies at its end, all with their CRC32s. Everything in it comes from
 //! the caller (disk GUID, partition GUIDs, names), so the same plan gives
-//! the same bytes.
+//! the same bytes. The builder writes an image's table; keel-init reads it
+//! in the initrd to find /usr, its hash tree and the root.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+pub use uuid::Uuid;
 
 pub const SECTOR: u64 = 512;
 /// Partitions start on 1 MiB boundaries.
@@ -248,6 +249,25 @@ impl Table {
     }
 }
 
+/// The partition UUIDs of a dm-verity /usr with `root_hash` (64 hex
+/// digits), as systemd derives them for `usrhash=` and the builder gives
+/// the partitions: the first 128 bits of the hash name the data (usr)
+/// partition, the last 128 bits the hash (usr-verity) partition. `None`
+/// when `root_hash` is not 32 bytes of hex.
+pub fn usr_partition_uuids(root_hash: &str) -> Option<(Uuid, Uuid)> {
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = root_hash.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut raw = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        raw[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    let half = |b: &[u8]| Uuid::from_slice(b).ok();
+    Some((half(&raw[..16])?, half(&raw[16..])?))
+}
+
 fn protective_mbr(last_lba: u64) -> [u8; SECTOR as usize] {
     let mut m = [0u8; SECTOR as usize];
     let e = &mut m[446..462];
@@ -281,6 +301,16 @@ fn u64le(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn usr_partition_uuids_follow_the_root_hash() {
+        let h = "0123456789abcdef0123456789abcdef".to_string() + "fedcba9876543210FEDCBA9876543210";
+        let (data, hash) = usr_partition_uuids(&h).unwrap();
+        assert_eq!(data.to_string(), "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(hash.to_string(), "fedcba98-7654-3210-fedc-ba9876543210");
+        assert_eq!(usr_partition_uuids(&h[1..]), None);
+        assert_eq!(usr_partition_uuids(&h.replace('0', "g")), None);
+    }
 
     #[test]
     fn written_table_reads_back() {

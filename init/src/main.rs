@@ -1,0 +1,192 @@
+//! keel-init: the whole userspace of a Keel node's initrd, PID 1 from the
+//! kernel's /init until it execs the real root's systemd. It mounts the
+//! kernel's file systems, loads the drivers the builder listed, finds the
+//! boot disk's /usr, hash and root partitions from the command line (the
+//! /usr root hash names the first two), sets up /usr as the dm-verity
+//! device `usr` with device-mapper's ioctls, mounts the root and /usr, and
+//! switches to the root. Each step prints one `keel-init:` line to the
+//! kernel log (and so the console) with the time since keel-init started.
+//!
+//! On any failure it prints one line naming what failed and stays in the
+//! initrd, idle, forever: a /usr that does not match the signed root hash,
+//! or a disk that is not there, must not boot, and exiting would panic the
+//! kernel, which reboots (`panic=30`) into the same failure in a loop.
+//! Staying keeps the line last on the console for whoever looks.
+
+mod cmdline;
+mod disk;
+mod dm;
+mod modules;
+mod sys;
+mod verity;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::os::unix::process::CommandExt as _;
+use std::time::{Duration, Instant};
+
+/// How long to wait for the boot disk's partitions (systemd's default
+/// device timeout).
+const DISK_TIMEOUT: Duration = Duration::from_secs(90);
+/// QEMU's emulation (TCG) as CPUID names the hypervisor.
+const TCG: &str = "TCGTCGTCGTCG";
+/// The dm-verity device's name (as systemd-veritysetup names it for
+/// `usrhash=`).
+const USR: &str = "usr";
+const SYSROOT: &str = "/sysroot";
+const INIT: &str = "/sbin/init";
+
+/// Lines to the kernel log.
+struct Log {
+    start: Instant,
+    kmsg: Option<File>,
+}
+
+impl Log {
+    fn line(&mut self, msg: &str) {
+        let t = self.start.elapsed().as_secs_f64();
+        // <5>: notice, shown on the console at the default log level.
+        let text = format!("<5>keel-init: [+{t:.3}s] {msg}\n");
+        let written = self.kmsg.as_mut().is_some_and(|k| k.write_all(text.as_bytes()).is_ok());
+        if !written {
+            eprint!("{}", &text[3..]);
+        }
+    }
+}
+
+fn main() {
+    let mut log = Log { start: Instant::now(), kmsg: None };
+    let err = match boot(&mut log) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    log.line(&format!("FAILED: {err}"));
+    log.line("staying in the initrd: the real root is not started");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+enum Never {}
+
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    let _ = fs::create_dir_all(target);
+    sys::mount(src, target, Some(fstype), flags, Some(data))
+        .map_err(|e| format!("mounting {src} ({fstype}) on {target}: {e}"))
+}
+
+fn boot(log: &mut Log) -> Result<Never, String> {
+    let nosuid = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
+    mount("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "mode=0755")?;
+    log.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+    mount("proc", "/proc", "proc", nosuid, "")?;
+    mount("sysfs", "/sys", "sysfs", nosuid, "")?;
+    mount("tmpfs", "/run", "tmpfs", sys::MS_NOSUID | sys::MS_NODEV, "mode=0755")?;
+    log.line("mounted /dev, /proc, /sys, /run");
+
+    let line = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let cmd = cmdline::parse(&line).map_err(|e| e.to_string())?;
+    let (usr_uuid, verity_uuid) = keel_contract::gpt::usr_partition_uuids(&cmd.usrhash)
+        .ok_or_else(|| format!("usrhash={}: not a root hash", cmd.usrhash))?;
+
+    let vendor = sys::hypervisor_vendor();
+    let tcg = vendor == TCG;
+    let list_path = modules::list_path();
+    let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
+    let (mut loaded, mut here) = (0, Vec::new());
+    for m in modules::parse(&list)? {
+        match modules::load(&m, tcg).map_err(|e| e.to_string())? {
+            modules::Outcome::Loaded => loaded += 1,
+            modules::Outcome::Already => {}
+            modules::Outcome::NotHere => here.push(format!("{} (no device)", m.path)),
+            modules::Outcome::Skipped => here.push(format!("{} (skipped under TCG)", m.path)),
+        }
+    }
+    log.line(&format!(
+        "loaded {loaded} modules (hypervisor {:?}){}{}",
+        vendor,
+        if here.is_empty() { "" } else { "; not loaded: " },
+        here.join(", ")
+    ));
+
+    let want = disk::Wanted { usr: usr_uuid, usr_verity: verity_uuid, root: cmd.root_partuuid };
+    let parts = disk::wait(&want, DISK_TIMEOUT)
+        .map_err(|e| format!("boot disk: {e} (root hash {})", cmd.usrhash))?;
+    log.line(&format!(
+        "found /usr {}, its hash tree {}, root {}",
+        parts.usr.node.display(),
+        parts.usr_verity.node.display(),
+        parts.root.node.display()
+    ));
+
+    let mut sb = [0u8; verity::SUPERBLOCK_SIZE];
+    File::open(&parts.usr_verity.node)
+        .and_then(|mut f| f.read_exact(&mut sb))
+        .map_err(|e| format!("reading {}: {e}", parts.usr_verity.node.display()))?;
+    let sb = verity::parse(&sb).map_err(|e| format!("{}: {e}", parts.usr_verity.node.display()))?;
+    if sb.data_bytes() > parts.usr.size {
+        return Err(format!(
+            "{}: the hash tree covers {} bytes, the partition has {}",
+            parts.usr.node.display(),
+            sb.data_bytes(),
+            parts.usr.size
+        ));
+    }
+    let table = sb.table(&parts.usr.dev, &parts.usr_verity.dev, &cmd.usrhash);
+    let (_, minor) = dm::create(USR, &sb.dm_uuid(USR), sb.data_bytes() / 512, "verity", &table)
+        .map_err(|e| {
+            format!("dm-verity over {} (root hash {}): {e}", parts.usr.node.display(), cmd.usrhash)
+        })?;
+    let usr_dev = format!("/dev/dm-{minor}");
+    let _ = fs::create_dir_all("/dev/mapper");
+    let _ = std::os::unix::fs::symlink(format!("../dm-{minor}"), "/dev/mapper/usr");
+    log.line(&format!("dm-verity device {USR} ({usr_dev}): {} {}", sb.algorithm, cmd.usrhash));
+
+    let flags = |o: &cmdline::Options| if o.read_only { sys::MS_RDONLY } else { 0 };
+    mount(
+        &parts.root.node.display().to_string(),
+        SYSROOT,
+        &cmd.root_fstype,
+        flags(&cmd.root_flags),
+        &cmd.root_flags.data,
+    )?;
+    let usr_at = format!("{SYSROOT}/usr");
+    mount(&usr_dev, &usr_at, &cmd.usr_fstype, sys::MS_RDONLY, &cmd.usr_flags.data).map_err(
+        |e| {
+            format!(
+                "{e}: /usr on {} does not match root hash {} (or is not {})",
+                parts.usr.node.display(),
+                cmd.usrhash,
+                cmd.usr_fstype
+            )
+        },
+    )?;
+    // The first read of /usr: the init it is about to run.
+    let init_at = format!("{SYSROOT}{INIT}");
+    File::open(&init_at).and_then(|mut f| f.read(&mut [0u8; 4096])).map_err(|e| {
+        format!("reading {init_at}: {e} (/usr does not match root hash {})", cmd.usrhash)
+    })?;
+    log.line(&format!("mounted the root on {SYSROOT}, /usr ({}) on {usr_at}", cmd.usr_fstype));
+
+    // The initrd's files stay in memory (its rootfs cannot be unmounted):
+    // the modules are most of them.
+    let _ = fs::remove_dir_all("/usr/lib/modules");
+    for d in ["/dev", "/proc", "/sys", "/run"] {
+        sys::mount(d, &format!("{SYSROOT}{d}"), None, sys::MS_MOVE, None)
+            .map_err(|e| format!("moving {d} to {SYSROOT}{d}: {e}"))?;
+    }
+    std::env::set_current_dir(SYSROOT).map_err(|e| format!("chdir {SYSROOT}: {e}"))?;
+    sys::mount(".", "/", None, sys::MS_MOVE, None)
+        .map_err(|e| format!("moving {SYSROOT} to /: {e}"))?;
+    sys::chroot(".").map_err(|e| format!("chroot {SYSROOT}: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    log.line(&format!("switching to the real root: {INIT}"));
+    let err = std::process::Command::new(INIT).args(std::env::args_os().skip(1)).exec();
+    Err(format!("exec {INIT}: {err}"))
+}
