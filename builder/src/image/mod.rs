@@ -271,6 +271,7 @@ impl FileTree {
         fs::rename(&vmlinuz, &to).map_err(|e| BuildError::io(&vmlinuz, e))?;
         let init = fs::read(req.init_bin).map_err(|e| BuildError::io(req.init_bin, e))?;
         initrd::make(&tree, work, &kernel, &init, epoch(req))?;
+        rootfs::write_static_nodes(&tree, &kernel)?;
         rootfs::add_components(&tree, &req.resolved.components, req.fetched)?;
         for d in role_dirs {
             rootfs::add_files(&d.join("files"), &tree)?;
@@ -494,7 +495,7 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-7";
+const RECIPE: &str = "keel-image-8";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the

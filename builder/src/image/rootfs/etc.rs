@@ -43,9 +43,14 @@ const NOT_ENABLED: &[&str] = &[
 /// loads DRM itself, as a dependency); systemd-repart wants device-mapper,
 /// which keel-init loaded before /usr existed, and the loop driver, which
 /// growing the root partition does not use (it loads on the first open of
-/// /dev/loop-control for whoever needs it).
-const MASKED: &[&str] =
-    &["modprobe@dm_mod.service", "modprobe@drm.service", "modprobe@loop.service"];
+/// /dev/loop-control for whoever needs it). kmod-static-nodes too: the
+/// build writes the same nodes into /usr (`kernel::STATIC_NODES`).
+const MASKED: &[&str] = &[
+    "kmod-static-nodes.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@loop.service",
+];
 
 /// systemd generators of the base a node does not need, masked (a link to
 /// /dev/null in /etc/systemd/system-generators, the only way to turn one
