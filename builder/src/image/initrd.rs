@@ -217,7 +217,7 @@ pub fn make(
     init: &[u8],
     epoch: u64,
 ) -> Result<usize, BuildError> {
-    let moddir = tree.join("usr/lib/modules").join(kernel);
+    let moddir = super::rootfs::modules_dir(tree, kernel);
     let read = |name: &str| {
         let p = moddir.join(name);
         fs::read_to_string(&p).map_err(|e| BuildError::io(&p, e))

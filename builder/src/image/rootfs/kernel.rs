@@ -19,6 +19,11 @@ pub fn kernel(root: &Path) -> Result<(PathBuf, String), BuildError> {
     Ok((boot.join(format!("vmlinuz-{version}")), version))
 }
 
+/// The modules directory of kernel `version` in the tree `root`.
+pub fn modules_dir(root: &Path, version: &str) -> PathBuf {
+    root.join("usr/lib/modules").join(version)
+}
+
 /// The tmpfiles.d file with the device nodes of modules that load on
 /// first use (`/dev/fuse`, `/dev/net/tun`, `/dev/loop-control`, ...).
 pub const STATIC_NODES: &str = "usr/lib/tmpfiles.d/keel-static-nodes.conf";
@@ -30,7 +35,7 @@ pub const STATIC_NODES: &str = "usr/lib/tmpfiles.d/keel-static-nodes.conf";
 /// back by seconds under emulation (BENCHMARKS.md, "Where the boot
 /// stands").
 pub fn write_static_nodes(root: &Path, version: &str) -> Result<(), BuildError> {
-    let path = root.join("usr/lib/modules").join(version).join("modules.devname");
+    let path = modules_dir(root, version).join("modules.devname");
     let devname = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -27,7 +27,7 @@ pub use self::components::add_components;
 pub use self::dpkg::Package;
 pub use self::etc::{copy_etc, make_factory_etc};
 pub use self::files::{add_files, hash_role_dirs};
-pub use self::kernel::{kernel, write_static_nodes};
+pub use self::kernel::{kernel, modules_dir, write_static_nodes};
 pub use self::skeleton::make_skeleton;
 pub use self::test_layer::add_test_layer;
 pub use self::times::clamp_times;
