@@ -31,6 +31,12 @@ pub fn make(
         &[
             "--quiet".into(),
             "-zlz4hc".into(),
+            // One compression thread: erofs-utils 1.8's multi-threaded
+            // compressor can deadlock (a condition-variable wait, erofs-utils
+            // issue 34, fixed upstream in 2026). A build here hung in it
+            // with every thread waiting, on a disk that had just filled up;
+            // single-threaded, it fails with an error instead.
+            "--workers=1".into(),
             format!("-T{epoch}"),
             "--ignore-mtime".into(),
             format!("-U{fs_uuid}"),
