@@ -56,6 +56,9 @@ pub struct Unit {
     pub activating: Option<f64>,
     pub active: Option<f64>,
     pub after: Vec<String>,
+    /// CPU time the unit's cgroup used by the time of the report, seconds
+    /// (`None` when systemd does not account it: targets, devices).
+    pub cpu: Option<f64>,
 }
 
 /// The units of the report on `console`, by name; empty when the console
@@ -68,6 +71,10 @@ pub fn units(console: &str) -> BTreeMap<String, Unit> {
     let usec = |v: &str| v.parse::<u64>().ok().filter(|&u| u > 0).map(|u| u as f64 / 1e6);
     let mut out = BTreeMap::new();
     let (mut id, mut unit) = (None::<String>, Unit::default());
+    // systemctl prints a unit's type-specific properties (CPUUsageNSec:
+    // services, scopes, slices, mounts, sockets) before its Id, so the
+    // CPU time read belongs to the next Id.
+    let mut cpu = None;
     for line in body.iter().copied().chain(std::iter::once("")) {
         if line.is_empty() || line == END {
             if let Some(name) = id.take() {
@@ -82,10 +89,12 @@ pub fn units(console: &str) -> BTreeMap<String, Unit> {
                 if let Some(name) = id.replace(value.to_string()) {
                     out.insert(name, std::mem::take(&mut unit));
                 }
+                unit.cpu = cpu.take();
             }
             "After" => unit.after = value.split_whitespace().map(str::to_string).collect(),
             "InactiveExitTimestampMonotonic" => unit.activating = usec(value),
             "ActiveEnterTimestampMonotonic" => unit.active = usec(value),
+            "CPUUsageNSec" => cpu = value.parse::<u64>().ok().map(|n| n as f64 / 1e9),
             _ => {}
         }
     }
@@ -121,6 +130,23 @@ pub fn critical_chain(units: &BTreeMap<String, Unit>, unit: &str, start: f64) ->
         before = at;
         name = d.clone();
     }
+    out
+}
+
+/// The `top` units that used the most CPU by the time of the report, one
+/// per line (`seconds  unit`, most first), then the sum over all units.
+/// Under TCG with one vCPU a boot is CPU-bound: what a unit uses is time
+/// every other unit waits.
+pub fn cpu_by_unit(units: &BTreeMap<String, Unit>, top: usize) -> String {
+    let mut used: Vec<(&String, f64)> =
+        units.iter().filter_map(|(name, u)| Some((name, u.cpu?))).collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut out = String::new();
+    for (name, secs) in used.iter().take(top) {
+        out.push_str(&format!("{secs:7.3}  {name}\n"));
+    }
+    let sum: f64 = used.iter().map(|(_, s)| s).sum();
+    out.push_str(&format!("{sum:7.3}  (all {} units)\n", used.len()));
     out
 }
 
@@ -165,16 +191,18 @@ mod tests {
 [   30.100000] keel-boot-report[450]: InactiveExitTimestampMonotonic=29800000
 [   30.100000] keel-boot-report[450]: ActiveEnterTimestampMonotonic=29800000
 [   30.100000] keel-boot-report[450]: 
+[   30.100000] keel-boot-report[450]: CPUUsageNSec=183000000
 [   30.100000] keel-boot-report[450]: Id=systemd-networkd-wait-online.service
 [   30.100000] keel-boot-report[450]: After=systemd-networkd.service
 [   30.100000] keel-boot-report[450]: InactiveExitTimestampMonotonic=20000000
 [   30.100000] keel-boot-report[450]: ActiveEnterTimestampMonotonic=29700000
 [   30.100000] keel-boot-report[450]: 
+[   30.100000] keel-boot-report[450]: CPUUsageNSec=812000000
 [   30.100000] keel-boot-report[450]: Id=systemd-networkd.service
 [   30.100000] keel-boot-report[450]: After=basic.target
 [   30.100000] keel-boot-report[450]: InactiveExitTimestampMonotonic=19000000
 [   30.100000] keel-boot-report[450]: ActiveEnterTimestampMonotonic=19500000
-[   30.100000] keel-boot-report[450]: 
+[   30.100000] keel-boot-report[450]: CPUUsageNSec=[not set]
 [   30.100000] keel-boot-report[450]: Id=keel-etc.service
 [   30.100000] keel-boot-report[450]: After=
 [   30.100000] keel-boot-report[450]: InactiveExitTimestampMonotonic=10000000
@@ -196,6 +224,10 @@ mod tests {
              └─network-online.target @29.800s\n\
              \x20 └─systemd-networkd-wait-online.service @20.000s +9.700s\n\
              \x20   └─systemd-networkd.service @19.000s +0.500s\n"
+        );
+        assert_eq!(
+            cpu_by_unit(&u, 1),
+            "  0.812  systemd-networkd.service\n  0.995  (all 2 units)\n"
         );
         // A report cut off before its end is no report.
         assert!(units(&REPORT.replace("end of report", "Id=x")).is_empty());

@@ -14,7 +14,8 @@
 //! medians of every stage. The run's directory (default
 //! ~/.cache/keel/bench/boot-runs, replaced by the next run) keeps each
 //! boot's console log, each Keel boot's critical chain to keel-bootstrap
-//! (`critical-chain.txt`, systemd-analyze style) and the tables
+//! (`critical-chain.txt`, systemd-analyze style), the CPU each unit used
+//! (`cpu-by-unit.txt`) and the tables
 //! (`summary.md`).
 //!
 //! Usage: keel-bench-boot [--runs N] [--keel-image IMAGE] [--before IMAGE]
@@ -243,7 +244,10 @@ fn run() -> Result<()> {
             c / stock_cpu
         ));
     }
-    say(format!("console logs and critical chains: {}/<image>-<run>/", state.display()));
+    say(format!(
+        "console logs, critical chains and CPU by unit: {}/<image>-<run>/",
+        state.display()
+    ));
     let path = state.join("summary.md");
     std::fs::write(&path, summary).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -302,6 +306,15 @@ fn boot(s: &Subject, dir: &Path) -> Result<(Stages, String)> {
              # console; keel-bootstrap.service at its first console line.\n\n{chain}"
         );
         let path = dir.join("critical-chain.txt");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let text = format!(
+            "# CPU seconds each unit's cgroup used by the time of the report (after\n\
+             # keel-bootstrap's run), most first: with one vCPU under TCG the boot is\n\
+             # CPU-bound, so what one unit uses every other waits for. init.scope is\n\
+             # systemd itself (and its generators).\n\n{}",
+            boot_report::cpu_by_unit(&units, 25)
+        );
+        let path = dir.join("cpu-by-unit.txt");
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
