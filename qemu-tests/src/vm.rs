@@ -282,7 +282,11 @@ impl Vm {
 
     /// Presses the ACPI power button (QMP `system_powerdown`) and waits
     /// until the guest has shut down and QEMU exited (`-no-reboot`), so
-    /// that everything the guest wrote is on its disk. Fails when
+    /// that everything the guest wrote is on its disk. logind turns the
+    /// button into a shutdown, and on a Keel image it starts only once the
+    /// network is online: a press before it listens is lost (as on EC2,
+    /// which then stops the instance by force). So the button is pressed
+    /// again every [`PRESS_AGAIN`] while the guest runs. Fails when
     /// `deadline` passes first (the VM is then killed on drop).
     pub fn power_off(&mut self, deadline: Duration) -> anyhow::Result<()> {
         use std::io::{BufRead, BufReader, Write};
@@ -294,7 +298,7 @@ impl Vm {
         let mut writer = sock;
         let mut line = String::new();
         reader.read_line(&mut line).context("reading the QMP greeting")?;
-        for cmd in ["qmp_capabilities", "system_powerdown"] {
+        let mut qmp = |cmd: &str| -> anyhow::Result<()> {
             writeln!(writer, "{{\"execute\": \"{cmd}\"}}")?;
             loop {
                 line.clear();
@@ -302,27 +306,41 @@ impl Vm {
                     bail!("QMP closed during {cmd}");
                 }
                 if line.contains("\"return\"") {
-                    break;
+                    return Ok(());
                 }
                 if line.contains("\"error\"") {
                     bail!("QMP {cmd}: {}", line.trim());
                 }
             }
-        }
+        };
+        qmp("qmp_capabilities")?;
         let until = Instant::now() + deadline;
+        let mut next_press = Instant::now();
         while self.guard.check_running().is_ok() {
-            if Instant::now() >= until {
+            let now = Instant::now();
+            if now >= until {
                 bail!(
                     "the guest did not power off within {deadline:?}; console ({}):\n{}",
                     self.console.display(),
                     tail(&self.console(), 20)
                 );
             }
+            if now >= next_press {
+                // QEMU may exit between the check and the press: then the
+                // socket is closed, and the loop's check ends it.
+                if qmp("system_powerdown").is_err() && self.guard.check_running().is_err() {
+                    break;
+                }
+                next_press = now + PRESS_AGAIN;
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
         Ok(())
     }
 }
+
+/// How long [`Vm::power_off`] waits before pressing the button again.
+pub const PRESS_AGAIN: Duration = Duration::from_secs(15);
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
