@@ -19,15 +19,17 @@ use crate::image::BuildError;
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
 /// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
-/// small instance. logind stays (and with it the D-Bus daemon): it turns
+/// small instance. The D-Bus socket is taken out of sockets.target: its
+/// drop-in (`images/common/files/usr/lib/systemd/system/dbus.socket.d`)
+/// starts it once the network is online, pulled in by logind, which turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
-/// clean shutdown. (Starting the D-Bus socket only once the network is
-/// online was tried: the QEMU power button then no longer powered the VM
-/// off, cause not found.)
+/// clean shutdown. (A press before logind listens is lost: the QEMU
+/// harness presses again until the VM is off.)
 const NOT_ENABLED: &[&str] = &[
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
     "dpkg-db-backup.timer",
+    "dbus.socket",
     "dracut-shutdown.service",
     "e2scrub_all.timer",
     "e2scrub_reap.service",
@@ -44,12 +46,31 @@ const NOT_ENABLED: &[&str] = &[
 /// which keel-init loaded before /usr existed, and the loop driver, which
 /// growing the root partition does not use (it loads on the first open of
 /// /dev/loop-control for whoever needs it). kmod-static-nodes too: the
-/// build writes the same nodes into /usr (`kernel::STATIC_NODES`).
+/// build writes the same nodes into /usr (`kernel::STATIC_NODES`). And
+/// what systemd starts at every boot that a node does not use: configfs
+/// and its mount (no USB gadget or target), the EFI pstore backend, FUSE's
+/// module and control file system (built in; nothing on a node mounts
+/// FUSE), hugetlbfs on /dev/hugepages (the kubelet mounts its own for
+/// pods that ask for huge pages), the root's remount (keel-init mounts it
+/// read-write; the fstab is empty), the random seed (EC2 and QEMU give the
+/// kernel a hardware RNG, and a new instance has no seed to load), udev
+/// rules from credentials and networkd's persistent storage helper (it
+/// saves nothing a node needs across reboots).
 const MASKED: &[&str] = &[
+    "dev-hugepages.mount",
     "kmod-static-nodes.service",
+    "modprobe@configfs.service",
     "modprobe@dm_mod.service",
     "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
     "modprobe@loop.service",
+    "sys-fs-fuse-connections.mount",
+    "sys-kernel-config.mount",
+    "systemd-networkd-persistent-storage.service",
+    "systemd-random-seed.service",
+    "systemd-remount-fs.service",
+    "systemd-udev-load-credentials.service",
 ];
 
 /// systemd generators of the base a node does not need, masked (a link to
