@@ -684,6 +684,32 @@ impl Stage {
 mod tests {
     use super::*;
 
+    /// The subsystems udev coldplugs at boot (`systemd-udev-trigger`'s
+    /// drop-in) and those keel-udev-late.service leaves out are the same
+    /// list, or devices would be coldplugged twice or never.
+    #[test]
+    fn early_and_late_coldplug_split_the_subsystems_between_them() {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("images/common");
+        let read = |p: &str| fs::read_to_string(images.join(p)).unwrap();
+        let subsystems = |text: &str, flag: &str| -> Vec<String> {
+            let mut v: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("ExecStart=-udevadm trigger --type=devices"))
+                .flat_map(|l| l.split_whitespace())
+                .filter_map(|w| w.strip_prefix(flag).map(str::to_string))
+                .collect();
+            v.sort();
+            v
+        };
+        let early = subsystems(
+            &read("files/usr/lib/systemd/system/systemd-udev-trigger.service.d/keel-early.conf"),
+            "--subsystem-match=",
+        );
+        let late = subsystems(&read("units/keel-udev-late.service"), "--subsystem-nomatch=");
+        assert!(early.iter().any(|s| s == "net") && early.iter().any(|s| s == "block"));
+        assert_eq!(early, late);
+    }
+
     #[test]
     fn build_key_includes_the_secure_boot_key() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
