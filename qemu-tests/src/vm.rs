@@ -326,9 +326,12 @@ impl Vm {
                 );
             }
             if now >= next_press {
-                // QEMU may exit between the check and the press: then the
-                // socket is closed, and the loop's check ends it.
-                if qmp("system_powerdown").is_err() && self.guard.check_running().is_err() {
+                // QEMU may exit between the check and the press (the guest
+                // powered off): then the failed press is no error.
+                if let Err(e) = qmp("system_powerdown") {
+                    if self.guard.check_running().is_ok() {
+                        return Err(e);
+                    }
                     break;
                 }
                 next_press = now + PRESS_AGAIN;
