@@ -4,12 +4,13 @@
 //! schema, the asset bundle format and which files each role's bundle
 //! holds, name rules, kubeconfig rendering, and the disk layout (GPT,
 //! the /usr partitions a root hash names) that the builder writes and
-//! keel-init reads in the initrd. Parsing and rendering only:
-//! no network, no AWS (the KMS and S3 envelope is keel-bootstrap's
+//! keel-init reads in the initrd, and the factory /etc both copy from.
+//! Parsing, rendering and local files only: no network, no AWS (the KMS and S3 envelope is keel-bootstrap's
 //! `envelope`).
 
 pub mod assets;
 pub mod bundle;
+pub mod factory_etc;
 pub mod gpt;
 pub mod image;
 pub mod initrd;

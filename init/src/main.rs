@@ -3,8 +3,9 @@
 //! kernel's file systems, loads the drivers the builder listed, finds the
 //! boot disk's /usr, hash and root partitions from the command line (the
 //! /usr root hash names the first two), sets up /usr as the dm-verity
-//! device `usr` with device-mapper's ioctls, mounts the root and /usr, and
-//! switches to the root. Each step prints one `keel-init:` line to the
+//! device `usr` with device-mapper's ioctls, mounts the root and /usr,
+//! copies back the /etc entries missing from the root's /etc from the
+//! factory copy in /usr, and switches to the root. Each step prints one `keel-init:` line to the
 //! kernel log (and so the console) with the time since keel-init started.
 //!
 //! On any failure it prints one line naming what failed and stays in the
@@ -23,6 +24,7 @@ mod verity;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long to wait for the boot disk's partitions (systemd's default
@@ -35,6 +37,32 @@ const TCG: &str = "TCGTCGTCGTCG";
 const USR: &str = "usr";
 const SYSROOT: &str = "/sysroot";
 const INIT: &str = "/sbin/init";
+
+/// File systems systemd mounts from units at every boot, each unit one
+/// `mount` process (most of a second of CPU under QEMU's TCG, on the way
+/// to keel-bootstrap): keel-init mounts them as the units would, with the
+/// units' options, and systemd finds them mounted (the units show them
+/// active). Where, what, type, flags, data: `dev-mqueue.mount`,
+/// Debian's `run-lock.mount` and `tmp.mount`. `/tmp` is under the real
+/// root; the others move there with /dev and /run. None is needed to
+/// boot: on failure the line says so and the unit mounts it.
+const UNIT_MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
+    ("/dev/mqueue", "mqueue", "mqueue", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC, ""),
+    (
+        "/run/lock",
+        "tmpfs",
+        "tmpfs",
+        sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+        "mode=1777,size=5242880",
+    ),
+    (
+        "/sysroot/tmp",
+        "tmpfs",
+        "tmpfs",
+        sys::MS_NOSUID | sys::MS_NODEV | sys::MS_STRICTATIME,
+        "mode=1777,size=50%,nr_inodes=1m",
+    ),
+];
 
 /// Lines to the kernel log.
 struct Log {
@@ -173,6 +201,36 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         format!("reading {init_at}: {e} (/usr does not match root hash {})", cmd.usrhash)
     })?;
     log.line(&format!("mounted the root on {SYSROOT}, /usr ({}) on {usr_at}", cmd.usr_fstype));
+
+    // Before anything in the real root reads users, groups or
+    // configuration. A failed copy is reported, not fatal: the node may
+    // well boot without the entry, and staying here would not bring it.
+    let (restored, errors) = keel_contract::factory_etc::restore_missing(
+        Path::new(&format!("{SYSROOT}/{}", keel_contract::factory_etc::DIR)),
+        Path::new(&format!("{SYSROOT}/etc")),
+    );
+    if !restored.is_empty() {
+        log.line(&format!("restored from the factory /etc: {}", restored.join(", ")));
+    }
+    for e in errors {
+        log.line(&format!("could not restore from the factory /etc: {e}"));
+    }
+
+    let mut failed = Vec::new();
+    for &(at, what, fstype, flags, data) in UNIT_MOUNTS {
+        // A link (a /tmp that points elsewhere) is left to the units.
+        if fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink()) {
+            continue;
+        }
+        if let Err(e) = mount(what, at, fstype, flags, data) {
+            failed.push(e);
+        }
+    }
+    log.line(&if failed.is_empty() {
+        "mounted /dev/mqueue, /run/lock, /tmp".to_string()
+    } else {
+        format!("left to systemd's units: {}", failed.join("; "))
+    });
 
     // The initrd's files stay in memory (its rootfs cannot be unmounted):
     // the modules are most of them.

@@ -48,14 +48,15 @@ pub enum Outcome {
     Skipped,
 }
 
-/// Loads `e` (xz-compressed: the kernel decompresses it).
+/// Loads `e`: a plain module (the builder decompresses Debian's), or a
+/// compressed one (`.ko.xz`, `.ko.zst`, `.ko.gz`) the kernel decompresses.
 pub fn load(e: &Entry, tcg: bool) -> io::Result<Outcome> {
     if e.unless_tcg && tcg {
         return Ok(Outcome::Skipped);
     }
     let f = File::open(&e.path)
         .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.path)))?;
-    match sys::finit_module(&f, sys::MODULE_INIT_COMPRESSED_FILE) {
+    match sys::finit_module(&f, init_flags(&e.path)) {
         Ok(()) => Ok(Outcome::Loaded),
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Ok(Outcome::Already),
         Err(err) if err.raw_os_error() == Some(libc::ENODEV) => Ok(Outcome::NotHere),
@@ -63,9 +64,28 @@ pub fn load(e: &Entry, tcg: bool) -> io::Result<Outcome> {
     }
 }
 
+/// `finit_module` flags for the module file `path`: the kernel
+/// decompresses anything but a plain `.ko`.
+fn init_flags(path: &str) -> libc::c_int {
+    if path.ends_with(".ko") {
+        0
+    } else {
+        sys::MODULE_INIT_COMPRESSED_FILE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_compressed_modules_ask_the_kernel_to_decompress() {
+        assert_eq!(init_flags("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko"), 0);
+        assert_eq!(
+            init_flags("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko.xz"),
+            sys::MODULE_INIT_COMPRESSED_FILE
+        );
+    }
 
     #[test]
     fn the_list_parses() {

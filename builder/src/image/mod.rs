@@ -188,7 +188,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     let seed = Seed(key.clone());
     let work = &scratch.work;
 
-    stage.start("tools tree (trixie: ukify, mkfs.erofs, veritysetup)");
+    stage.start("tools tree (trixie: ukify, sysusers, mkfs.erofs, veritysetup)");
     let tools = tools::Tools::ensure(req.cache_dir, r.base.mirror.as_deref())?;
     stage.start(&format!(
         "Debian {} base ({} packages)",
@@ -197,7 +197,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     ));
     let base_tar = base::ensure(req.cache_dir, &r.base, epoch)?;
     stage.start("file tree and initrd (keel-init)");
-    let tree = FileTree::assemble(req, &base_tar, work, &role_dirs)?;
+    let tree = FileTree::assemble(req, &tools, &base_tar, work, &role_dirs)?;
     stage.start("/usr as erofs + dm-verity");
     let usr = UsrImage::make(&tools, work, epoch, &seed)?;
     stage.start("root file system");
@@ -245,13 +245,12 @@ struct FileTree {
 impl FileTree {
     /// The tree's directory under `work`.
     const DIR: &str = "tree";
-    /// The factory /etc, under the tree.
-    const FACTORY_ETC: &str = "usr/share/factory/etc";
     /// The tree's os-release, as named under `work`.
     const OS_RELEASE: &str = "tree/usr/lib/os-release";
 
     fn assemble(
         req: &Request,
+        tools: &tools::Tools,
         base_tar: &Path,
         work: &Path,
         role_dirs: &[PathBuf],
@@ -292,6 +291,7 @@ impl FileTree {
         if let Some(test) = &req.resolved.test {
             rootfs::add_test_layer(&tree, test)?;
         }
+        rootfs::add_system_users(tools, work, Self::DIR, epoch(req))?;
         rootfs::make_factory_etc(&tree)?;
         let bootstrap_sha256 = hex::encode(Sha256::digest(&bootstrap));
         let init_sha256 = hex::encode(Sha256::digest(&init));
@@ -355,7 +355,10 @@ impl RootImage {
         let skel = work.join("skel");
         fs::create_dir_all(&skel).map_err(|e| BuildError::io(&skel, e))?;
         rootfs::make_skeleton(&skel)?;
-        rootfs::copy_etc(&work.join(FileTree::DIR).join(FileTree::FACTORY_ETC), &skel.join("etc"))?;
+        rootfs::copy_etc(
+            &work.join(FileTree::DIR).join(keel_contract::factory_etc::DIR),
+            &skel.join("etc"),
+        )?;
         rootfs::clamp_times(&skel, epoch)?;
         make_ext4(tools, work, "root.img", "skel", ROOT_SIZE, seed.uuid("ext4"), epoch)?;
         Ok(RootImage { image: work.join("root.img"), partition_uuid: seed.uuid("root-partition") })
@@ -495,7 +498,7 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-9";
+const RECIPE: &str = "keel-image-10";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the

@@ -1,8 +1,8 @@
 //! The build's tools: host programs (mmdebstrap) and a Debian trixie tools
 //! tree made by mmdebstrap and cached by the hash of its inputs. The host
 //! is Debian 12, whose systemd (252) has no ukify; the tools tree brings
-//! systemd 257's ukify and UEFI stub, erofs-utils 1.8, veritysetup and
-//! e2fsprogs. Tools run chrooted into the tree, in a private mount
+//! systemd 257's ukify, UEFI stub and sysusers, erofs-utils 1.8,
+//! veritysetup and e2fsprogs. Tools run chrooted into the tree, in a private mount
 //! namespace where the build's work directory is bind-mounted at /work.
 
 use std::ffi::CString;
@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "erofs-utils",
     "python3-pefile",
     "systemd-boot-efi",
+    "systemd-standalone-sysusers",
     "systemd-ukify",
 ];
 

@@ -1,14 +1,14 @@
 //! /etc: the base's /etc moved to /usr/share/factory/etc (verified with
 //! /usr), copied into the root file system at build time ([`copy_etc`]),
-//! and restored entry by entry by systemd-tmpfiles when an entry is
-//! missing; units Keel does not run disabled, the base's enablement
-//! hoisted into /usr.
+//! and restored entry by entry by keel-init when an entry is missing
+//! (`keel_contract::factory_etc`); units Keel does not run disabled, the
+//! base's enablement hoisted into /usr.
 
 use std::fs;
-use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use super::{mkdir_parent, walk, write_file};
+use super::{mkdir_parent, walk};
 use crate::image::BuildError;
 
 /// Units Debian's packages enable (in /etc or, statically, in /usr) that
@@ -55,7 +55,12 @@ const NOT_ENABLED: &[&str] = &[
 /// read-write; the fstab is empty), the random seed (EC2 and QEMU give the
 /// kernel a hardware RNG, and a new instance has no seed to load), udev
 /// rules from credentials and networkd's persistent storage helper (it
-/// saves nothing a node needs across reboots).
+/// saves nothing a node needs across reboots). And systemd's two passes
+/// over /dev's tmpfiles.d lines (`systemd-tmpfiles-setup-dev-early` and
+/// `-dev`), which run in series before udevd, on the way to keel-bootstrap:
+/// `keel-tmpfiles-dev.service` applies the same lines once the network is
+/// online, before the role's services (the users and groups the lines
+/// name are made at build time, `users::add_system_users`).
 const MASKED: &[&str] = &[
     "dev-hugepages.mount",
     "kmod-static-nodes.service",
@@ -70,6 +75,8 @@ const MASKED: &[&str] = &[
     "systemd-networkd-persistent-storage.service",
     "systemd-random-seed.service",
     "systemd-remount-fs.service",
+    "systemd-tmpfiles-setup-dev-early.service",
+    "systemd-tmpfiles-setup-dev.service",
     "systemd-udev-load-credentials.service",
 ];
 
@@ -84,12 +91,15 @@ const MASKED: &[&str] = &[
 /// `usrhash=` (veritysetup: in the real root it would make a unit for a
 /// device that is already there), no SysV init
 /// script without a unit, no rc.local, no offline update, no units from
-/// the command line (run) and no SSH socket (ssh). Kept: fstab,
-/// getty (the serial console) and debug
-/// (`systemd.mask=` and friends on the command line).
+/// the command line (run), no SSH socket (ssh), and no getty for each
+/// console of the command line (getty): Keel's command line names the
+/// serial console ttyS0 (EC2's), whose getty the build enables
+/// (`units::ENABLE`). Kept: fstab and debug (`systemd.mask=` and friends
+/// on the command line).
 /// keel-init needs none of them: there is no systemd in the initrd.
 const NOT_GENERATED: &[&str] = &[
     "systemd-cryptsetup-generator",
+    "systemd-getty-generator",
     "systemd-gpt-auto-generator",
     "systemd-hibernate-resume-generator",
     "systemd-integritysetup-generator",
@@ -102,13 +112,10 @@ const NOT_GENERATED: &[&str] = &[
     "systemd-veritysetup-generator",
 ];
 
-/// The tmpfiles.d file that restores missing /etc entries from the factory
-/// copy.
-pub const ETC_TMPFILES: &str = "usr/lib/tmpfiles.d/keel-etc.conf";
-
-/// Moves the base's /etc to /usr/share/factory/etc and writes the
-/// tmpfiles.d lines that copy each of its entries to /etc when missing.
-/// Units the base enabled in /etc/systemd/system are enabled in /usr too.
+/// Moves the base's /etc to the factory /etc
+/// ([`keel_contract::factory_etc::DIR`]), whose entries keel-init copies
+/// back to /etc when missing. Units the base enabled in
+/// /etc/systemd/system are enabled in /usr too.
 pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     let etc = root.join("etc");
     disable(&etc.join("systemd/system"), NOT_ENABLED)?;
@@ -118,32 +125,37 @@ pub fn make_factory_etc(root: &Path) -> Result<(), BuildError> {
     hoist_enablement(&etc.join("systemd/system"), &root.join("usr/lib/systemd/system"))?;
     // systemd makes the machine id on first boot.
     let _ = fs::remove_file(etc.join("machine-id"));
-    let factory = root.join("usr/share/factory/etc");
+    drop_empty_module_list(&etc)?;
+    let factory = root.join(keel_contract::factory_etc::DIR);
     if factory.exists() {
         fs::remove_dir_all(&factory).map_err(|e| BuildError::io(&factory, e))?;
     }
     mkdir_parent(&factory)?;
-    fs::rename(&etc, &factory).map_err(|e| BuildError::io(&factory, e))?;
-    let mut names: Vec<String> = fs::read_dir(&factory)
-        .map_err(|e| BuildError::io(&factory, e))?
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(str::to_string)))
-        .collect();
-    names.sort();
-    let mut conf = String::from(
-        "# Written by keel build: /etc entries missing from the root file system are restored from /usr/share/factory/etc.\n",
-    );
-    for n in names {
-        let p = factory.join(&n);
-        let meta = fs::symlink_metadata(&p).map_err(|e| BuildError::io(&p, e))?;
-        if meta.file_type().is_symlink() {
-            // `C` follows links, and relative ones dangle in the factory.
-            let target = fs::read_link(&p).map_err(|e| BuildError::io(&p, e))?;
-            conf.push_str(&format!("L /etc/{n} - - - - {}\n", target.display()));
-        } else {
-            conf.push_str(&format!("C /etc/{n} - - - -\n"));
+    fs::rename(&etc, &factory).map_err(|e| BuildError::io(&factory, e))
+}
+
+/// Removes Debian's /etc/modules and its link in /etc/modules-load.d when
+/// the list names no module (the base's has only comments): the link alone
+/// makes systemd-modules-load.service run at every boot, to load nothing.
+/// A role or an operator that lists a module in /etc/modules-load.d makes
+/// it run again.
+fn drop_empty_module_list(etc: &Path) -> Result<(), BuildError> {
+    let list = etc.join("modules");
+    let text = match fs::read_to_string(&list) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BuildError::io(&list, e)),
+    };
+    let names_one = text.lines().map(str::trim).any(|l| !l.is_empty() && !l.starts_with('#'));
+    if names_one {
+        return Ok(());
+    }
+    for p in [etc.join("modules-load.d/modules.conf"), list] {
+        if fs::symlink_metadata(&p).is_ok() {
+            fs::remove_file(&p).map_err(|e| BuildError::io(&p, e))?;
         }
     }
-    write_file(root, ETC_TMPFILES, conf.as_bytes(), 0o644)
+    Ok(())
 }
 
 /// Masks the generators `names` of `root`'s /usr in its /etc.
@@ -218,34 +230,6 @@ fn hoist_enablement(etc_units: &Path, usr_units: &Path) -> Result<(), BuildError
 /// links as they are, so that the first boot copies nothing and finds
 /// users, groups and configuration where systemd looks for them.
 pub fn copy_etc(factory: &Path, dest: &Path) -> Result<(), BuildError> {
-    let mut paths = vec![factory.to_path_buf()];
-    paths.extend(walk(factory)?);
-    for src in paths {
-        let to = dest.join(src.strip_prefix(factory).unwrap_or(&src));
-        let meta = fs::symlink_metadata(&src).map_err(|e| BuildError::io(&src, e))?;
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            fs::create_dir_all(&to).map_err(|e| BuildError::io(&to, e))?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&src).map_err(|e| BuildError::io(&src, e))?;
-            let _ = fs::remove_file(&to);
-            symlink(&target, &to).map_err(|e| BuildError::io(&to, e))?;
-        } else if kind.is_file() {
-            fs::copy(&src, &to).map_err(|e| BuildError::io(&to, e))?;
-        } else {
-            return Err(BuildError::io(
-                &src,
-                std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "not a file, directory or symlink: /etc cannot hold it",
-                ),
-            ));
-        }
-        lchown(&to, Some(meta.uid()), Some(meta.gid())).map_err(|e| BuildError::io(&to, e))?;
-        if !kind.is_symlink() {
-            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(|e| BuildError::io(&to, e))?;
-        }
-    }
-    Ok(())
+    keel_contract::factory_etc::copy_tree(factory, dest)
+        .map_err(|e| BuildError::io(&e.path, e.source))
 }

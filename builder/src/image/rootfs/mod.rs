@@ -3,8 +3,8 @@
 //! the role's files and units, the static keel-bootstrap; then split into
 //! what the image keeps: `/usr` (read-only, verified), with the base's
 //! `/etc` as a factory copy in `/usr/share/factory/etc`, which the build
-//! also copies into the writable root's /etc (systemd-tmpfiles restores an
-//! entry from it when one goes missing); and the kernel and initrd.
+//! also copies into the writable root's /etc (keel-init restores an entry
+//! from it when one goes missing); and the kernel and initrd.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,6 +22,7 @@ mod test_layer;
 mod times;
 mod units;
 mod unpack;
+mod users;
 
 pub use self::components::add_components;
 pub use self::dpkg::Package;
@@ -33,6 +34,7 @@ pub use self::test_layer::add_test_layer;
 pub use self::times::clamp_times;
 pub use self::units::add_units;
 pub use self::unpack::unpack_base;
+pub use self::users::add_system_users;
 
 fn mkdir_parent(p: &Path) -> Result<(), BuildError> {
     if let Some(parent) = p.parent() {
@@ -84,7 +86,6 @@ mod tests {
     use super::components::{image_path, unpack_layer};
     use std::os::unix::fs::symlink;
 
-    use super::etc::ETC_TMPFILES;
     use super::units::install_targets;
     use super::*;
 
@@ -105,6 +106,24 @@ mod tests {
         assert_eq!(mode("etc/keel/conf"), 0o644);
         assert_eq!(mode("etc/keel/tool"), 0o755);
         assert_eq!(mode("etc/keel/private"), 0o644);
+    }
+
+    #[test]
+    fn units_off_the_way_to_keel_bootstrap_wait_for_the_network_at_idle_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        add_units(&[], dir.path()).unwrap();
+        let units = dir.path().join("usr/lib/systemd/system");
+        for unit in ["systemd-repart.service", "systemd-logind.service", "serial-getty@.service"] {
+            let conf = units.join(format!("{unit}.d/keel-after-network.conf"));
+            let text = fs::read_to_string(&conf).unwrap();
+            assert!(text.contains("\nAfter=network-online.target\n"), "{unit}: {text}");
+            assert!(text.contains("\nCPUWeight=idle\n"), "{unit}: {text}");
+        }
+        assert!(!units.join("keel-bootstrap.service.d").exists());
+        assert_eq!(
+            fs::read_link(units.join("getty.target.wants/serial-getty@ttyS0.service")).unwrap(),
+            Path::new("../serial-getty@.service")
+        );
     }
 
     #[test]
@@ -165,10 +184,9 @@ mod tests {
         ] {
             assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone} is still enabled");
         }
-        let conf = fs::read_to_string(root.join(ETC_TMPFILES)).unwrap();
-        assert!(conf.contains("C /etc/hostname - - - -\n"), "{conf}");
-        assert!(conf.contains("L /etc/mtab - - - - ../proc/self/mounts\n"), "{conf}");
-        assert!(!conf.contains("machine-id"), "{conf}");
+        let factory = root.join(keel_contract::factory_etc::DIR);
+        assert_eq!(fs::read_link(factory.join("mtab")).unwrap(), Path::new("../proc/self/mounts"));
+        assert!(fs::symlink_metadata(factory.join("machine-id")).is_err());
         assert!(!root.join("etc").exists());
         assert!(root.join("usr/share/factory/etc/hostname").is_file());
         let hoisted = root.join("usr/lib/systemd/system/multi-user.target.wants/a.service");
@@ -176,28 +194,21 @@ mod tests {
     }
 
     #[test]
-    fn etc_is_copied_into_the_root_with_owners_modes_and_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let (factory, etc) = (dir.path().join("factory"), dir.path().join("root/etc"));
-        fs::create_dir_all(factory.join("ssl/private")).unwrap();
-        fs::set_permissions(factory.join("ssl/private"), fs::Permissions::from_mode(0o700))
-            .unwrap();
-        fs::write(factory.join("shadow"), "root:*:1::::::\n").unwrap();
-        fs::set_permissions(factory.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
-        std::os::unix::fs::chown(factory.join("shadow"), Some(0), Some(42)).unwrap();
-        symlink("../run/systemd/resolve/stub-resolv.conf", factory.join("resolv.conf")).unwrap();
-        fs::create_dir_all(&etc).unwrap();
-        fs::write(etc.join(".updated"), "").unwrap();
-        copy_etc(&factory, &etc).unwrap();
-        let meta = |p: &str| fs::symlink_metadata(etc.join(p)).unwrap();
-        assert_eq!(meta("ssl/private").mode() & 0o7777, 0o700);
-        assert_eq!((meta("shadow").mode() & 0o7777, meta("shadow").gid()), (0o640, 42));
-        assert_eq!(fs::read_to_string(etc.join("shadow")).unwrap(), "root:*:1::::::\n");
-        assert_eq!(
-            fs::read_link(etc.join("resolv.conf")).unwrap(),
-            Path::new("../run/systemd/resolve/stub-resolv.conf")
-        );
-        assert!(etc.join(".updated").is_file(), "what the skeleton put there stays");
+    fn an_empty_module_list_goes_and_a_list_that_names_one_stays() {
+        for (list, kept) in [("# /etc/modules\n\n", false), ("# nvme\nena\n", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            fs::create_dir_all(root.join("etc/modules-load.d")).unwrap();
+            fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+            fs::write(root.join("etc/modules"), list).unwrap();
+            symlink("../modules", root.join("etc/modules-load.d/modules.conf")).unwrap();
+            make_factory_etc(root).unwrap();
+            let factory = root.join("usr/share/factory/etc");
+            for p in ["modules", "modules-load.d/modules.conf"] {
+                let there = fs::symlink_metadata(factory.join(p)).is_ok();
+                assert_eq!(there, kept, "{p} with {list:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The role's systemd units installed into /usr and enabled by their
-//! `[Install]` section, plus the base units every image enables.
+//! `[Install]` section, plus the base units every image enables, and the
+//! base units started only once the network is online.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,15 +12,48 @@ use crate::image::BuildError;
 
 /// Units of the base that every image enables: DHCP on every Ethernet
 /// interface, its wait-online (so network-online.target means it), DNS;
+/// the login prompt on the serial console (`console=ttyS0` on Keel's
+/// command line: systemd's getty generator, masked, would enable the same);
 /// and growing the root file system online after systemd-repart (enabled
 /// by the base, in the real root) grew its partition: keel-init, the
 /// initrd's /init, only mounts the root.
 const ENABLE: &[(&str, &str)] = &[
+    ("getty.target", "serial-getty@ttyS0.service"),
     ("sysinit.target", "systemd-growfs-root.service"),
     ("multi-user.target", "systemd-networkd.service"),
     ("multi-user.target", "systemd-resolved.service"),
     ("network-online.target", "systemd-networkd-wait-online.service"),
 ];
+
+/// Units of the base a node runs, but not on the way to keel-bootstrap:
+/// each starts once the network is online, at the lowest CPU weight
+/// (`CPUWeight=idle`), so that on an instance's few CPUs, or an emulator's
+/// one, it takes nothing from the path to keel-bootstrap. D-Bus and logind
+/// (logind turns the ACPI power button, which EC2 presses to stop an
+/// instance, into a clean shutdown; its D-Bus socket has its own drop-in,
+/// `images/common/files/usr/lib/systemd/system/dbus.socket.d`), the
+/// serial console's login prompt and permitting logins, and growing the
+/// root partition and its file system to fill the volume (online, while
+/// keel-bootstrap runs; a node stopped before they ran grows at its next
+/// boot).
+const AFTER_NETWORK: &[&str] = &[
+    "dbus.service",
+    "serial-getty@.service",
+    "systemd-growfs-root.service",
+    "systemd-logind.service",
+    "systemd-repart.service",
+    "systemd-user-sessions.service",
+];
+
+/// The drop-in that [`AFTER_NETWORK`]'s units get.
+const AFTER_NETWORK_DROP_IN: &str = "\
+# Written by keel build (builder/src/image/rootfs/units.rs, AFTER_NETWORK):
+# not on the way to keel-bootstrap.
+[Unit]
+After=network-online.target
+[Service]
+CPUWeight=idle
+";
 
 /// Installs the units of `dirs` (in order; a later one replaces an earlier
 /// one of the same name) into /usr/lib/systemd/system and enables each by
@@ -46,6 +80,10 @@ pub fn add_units(dirs: &[PathBuf], root: &Path) -> Result<Vec<String>, BuildErro
     for (target, unit) in ENABLE {
         enable(root, target, "wants", unit)?;
     }
+    for unit in AFTER_NETWORK {
+        let path = format!("usr/lib/systemd/system/{unit}.d/keel-after-network.conf");
+        super::write_file(root, &path, AFTER_NETWORK_DROP_IN.as_bytes(), 0o644)?;
+    }
     Ok(units.into_keys().collect())
 }
 
@@ -67,10 +105,17 @@ pub(super) fn install_targets(unit: &str) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Links `unit` into `target`'s `.wants` or `.requires`; an instance
+/// (`serial-getty@ttyS0.service`) links to its template's file, as
+/// `systemctl enable` does.
 fn enable(root: &Path, target: &str, kind: &str, unit: &str) -> Result<(), BuildError> {
     let dir = root.join(format!("usr/lib/systemd/system/{target}.{kind}"));
     fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
     let link = dir.join(unit);
     let _ = fs::remove_file(&link);
-    symlink(format!("../{unit}"), &link).map_err(|e| BuildError::io(&link, e))
+    let file = match (unit.split_once('@'), unit.rsplit_once('.')) {
+        (Some((name, _)), Some((_, suffix))) => format!("{name}@.{suffix}"),
+        _ => unit.to_string(),
+    };
+    symlink(format!("../{file}"), &link).map_err(|e| BuildError::io(&link, e))
 }
