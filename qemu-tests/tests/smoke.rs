@@ -52,8 +52,8 @@ fn boots_to_keel_bootstrap(image: &Path, name: &str) {
 /// EBS volume bigger than the AMI's snapshot): it reaches keel-bootstrap,
 /// and after a clean power-off the root partition and its ext4 file system
 /// fill the disk (systemd-repart, then systemd-growfs-root, both in the
-/// real root once the network is online: keel-init, the initrd's /init,
-/// only mounts it).
+/// real root before keel-bootstrap: keel-init, the initrd's /init, only
+/// mounts it).
 #[test]
 fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     const DISK: u64 = 2 << 30;
@@ -75,11 +75,9 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
         assert!(console.contains(step), "no {step:?} from keel-init:\n{}", vm::tail(&console, 80));
     }
     eprintln!("etcd image reached {MILESTONE:?} after {:?}", vm.uptime());
-    // Growing starts once the network is online, beside keel-bootstrap
-    // (a node stopped before it ran grows at its next boot): wait for
-    // systemd's status line, "Finished systemd-growfs-root.service - Grow
-    // Root File System." (the unit's name in colour; "Starting" ends in
-    // "...").
+    // keel-bootstrap starts after growing; systemd's status line says so
+    // too ("Finished systemd-growfs-root.service - Grow Root File
+    // System.", the unit's name in colour; "Starting" ends in "...").
     vm.wait_for(GROWN, BOOT_DEADLINE).expect("systemd-growfs-root to finish");
     vm.power_off(BOOT_DEADLINE).expect("a clean power-off");
 

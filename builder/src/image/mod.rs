@@ -714,6 +714,26 @@ mod tests {
     }
 
     #[test]
+    fn device_nodes_come_before_every_role_service_keel_bootstrap_gates() {
+        let units =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("images/common/units");
+        let before = |unit: &str| -> Vec<String> {
+            let text = fs::read_to_string(units.join(unit)).unwrap();
+            let mut v: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Before="))
+                .flat_map(|l| l.split_whitespace().map(str::to_string))
+                .filter(|u| u != "shutdown.target")
+                .collect();
+            v.sort();
+            v
+        };
+        let roles = before("keel-bootstrap.service");
+        assert!(roles.iter().any(|u| u == "etcd.service"), "{roles:?}");
+        assert_eq!(before("keel-tmpfiles-dev.service"), roles);
+    }
+
+    #[test]
     fn build_key_includes_the_secure_boot_key() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let paths =

@@ -113,13 +113,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         add_units(&[], dir.path()).unwrap();
         let units = dir.path().join("usr/lib/systemd/system");
-        for unit in ["systemd-repart.service", "systemd-logind.service", "serial-getty@.service"] {
+        for unit in ["dbus.service", "systemd-logind.service", "serial-getty@.service"] {
             let conf = units.join(format!("{unit}.d/keel-after-network.conf"));
             let text = fs::read_to_string(&conf).unwrap();
             assert!(text.contains("\nAfter=network-online.target\n"), "{unit}: {text}");
             assert!(text.contains("\nCPUWeight=idle\n"), "{unit}: {text}");
         }
-        assert!(!units.join("keel-bootstrap.service.d").exists());
+        for unit in ["keel-bootstrap.service", "systemd-growfs-root.service"] {
+            assert!(!units.join(format!("{unit}.d")).exists(), "{unit} waits for nothing");
+        }
         assert_eq!(
             fs::read_link(units.join("getty.target.wants/serial-getty@ttyS0.service")).unwrap(),
             Path::new("../serial-getty@.service")

@@ -32,16 +32,14 @@ const ENABLE: &[(&str, &str)] = &[
 /// (logind turns the ACPI power button, which EC2 presses to stop an
 /// instance, into a clean shutdown; its D-Bus socket has its own drop-in,
 /// `images/common/files/usr/lib/systemd/system/dbus.socket.d`), the
-/// serial console's login prompt and permitting logins, and growing the
-/// root partition and its file system to fill the volume (online, while
-/// keel-bootstrap runs; a node stopped before they ran grows at its next
-/// boot).
+/// serial console's login prompt and permitting logins. (Growing the root
+/// is not one of them: keel-bootstrap waits for it, since what it writes,
+/// an etcd snapshot it restores for one, needs more than the image's
+/// 64 MiB root.)
 const AFTER_NETWORK: &[&str] = &[
     "dbus.service",
     "serial-getty@.service",
-    "systemd-growfs-root.service",
     "systemd-logind.service",
-    "systemd-repart.service",
     "systemd-user-sessions.service",
 ];
 
