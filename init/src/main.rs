@@ -5,8 +5,9 @@
 //! /usr root hash names the first two), sets up /usr as the dm-verity
 //! device `usr` with device-mapper's ioctls, mounts the root and /usr,
 //! copies back the /etc entries missing from the root's /etc from the
-//! factory copy in /usr, and switches to the root. Each step prints one `keel-init:` line to the
-//! kernel log (and so the console) with the time since keel-init started.
+//! factory copy in /usr, and switches to the root. Each step prints one
+//! `keel-init:` line to the kernel log (and so the console) with the time
+//! since keel-init started.
 //!
 //! On any failure it prints one line naming what failed and stays in the
 //! initrd, idle, forever: a /usr that does not match the signed root hash,
@@ -42,10 +43,10 @@ const INIT: &str = "/sbin/init";
 /// `mount` process (most of a second of CPU under QEMU's TCG, on the way
 /// to keel-bootstrap): keel-init mounts them as the units would, with the
 /// units' options, and systemd finds them mounted (the units show them
-/// active). Where, what, type, flags, data: `dev-mqueue.mount`,
-/// Debian's `run-lock.mount` and `tmp.mount`. `/tmp` is under the real
-/// root; the others move there with /dev and /run. None is needed to
-/// boot: on failure the line says so and the unit mounts it.
+/// active). Where (in the real root: they are mounted once keel-init has
+/// switched to it), what, type, flags, data: `dev-mqueue.mount`, Debian's
+/// `run-lock.mount` and `tmp.mount`. None is needed to boot: on failure
+/// the line says so and the unit mounts it.
 const UNIT_MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
     ("/dev/mqueue", "mqueue", "mqueue", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC, ""),
     (
@@ -56,7 +57,7 @@ const UNIT_MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
         "mode=1777,size=5242880",
     ),
     (
-        "/sysroot/tmp",
+        "/tmp",
         "tmpfs",
         "tmpfs",
         sys::MS_NOSUID | sys::MS_NODEV | sys::MS_STRICTATIME,
@@ -216,6 +217,18 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         log.line(&format!("could not restore from the factory /etc: {e}"));
     }
 
+    // The initrd's files stay in memory (its rootfs cannot be unmounted):
+    // the modules are most of them.
+    let _ = fs::remove_dir_all("/usr/lib/modules");
+    for d in ["/dev", "/proc", "/sys", "/run"] {
+        sys::mount(d, &format!("{SYSROOT}{d}"), None, sys::MS_MOVE, None)
+            .map_err(|e| format!("moving {d} to {SYSROOT}{d}: {e}"))?;
+    }
+    std::env::set_current_dir(SYSROOT).map_err(|e| format!("chdir {SYSROOT}: {e}"))?;
+    sys::mount(".", "/", None, sys::MS_MOVE, None)
+        .map_err(|e| format!("moving {SYSROOT} to /: {e}"))?;
+    sys::chroot(".").map_err(|e| format!("chroot {SYSROOT}: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     let mut failed = Vec::new();
     for &(at, what, fstype, flags, data) in UNIT_MOUNTS {
         // A link (a /tmp that points elsewhere) is left to the units.
@@ -232,18 +245,6 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         format!("left to systemd's units: {}", failed.join("; "))
     });
 
-    // The initrd's files stay in memory (its rootfs cannot be unmounted):
-    // the modules are most of them.
-    let _ = fs::remove_dir_all("/usr/lib/modules");
-    for d in ["/dev", "/proc", "/sys", "/run"] {
-        sys::mount(d, &format!("{SYSROOT}{d}"), None, sys::MS_MOVE, None)
-            .map_err(|e| format!("moving {d} to {SYSROOT}{d}: {e}"))?;
-    }
-    std::env::set_current_dir(SYSROOT).map_err(|e| format!("chdir {SYSROOT}: {e}"))?;
-    sys::mount(".", "/", None, sys::MS_MOVE, None)
-        .map_err(|e| format!("moving {SYSROOT} to /: {e}"))?;
-    sys::chroot(".").map_err(|e| format!("chroot {SYSROOT}: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     log.line(&format!("switching to the real root: {INIT}"));
     let err = std::process::Command::new(INIT).args(std::env::args_os().skip(1)).exec();
     Err(format!("exec {INIT}: {err}"))

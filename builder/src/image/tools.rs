@@ -2,8 +2,9 @@
 //! tree made by mmdebstrap and cached by the hash of its inputs. The host
 //! is Debian 12, whose systemd (252) has no ukify; the tools tree brings
 //! systemd 257's ukify, UEFI stub and sysusers, erofs-utils 1.8,
-//! veritysetup and e2fsprogs. Tools run chrooted into the tree, in a private mount
-//! namespace where the build's work directory is bind-mounted at /work.
+//! veritysetup and e2fsprogs. Tools run chrooted into the tree, in a
+//! private mount namespace where the build's work directory is
+//! bind-mounted at /work.
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
