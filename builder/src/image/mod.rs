@@ -498,7 +498,7 @@ fn disk_image(
 /// Bump when what the build puts into an image changes in a way that its
 /// inputs do not show (units enabled by the code, layout), so that images
 /// built before are rebuilt rather than found up to date.
-const RECIPE: &str = "keel-image-10";
+const RECIPE: &str = "keel-image-11";
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the

@@ -109,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn units_off_the_way_to_keel_bootstrap_wait_for_the_network_at_idle_weight() {
+    fn units_off_the_way_to_keel_bootstrap_wait_for_the_network_at_idle_weight_while_booting() {
         let dir = tempfile::tempdir().unwrap();
         add_units(&[], dir.path()).unwrap();
         let units = dir.path().join("usr/lib/systemd/system");
@@ -117,7 +117,8 @@ mod tests {
             let conf = units.join(format!("{unit}.d/keel-after-network.conf"));
             let text = fs::read_to_string(&conf).unwrap();
             assert!(text.contains("\nAfter=network-online.target\n"), "{unit}: {text}");
-            assert!(text.contains("\nCPUWeight=idle\n"), "{unit}: {text}");
+            assert!(text.contains("\nStartupCPUWeight=idle\n"), "{unit}: {text}");
+            assert!(!text.contains("\nCPUWeight="), "{unit}: idle only while booting: {text}");
         }
         for unit in ["keel-bootstrap.service", "systemd-growfs-root.service"] {
             assert!(!units.join(format!("{unit}.d")).exists(), "{unit} waits for nothing");

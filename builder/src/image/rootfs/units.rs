@@ -26,9 +26,13 @@ const ENABLE: &[(&str, &str)] = &[
 ];
 
 /// Units of the base a node runs, but not on the way to keel-bootstrap:
-/// each starts once the network is online, at the lowest CPU weight
-/// (`CPUWeight=idle`), so that on an instance's few CPUs, or an emulator's
-/// one, it takes nothing from the path to keel-bootstrap. D-Bus and logind
+/// each starts once the network is online, at the lowest CPU weight while
+/// the node boots (`StartupCPUWeight=idle`), so that on an instance's few
+/// CPUs, or an emulator's one, it takes nothing from the path to
+/// keel-bootstrap. Once the boot is over the default weight applies again:
+/// D-Bus is on the way of every container the runtime starts (runc's
+/// systemd cgroup driver asks systemd for each container's scope over the
+/// system bus), and must not starve behind the kubelet. D-Bus and logind
 /// (logind turns the ACPI power button, which EC2 presses to stop an
 /// instance, into a clean shutdown; its D-Bus socket has its own drop-in,
 /// `images/common/files/usr/lib/systemd/system/dbus.socket.d`), the
@@ -50,7 +54,7 @@ const AFTER_NETWORK_DROP_IN: &str = "\
 [Unit]
 After=network-online.target
 [Service]
-CPUWeight=idle
+StartupCPUWeight=idle
 ";
 
 /// Installs the units of `dirs` (in order; a later one replaces an earlier
