@@ -142,6 +142,52 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     })
 }
 
+/// The modules the command line gives parameters to (`nvme_core` for
+/// `nvme_core.io_timeout=...`), `-` as `_`, each once, in order. Other
+/// dotted names (`systemd.firstboot=`, `mount.usrfstype=`) are in it too:
+/// the caller keeps those that are modules.
+pub fn module_names(line: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in words(line) {
+        let key = w.split_once('=').map_or(w.as_str(), |(k, _)| k);
+        let Some((name, param)) = key.split_once('.') else { continue };
+        let name = name.replace('-', "_");
+        if !param.is_empty() && !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The parameters the command line gives the loadable module `module`
+/// (`nvme_core.io_timeout=4294967295` for `nvme_core`), as finit_module(2)
+/// takes them: `param=value` joined by spaces, a value with a space quoted.
+/// The kernel applies `module.param=` only to built-in modules and leaves
+/// the rest to whoever loads the module (kmod's modprobe reads
+/// /proc/cmdline; keel-init does the same). `-` and `_` are one in module
+/// names, as in kmod.
+pub fn module_params(line: &str, module: &str) -> String {
+    let norm = |s: &str| s.replace('-', "_");
+    let module = norm(module);
+    let mut out = Vec::new();
+    for w in words(line) {
+        let (key, value) = match w.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (w.as_str(), None),
+        };
+        let Some((name, param)) = key.split_once('.') else { continue };
+        if param.is_empty() || norm(name) != module {
+            continue;
+        }
+        out.push(match value {
+            Some(v) if v.contains(char::is_whitespace) => format!("{param}=\"{v}\""),
+            Some(v) => format!("{param}={v}"),
+            None => param.to_string(),
+        });
+    }
+    out.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +238,21 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e, CmdlineError::Missing("mount.usrfstype="));
+    }
+
+    #[test]
+    fn module_parameters_are_picked_for_their_module() {
+        let line = format!(
+            "usrhash={HASH} mount.usrfstype=erofs nvme_core.io_timeout=4294967295 \
+             console=ttyS0 nvme-core.admin_timeout=60 nvme.poll_queues=2 ena.debug \
+             \"dm_mod.foo=a b\" nvme_core. systemd.firstboot=no"
+        );
+        assert_eq!(module_params(&line, "nvme_core"), "io_timeout=4294967295 admin_timeout=60");
+        assert_eq!(module_params(&line, "nvme-core"), "io_timeout=4294967295 admin_timeout=60");
+        assert_eq!(module_params(&line, "nvme"), "poll_queues=2");
+        assert_eq!(module_params(&line, "ena"), "debug");
+        assert_eq!(module_params(&line, "dm_mod"), "foo=\"a b\"");
+        assert_eq!(module_params(&line, "virtio_blk"), "");
+        assert_eq!(module_names(&line), ["mount", "nvme_core", "nvme", "ena", "dm_mod", "systemd"]);
     }
 }

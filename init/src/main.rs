@@ -1,6 +1,7 @@
 //! keel-init: the whole userspace of a Keel node's initrd, PID 1 from the
 //! kernel's /init until it execs the real root's systemd. It mounts the
-//! kernel's file systems, loads the drivers the builder listed, finds the
+//! kernel's file systems, loads the drivers the builder listed (with the
+//! `module.param=` values the command line gives them, as modprobe would), finds the
 //! boot disk's /usr, hash and root partitions from the command line (the
 //! /usr root hash names the first two), sets up /usr as the dm-verity
 //! device `usr` with device-mapper's ioctls, mounts the root and /usr,
@@ -110,6 +111,26 @@ fn mount(
         .map_err(|e| format!("mounting {src} ({fstype}) on {target}: {e}"))
 }
 
+/// The values the kernel holds for the parameters `params` gave module
+/// `name`, read back from /sys/module (`io_timeout=4294967295`); a
+/// parameter the module does not show there is named as such.
+fn module_params_now(name: &str, params: &str) -> String {
+    let dir = format!("/sys/module/{name}/parameters");
+    let mut seen: Vec<&str> = Vec::new();
+    for p in params.split_whitespace().filter_map(|w| w.split('=').next()) {
+        if !seen.contains(&p) {
+            seen.push(p);
+        }
+    }
+    seen.iter()
+        .map(|p| match fs::read_to_string(format!("{dir}/{p}")) {
+            Ok(v) => format!("{p}={}", v.trim()),
+            Err(e) => format!("{p} (not in {dir}: {e})"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn boot(log: &mut Log) -> Result<Never, String> {
     let nosuid = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
     mount("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "mode=0755")?;
@@ -130,8 +151,14 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
     let (mut loaded, mut here) = (0, Vec::new());
     for m in modules::parse(&list)? {
-        match modules::load(&m, tcg).map_err(|e| e.to_string())? {
+        let name = modules::name(&m.path);
+        let params = cmdline::module_params(&line, &name);
+        match modules::load(&m, tcg, &params).map_err(|e| e.to_string())? {
             modules::Outcome::Loaded => loaded += 1,
+            modules::Outcome::LoadedWithoutParams(e) => {
+                loaded += 1;
+                log.line(&format!("{name}: the kernel refused {e}; loaded without them"));
+            }
             modules::Outcome::Already => {}
             modules::Outcome::NotHere => here.push(format!("{} (no device)", m.path)),
             modules::Outcome::Skipped => here.push(format!("{} (skipped under TCG)", m.path)),
@@ -143,6 +170,17 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         if here.is_empty() { "" } else { "; not loaded: " },
         here.join(", ")
     ));
+    // What the kernel made of the command line's module parameters, for
+    // the modules loaded now and those built in (nvme_core on Debian's
+    // cloud kernel takes its io_timeout from the kernel itself).
+    let held: Vec<String> = cmdline::module_names(&line)
+        .into_iter()
+        .filter(|m| Path::new(&format!("/sys/module/{m}/parameters")).is_dir())
+        .map(|m| format!("{m} {}", module_params_now(&m, &cmdline::module_params(&line, &m))))
+        .collect();
+    if !held.is_empty() {
+        log.line(&format!("module parameters from the command line: {}", held.join(", ")));
+    }
 
     let want = disk::Wanted { usr: usr_uuid, usr_verity: verity_uuid, root: cmd.root_partuuid };
     let parts = disk::wait(&want, DISK_TIMEOUT)

@@ -41,6 +41,9 @@ pub fn parse(list: &str) -> Result<Vec<Entry>, String> {
 /// What happened to one module.
 pub enum Outcome {
     Loaded,
+    /// The kernel refused the command line's parameters for it (a value
+    /// it cannot parse): loaded without them, so the node still boots.
+    LoadedWithoutParams(io::Error),
     Already,
     /// The driver found nothing to drive here (xen-blkfront outside Xen,
     /// the x86-64 sha256 on a CPU without its instructions).
@@ -48,19 +51,40 @@ pub enum Outcome {
     Skipped,
 }
 
-/// Loads `e`: a plain module (the builder decompresses Debian's), or a
-/// compressed one (`.ko.xz`, `.ko.zst`, `.ko.gz`) the kernel decompresses.
-pub fn load(e: &Entry, tcg: bool) -> io::Result<Outcome> {
+/// The module's name as the kernel knows it: its file name without `.ko`
+/// and what follows, `-` as `_` (`nvme_core` for `.../nvme-core.ko.xz`).
+pub fn name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split_once(".ko").map_or(file, |(n, _)| n).replace('-', "_")
+}
+
+/// Loads `e` with `params` (`param=value ...`, from the command line): a
+/// plain module (the builder decompresses Debian's), or a compressed one
+/// (`.ko.xz`, `.ko.zst`, `.ko.gz`) the kernel decompresses.
+pub fn load(e: &Entry, tcg: bool, params: &str) -> io::Result<Outcome> {
     if e.unless_tcg && tcg {
         return Ok(Outcome::Skipped);
     }
-    let f = File::open(&e.path)
-        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.path)))?;
-    match sys::finit_module(&f, init_flags(&e.path)) {
-        Ok(()) => Ok(Outcome::Loaded),
+    let open = || {
+        File::open(&e.path).map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", e.path)))
+    };
+    let outcome = |r: io::Result<()>, loaded: Outcome| match r {
+        Ok(()) => Ok(loaded),
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Ok(Outcome::Already),
         Err(err) if err.raw_os_error() == Some(libc::ENODEV) => Ok(Outcome::NotHere),
         Err(err) => Err(io::Error::new(err.kind(), format!("loading {}: {err}", e.path))),
+    };
+    match sys::finit_module(&open()?, params, init_flags(&e.path)) {
+        // The kernel ignores parameters it does not know; EINVAL is a value
+        // it could not take.
+        Err(err) if !params.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
+            let refused = io::Error::new(err.kind(), format!("{params:?}: {err}"));
+            outcome(
+                sys::finit_module(&open()?, "", init_flags(&e.path)),
+                Outcome::LoadedWithoutParams(refused),
+            )
+        }
+        r => outcome(r, Outcome::Loaded),
     }
 }
 
@@ -85,6 +109,16 @@ mod tests {
             init_flags("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko.xz"),
             sys::MODULE_INIT_COMPRESSED_FILE
         );
+    }
+
+    #[test]
+    fn module_names_come_from_the_file_name() {
+        assert_eq!(
+            name("/usr/lib/modules/k/kernel/drivers/nvme/host/nvme-core.ko.xz"),
+            "nvme_core"
+        );
+        assert_eq!(name("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko"), "erofs");
+        assert_eq!(name("ena.ko.zst"), "ena");
     }
 
     #[test]

@@ -52,11 +52,12 @@ pub fn chroot(path: &str) -> io::Result<()> {
     check(unsafe { libc::chroot(path.as_ptr()) }.into())
 }
 
-/// finit_module(2) with no parameters; `flags` e.g.
-/// [`MODULE_INIT_COMPRESSED_FILE`].
-pub fn finit_module(module: &File, flags: libc::c_int) -> io::Result<()> {
-    let params = c"";
-    // SAFETY: a valid descriptor and a NUL-terminated (empty) string.
+/// finit_module(2) with `params` (`param=value ...`, "" for none);
+/// `flags` e.g. [`MODULE_INIT_COMPRESSED_FILE`].
+pub fn finit_module(module: &File, params: &str, flags: libc::c_int) -> io::Result<()> {
+    let params = cstr(params)?;
+    // SAFETY: a valid descriptor and a NUL-terminated string that outlives
+    // the call.
     check(unsafe {
         libc::syscall(libc::SYS_finit_module, module.as_raw_fd(), params.as_ptr(), flags)
     })

@@ -37,6 +37,12 @@ pub fn cmdline(root_hash: &str, root_uuid: &uuid::Uuid, extra: &[String]) -> Str
         // what the image left disabled.
         "systemd.condition_first_boot=false".into(),
         "panic=30".into(),
+        // AWS's advice for EBS volumes on Nitro: an NVMe I/O that takes
+        // longer than the driver's default 30 s (a volume's rare stall) is
+        // waited for rather than failed, which would remount the root
+        // read-only. Debian's cloud kernel has nvme_core built in, so the
+        // kernel takes it; keel-init prints the value the kernel holds.
+        "nvme_core.io_timeout=4294967295".into(),
     ];
     keel.iter().chain(extra).cloned().collect::<Vec<_>>().join(" ")
 }
@@ -114,7 +120,7 @@ mod tests {
         let uuid = uuid::Uuid::nil();
         let plain = cmdline("ab", &uuid, &[]);
         assert!(plain.starts_with("usrhash=ab "), "{plain}");
-        assert!(plain.ends_with(" panic=30"), "{plain}");
+        assert!(plain.ends_with(" panic=30 nvme_core.io_timeout=4294967295"), "{plain}");
         assert!(!plain.contains("no_timer_check"), "{plain}");
         let test = cmdline("ab", &uuid, &["no_timer_check".into()]);
         assert_eq!(test, format!("{plain} no_timer_check"));
