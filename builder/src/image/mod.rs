@@ -170,7 +170,7 @@ fn build_inner(req: &Request, scratch: &Scratch) -> Result<Outcome, BuildError> 
     elf::check_static(req.init_bin)?;
     let role_dirs = [req.images_dir.join("common"), req.images_dir.join(r.role.as_str())];
 
-    let key = build_key(req, epoch, &role_dirs)?;
+    let key = build_key(req, epoch, &role_dirs, SOURCE)?;
     if !req.force {
         if let Some(m) = up_to_date(&image_path, &manifest_path, &key) {
             if sbom_path.is_file() {
@@ -495,22 +495,33 @@ fn disk_image(
     Ok((manifest, sbom))
 }
 
-/// Bump when what the build puts into an image changes in a way that its
-/// inputs do not show (units enabled by the code, layout), so that images
-/// built before are rebuilt rather than found up to date.
+/// Bump when what the build puts into an image changes in a way that
+/// neither its inputs nor keel's source show (a tool's behaviour), so
+/// that images built before are rebuilt rather than found up to date.
 const RECIPE: &str = "keel-image-11";
+
+/// The sha256 of the source this `keel` was built from (builder/build.rs:
+/// this crate's and the contract crate's `src/`, and `Cargo.lock`).
+const SOURCE: &str = env!("KEEL_SOURCE_SHA256");
 
 /// The hash of everything that goes into the image: the resolved manifest,
 /// artifact digests, base and tools recipes, role files and units, the
-/// bootstrap and init binaries, the initrd's module list and keel's own
-/// version.
-fn build_key(req: &Request, epoch: u64, role_dirs: &[PathBuf]) -> Result<String, BuildError> {
+/// bootstrap and init binaries, the initrd's module list, keel's own
+/// version and `source`, the digest of its source ([`SOURCE`]: a changed
+/// builder rebuilds what it built before).
+fn build_key(
+    req: &Request,
+    epoch: u64,
+    role_dirs: &[PathBuf],
+    source: &str,
+) -> Result<String, BuildError> {
     let mut h = Sha256::new();
     let field = |h: &mut Sha256, s: &[u8]| {
         h.update((s.len() as u64).to_le_bytes());
         h.update(s);
     };
     field(&mut h, env!("CARGO_PKG_VERSION").as_bytes());
+    field(&mut h, source.as_bytes());
     field(&mut h, RECIPE.as_bytes());
     let resolved = serde_json::to_vec(req.resolved)
         .map_err(|source| BuildError::Serialize { what: "the resolved profile", source })?;
@@ -734,7 +745,7 @@ mod tests {
     }
 
     #[test]
-    fn build_key_includes_the_secure_boot_key() {
+    fn build_key_includes_the_secure_boot_key_and_the_builders_source() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let paths =
             crate::profile::Paths { profiles: root.join("profiles"), images: root.join("images") };
@@ -750,7 +761,7 @@ mod tests {
                 crate::secureboot::SigningKey::open(&dir).unwrap()
             })
             .collect();
-        let key_for = |sb: Option<&crate::secureboot::SigningKey>| {
+        let key_for_source = |sb: Option<&crate::secureboot::SigningKey>, source: &str| {
             let req = Request {
                 resolved: &resolved,
                 fetched: &[],
@@ -764,12 +775,17 @@ mod tests {
                 secure_boot: sb,
             };
             let dirs = [paths.images.join("common"), paths.images.join("etcd")];
-            build_key(&req, DEFAULT_EPOCH, &dirs).unwrap()
+            build_key(&req, DEFAULT_EPOCH, &dirs, source).unwrap()
         };
+        let key_for = |sb| key_for_source(sb, SOURCE);
         let (unsigned, a, b) = (key_for(None), key_for(Some(&keys[0])), key_for(Some(&keys[1])));
         assert_eq!(unsigned, key_for(None));
         assert_eq!(a, key_for(Some(&keys[0])));
         assert_ne!(unsigned, a);
         assert_ne!(a, b);
+        // Another builder source is another image, at the same version.
+        assert_eq!(SOURCE.len(), 64, "{SOURCE}");
+        assert!(SOURCE.bytes().all(|c| c.is_ascii_hexdigit()), "{SOURCE}");
+        assert_ne!(unsigned, key_for_source(None, &"0".repeat(64)));
     }
 }
