@@ -151,7 +151,7 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
     let (mut loaded, mut here) = (0, Vec::new());
     for m in modules::parse(&list)? {
-        let name = modules::name(&m.path);
+        let name = keel_contract::initrd::module_name(&m.path);
         let params = cmdline::module_params(&line, &name);
         match modules::load(&m, tcg, &params).map_err(|e| e.to_string())? {
             modules::Outcome::Loaded => loaded += 1,

@@ -51,13 +51,6 @@ pub enum Outcome {
     Skipped,
 }
 
-/// The module's name as the kernel knows it: its file name without `.ko`
-/// and what follows, `-` as `_` (`nvme_core` for `.../nvme-core.ko.xz`).
-pub fn name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    file.split_once(".ko").map_or(file, |(n, _)| n).replace('-', "_")
-}
-
 /// Loads `e` with `params` (`param=value ...`, from the command line): a
 /// plain module (the builder decompresses Debian's), or a compressed one
 /// (`.ko.xz`, `.ko.zst`, `.ko.gz`) the kernel decompresses.
@@ -109,16 +102,6 @@ mod tests {
             init_flags("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko.xz"),
             sys::MODULE_INIT_COMPRESSED_FILE
         );
-    }
-
-    #[test]
-    fn module_names_come_from_the_file_name() {
-        assert_eq!(
-            name("/usr/lib/modules/k/kernel/drivers/nvme/host/nvme-core.ko.xz"),
-            "nvme_core"
-        );
-        assert_eq!(name("/usr/lib/modules/k/kernel/fs/erofs/erofs.ko"), "erofs");
-        assert_eq!(name("ena.ko.zst"), "ena");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use keel_contract::initrd::{MODULE_LIST as LIST, UNLESS_TCG};
+use keel_contract::initrd::{module_name, MODULE_LIST as LIST, UNLESS_TCG};
 
 use super::tools::require_host;
 use super::BuildError;
@@ -52,14 +52,6 @@ pub enum InitrdError {
     NoModule { kernel: String, module: String },
     #[error("kernel {kernel}: modules.dep names {module}, which is not in the tree")]
     Missing { kernel: String, module: String },
-}
-
-/// A module's name as modprobe compares them (`-` and `_` alike), from
-/// its path in modules.dep.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
 }
 
 /// The module files to load, in order, for `wanted` and then `optional`
