@@ -125,8 +125,9 @@ pub fn profile(_role: Role) -> &'static str {
 }
 
 /// The profiles directory and mirrors file of this run: production.toml
-/// and the CI profile side by side (`extends` looks beside the file), and
-/// the mirrors file with the repacked artifacts (made when missing).
+/// and the fixtures' profiles (the CI profile and those that extend it)
+/// side by side (`extends` looks beside the file), and the mirrors file
+/// with the repacked artifacts (made when missing).
 pub fn profiles() -> Result<(PathBuf, PathBuf)> {
     static DONE: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -134,11 +135,17 @@ pub fn profiles() -> Result<(PathBuf, PathBuf)> {
             let dir = target_dir()?.join("images/profiles");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let ci = fixtures().join(format!("profiles/{PROFILE}.toml"));
-            for (from, name) in [
-                (workspace().join("profiles/production.toml"), "production.toml".to_string()),
-                (ci.clone(), format!("{PROFILE}.toml")),
-            ] {
-                std::fs::copy(&from, dir.join(&name))
+            let fixture_dir = fixtures().join("profiles");
+            let mut copies = vec![workspace().join("profiles/production.toml")];
+            for e in std::fs::read_dir(&fixture_dir)
+                .with_context(|| format!("reading {}", fixture_dir.display()))?
+            {
+                copies
+                    .push(e.with_context(|| format!("reading {}", fixture_dir.display()))?.path());
+            }
+            for from in copies.iter().filter(|p| p.extension().is_some_and(|x| x == "toml")) {
+                let name = from.file_name().context("a profile file has a name")?;
+                std::fs::copy(from, dir.join(name))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
             write_test_ca(&dir)?;
@@ -199,10 +206,15 @@ impl Image {
 /// `<target>/images/<profile>`). Builds run one at a time: worker and
 /// controller share a Debian base, which the second finds cached.
 pub fn build(role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
+    build_from(profile(role), role, out, extra)
+}
+
+/// [`build`] from another of the fixtures' profiles (TEST ONLY, each
+/// extending the CI profile), e.g. `ci-module-params`.
+pub fn build_from(profile: &str, role: Role, out: Option<&Path>, extra: &[&str]) -> Result<Image> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tools = tools()?;
-    let profile = profile(role);
     let out = match out {
         Some(o) => o.to_path_buf(),
         None => target_dir()?.join("images").join(profile),

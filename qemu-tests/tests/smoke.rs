@@ -4,7 +4,8 @@
 //! root partition grows to fill a bigger disk; worker and controller
 //! images (test profile) boot too; a copy with one byte of /usr changed
 //! fails dm-verity; a second build gives the same bytes; `keel inspect`
-//! reads the manifest back from the image.
+//! reads the manifest back from the image; keel-init passes the command
+//! line's module parameters to the modules it loads.
 //!
 //! keel, the static keel-bootstrap and the images are built once per run
 //! by `keel_qemu_tests::images`, into this run's target directory.
@@ -112,6 +113,28 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     // 1 KiB blocks would stop online growth near 64 GiB.
     assert_eq!(disk::ext4_block_size(&raw, root.offset).unwrap(), 4096, "root ext4 block size");
     let _ = std::fs::remove_file(&raw);
+}
+
+/// keel-init passes the command line's `module.param=` values to the
+/// modules it loads (here dm-verity's prefetch_cluster, from the TEST-ONLY
+/// profile `ci-module-params`, which extends `ci`), and prints what the
+/// kernel then holds for them, the built-in nvme_core's io_timeout too.
+#[test]
+fn keel_init_passes_the_command_lines_module_parameters() {
+    let dir = out_dir("module-params");
+    let image = images::build_from("ci-module-params", Role::Etcd, None, &[])
+        .expect("building the etcd image of profile ci-module-params");
+    let mut vm = Vm::start(&Config::new(&image.path, &dir)).expect("starting the VM");
+    vm.wait_for("switching to the real root", BOOT_DEADLINE).expect("keel-init to finish");
+    let console = vm.console();
+    let line = console
+        .lines()
+        .find(|l| l.contains("module parameters from the command line:"))
+        .unwrap_or_else(|| panic!("no module parameters line:\n{}", vm::tail(&console, 60)));
+    for held in ["dm_verity prefetch_cluster=131072", "nvme_core io_timeout=4294967295"] {
+        assert!(line.contains(held), "{held:?} is not in {line:?}");
+    }
+    assert!(!console.contains("loaded without them"), "{}", vm::tail(&console, 60));
 }
 
 /// Worker and controller come from the test-only profile
