@@ -142,17 +142,31 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     })
 }
 
+/// Each `module.param[=value]` argument of the command line: the module
+/// (`-` as `_`, as kmod compares names), the parameter and its value. Other
+/// dotted names (`systemd.firstboot=`, `mount.usrfstype=`) are among them:
+/// callers keep those that are modules.
+fn module_args(line: &str) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for w in words(line) {
+        let (key, value) = match w.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (w.as_str(), None),
+        };
+        let Some((name, param)) = key.split_once('.') else { continue };
+        if !name.is_empty() && !param.is_empty() {
+            out.push((name.replace('-', "_"), param.to_string(), value));
+        }
+    }
+    out
+}
+
 /// The modules the command line gives parameters to (`nvme_core` for
-/// `nvme_core.io_timeout=...`), `-` as `_`, each once, in order. Other
-/// dotted names (`systemd.firstboot=`, `mount.usrfstype=`) are in it too:
-/// the caller keeps those that are modules.
+/// `nvme_core.io_timeout=...`), each once, in order.
 pub fn module_names(line: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for w in words(line) {
-        let key = w.split_once('=').map_or(w.as_str(), |(k, _)| k);
-        let Some((name, param)) = key.split_once('.') else { continue };
-        let name = name.replace('-', "_");
-        if !param.is_empty() && !name.is_empty() && !out.contains(&name) {
+    for (name, _, _) in module_args(line) {
+        if !out.contains(&name) {
             out.push(name);
         }
     }
@@ -160,32 +174,23 @@ pub fn module_names(line: &str) -> Vec<String> {
 }
 
 /// The parameters the command line gives the loadable module `module`
-/// (`nvme_core.io_timeout=4294967295` for `nvme_core`), as finit_module(2)
-/// takes them: `param=value` joined by spaces, a value with a space quoted.
-/// The kernel applies `module.param=` only to built-in modules and leaves
-/// the rest to whoever loads the module (kmod's modprobe reads
-/// /proc/cmdline; keel-init does the same). `-` and `_` are one in module
-/// names, as in kmod.
+/// (`io_timeout=4294967295` for `nvme_core`), as finit_module(2) takes
+/// them: `param=value` joined by spaces, a value with a space quoted. The
+/// kernel applies `module.param=` only to built-in modules and leaves the
+/// rest to whoever loads the module (kmod's modprobe reads /proc/cmdline;
+/// keel-init does the same).
 pub fn module_params(line: &str, module: &str) -> String {
-    let norm = |s: &str| s.replace('-', "_");
-    let module = norm(module);
-    let mut out = Vec::new();
-    for w in words(line) {
-        let (key, value) = match w.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (w.as_str(), None),
-        };
-        let Some((name, param)) = key.split_once('.') else { continue };
-        if param.is_empty() || norm(name) != module {
-            continue;
-        }
-        out.push(match value {
+    let module = module.replace('-', "_");
+    module_args(line)
+        .into_iter()
+        .filter(|(name, _, _)| *name == module)
+        .map(|(_, param, value)| match value {
             Some(v) if v.contains(char::is_whitespace) => format!("{param}=\"{v}\""),
             Some(v) => format!("{param}={v}"),
-            None => param.to_string(),
-        });
-    }
-    out.join(" ")
+            None => param,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! keel-init: the whole userspace of a Keel node's initrd, PID 1 from the
 //! kernel's /init until it execs the real root's systemd. It mounts the
 //! kernel's file systems, loads the drivers the builder listed (with the
-//! `module.param=` values the command line gives them, as modprobe would), finds the
-//! boot disk's /usr, hash and root partitions from the command line (the
-//! /usr root hash names the first two), sets up /usr as the dm-verity
-//! device `usr` with device-mapper's ioctls, mounts the root and /usr,
-//! copies back the /etc entries missing from the root's /etc from the
-//! factory copy in /usr, and switches to the root. Each step prints one
-//! `keel-init:` line to the kernel log (and so the console) with the time
-//! since keel-init started.
+//! `module.param=` values the command line gives them, as modprobe
+//! would), finds the boot disk's /usr, hash and root partitions from the
+//! command line (the /usr root hash names the first two), sets up /usr as
+//! the dm-verity device `usr` with device-mapper's ioctls, mounts the root
+//! and /usr, copies back the /etc entries missing from the root's /etc
+//! from the factory copy in /usr, and switches to the root. Each step
+//! prints one `keel-init:` line to the kernel log (and so the console) with
+//! the time since keel-init started.
 //!
 //! On any failure it prints one line naming what failed and stays in the
 //! initrd, idle, forever: a /usr that does not match the signed root hash,
