@@ -142,55 +142,76 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     })
 }
 
-/// Each `module.param[=value]` argument of the command line: the module
-/// (`-` as `_`, as kmod compares names), the parameter and its value. Other
-/// dotted names (`systemd.firstboot=`, `mount.usrfstype=`) are among them:
-/// callers keep those that are modules.
-fn module_args(line: &str) -> Vec<(String, String, Option<String>)> {
-    let mut out = Vec::new();
-    for w in words(line) {
-        let (key, value) = match w.split_once('=') {
-            Some((k, v)) => (k, Some(v.to_string())),
-            None => (w.as_str(), None),
-        };
-        let Some((name, param)) = key.split_once('.') else { continue };
-        if !name.is_empty() && !param.is_empty() {
-            out.push((name.replace('-', "_"), param.to_string(), value));
+/// The command line's `module.param[=value]` arguments, read once: the
+/// module (`-` as `_`, as kmod compares names), the parameter and its
+/// value. Other dotted names (`systemd.firstboot=`, `mount.usrfstype=`)
+/// are among them: callers keep those that are modules. The kernel applies
+/// `module.param=` only to built-in modules and leaves the rest to whoever
+/// loads the module (kmod's modprobe reads /proc/cmdline; keel-init does
+/// the same).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleArgs(Vec<(String, String, Option<String>)>);
+
+impl ModuleArgs {
+    pub fn parse(line: &str) -> ModuleArgs {
+        let mut out = Vec::new();
+        for w in words(line) {
+            let (key, value) = match w.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_string())),
+                None => (w.as_str(), None),
+            };
+            let Some((name, param)) = key.split_once('.') else { continue };
+            if !name.is_empty() && !param.is_empty() {
+                out.push((name.replace('-', "_"), param.to_string(), value));
+            }
+        }
+        ModuleArgs(out)
+    }
+
+    /// The modules given parameters (`nvme_core` for
+    /// `nvme_core.io_timeout=...`), each once, in order.
+    pub fn modules(&self) -> Vec<&str> {
+        distinct(self.0.iter().map(|(name, _, _)| name.as_str()))
+    }
+
+    /// The arguments for `module` (`-` and `_` alike).
+    fn of<'a>(
+        &'a self,
+        module: &str,
+    ) -> impl Iterator<Item = &'a (String, String, Option<String>)> {
+        let module = module.replace('-', "_");
+        self.0.iter().filter(move |(name, _, _)| *name == module)
+    }
+
+    /// The names of the parameters `module` is given, each once, in order.
+    pub fn names(&self, module: &str) -> Vec<&str> {
+        distinct(self.of(module).map(|(_, param, _)| param.as_str()))
+    }
+
+    /// The parameters `module` is given (`io_timeout=4294967295` for
+    /// `nvme_core`), as finit_module(2) takes them: `param=value` joined
+    /// by spaces, a value with a space quoted.
+    pub fn params(&self, module: &str) -> String {
+        self.of(module)
+            .map(|(_, param, value)| match value {
+                Some(v) if v.contains(char::is_whitespace) => format!("{param}=\"{v}\""),
+                Some(v) => format!("{param}={v}"),
+                None => param.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Each of `items` once, in the order they first come.
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
         }
     }
     out
-}
-
-/// The modules the command line gives parameters to (`nvme_core` for
-/// `nvme_core.io_timeout=...`), each once, in order.
-pub fn module_names(line: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (name, _, _) in module_args(line) {
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
-}
-
-/// The parameters the command line gives the loadable module `module`
-/// (`io_timeout=4294967295` for `nvme_core`), as finit_module(2) takes
-/// them: `param=value` joined by spaces, a value with a space quoted. The
-/// kernel applies `module.param=` only to built-in modules and leaves the
-/// rest to whoever loads the module (kmod's modprobe reads /proc/cmdline;
-/// keel-init does the same).
-pub fn module_params(line: &str, module: &str) -> String {
-    let module = module.replace('-', "_");
-    module_args(line)
-        .into_iter()
-        .filter(|(name, _, _)| *name == module)
-        .map(|(_, param, value)| match value {
-            Some(v) if v.contains(char::is_whitespace) => format!("{param}=\"{v}\""),
-            Some(v) => format!("{param}={v}"),
-            None => param,
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -252,12 +273,17 @@ mod tests {
              console=ttyS0 nvme-core.admin_timeout=60 nvme.poll_queues=2 ena.debug \
              \"dm_mod.foo=a b\" nvme_core. systemd.firstboot=no"
         );
-        assert_eq!(module_params(&line, "nvme_core"), "io_timeout=4294967295 admin_timeout=60");
-        assert_eq!(module_params(&line, "nvme-core"), "io_timeout=4294967295 admin_timeout=60");
-        assert_eq!(module_params(&line, "nvme"), "poll_queues=2");
-        assert_eq!(module_params(&line, "ena"), "debug");
-        assert_eq!(module_params(&line, "dm_mod"), "foo=\"a b\"");
-        assert_eq!(module_params(&line, "virtio_blk"), "");
-        assert_eq!(module_names(&line), ["mount", "nvme_core", "nvme", "ena", "dm_mod", "systemd"]);
+        let args = ModuleArgs::parse(&line);
+        assert_eq!(args.params("nvme_core"), "io_timeout=4294967295 admin_timeout=60");
+        assert_eq!(args.params("nvme-core"), "io_timeout=4294967295 admin_timeout=60");
+        assert_eq!(args.params("nvme"), "poll_queues=2");
+        assert_eq!(args.params("ena"), "debug");
+        assert_eq!(args.params("dm_mod"), "foo=\"a b\"");
+        assert_eq!(args.params("virtio_blk"), "");
+        assert_eq!(args.modules(), ["mount", "nvme_core", "nvme", "ena", "dm_mod", "systemd"]);
+        // Names from the arguments, not from the joined string: a quoted
+        // value with a space is one parameter.
+        assert_eq!(args.names("dm_mod"), ["foo"]);
+        assert_eq!(args.names("nvme-core"), ["io_timeout", "admin_timeout"]);
     }
 }

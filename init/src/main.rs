@@ -111,18 +111,13 @@ fn mount(
         .map_err(|e| format!("mounting {src} ({fstype}) on {target}: {e}"))
 }
 
-/// The values the kernel holds for the parameters `params` gave module
+/// The values the kernel holds for the parameters `params` of module
 /// `name`, read back from /sys/module (`io_timeout=4294967295`); a
 /// parameter the module does not show there is named as such.
-fn module_params_now(name: &str, params: &str) -> String {
+fn module_params_now(name: &str, params: &[&str]) -> String {
     let dir = format!("/sys/module/{name}/parameters");
-    let mut seen: Vec<&str> = Vec::new();
-    for p in params.split_whitespace().filter_map(|w| w.split('=').next()) {
-        if !seen.contains(&p) {
-            seen.push(p);
-        }
-    }
-    seen.iter()
+    params
+        .iter()
         .map(|p| match fs::read_to_string(format!("{dir}/{p}")) {
             Ok(v) => format!("{p}={}", v.trim()),
             Err(e) => format!("{p} (not in {dir}: {e})"),
@@ -149,10 +144,11 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     let tcg = vendor == TCG;
     let list_path = modules::list_path();
     let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
+    let module_args = cmdline::ModuleArgs::parse(&line);
     let (mut loaded, mut here) = (0, Vec::new());
     for m in modules::parse(&list)? {
         let name = keel_contract::initrd::module_name(&m.path);
-        let params = cmdline::module_params(&line, &name);
+        let params = module_args.params(&name);
         match modules::load(&m, tcg, &params).map_err(|e| e.to_string())? {
             modules::Outcome::Loaded => loaded += 1,
             modules::Outcome::LoadedWithoutParams(e) => {
@@ -173,10 +169,11 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     // What the kernel made of the command line's module parameters, for
     // the modules loaded now and those built in (nvme_core on Debian's
     // cloud kernel takes its io_timeout from the kernel itself).
-    let held: Vec<String> = cmdline::module_names(&line)
+    let held: Vec<String> = module_args
+        .modules()
         .into_iter()
         .filter(|m| Path::new(&format!("/sys/module/{m}/parameters")).is_dir())
-        .map(|m| format!("{m} {}", module_params_now(&m, &cmdline::module_params(&line, &m))))
+        .map(|m| format!("{m} {}", module_params_now(m, &module_args.names(m))))
         .collect();
     if !held.is_empty() {
         log.line(&format!("module parameters from the command line: {}", held.join(", ")));
