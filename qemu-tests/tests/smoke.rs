@@ -118,7 +118,9 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
 /// keel-init passes the command line's `module.param=` values to the
 /// modules it loads (here dm-verity's prefetch_cluster, from the TEST-ONLY
 /// profile `ci-module-params`, which extends `ci`), and prints what the
-/// kernel then holds for them, the built-in nvme_core's io_timeout too.
+/// kernel then holds for them, the built-in nvme_core's io_timeout too. A
+/// value the kernel refuses (virtio_net's napi_weight=lots) is reported
+/// and the module loaded with its defaults: the NIC still comes up.
 #[test]
 fn keel_init_passes_the_command_lines_module_parameters() {
     let dir = out_dir("module-params");
@@ -131,10 +133,33 @@ fn keel_init_passes_the_command_lines_module_parameters() {
         .lines()
         .find(|l| l.contains("module parameters from the command line:"))
         .unwrap_or_else(|| panic!("no module parameters line:\n{}", vm::tail(&console, 60)));
-    for held in ["dm_verity prefetch_cluster=131072", "nvme_core io_timeout=4294967295"] {
+    // napi_weight's default (NAPI_POLL_WEIGHT): the refused value never
+    // reached the module.
+    for held in [
+        "dm_verity prefetch_cluster=131072",
+        "nvme_core io_timeout=4294967295",
+        "virtio_net napi_weight=64",
+    ] {
         assert!(line.contains(held), "{held:?} is not in {line:?}");
     }
-    assert!(!console.contains("loaded without them"), "{}", vm::tail(&console, 60));
+    let refused: Vec<&str> =
+        console.lines().filter(|l| l.contains("loaded without them")).collect();
+    assert_eq!(refused.len(), 1, "{}", vm::tail(&console, 60));
+    assert!(
+        refused[0].contains(r#"virtio_net: the kernel refused "napi_weight=lots""#),
+        "{}",
+        refused[0]
+    );
+    // virtio_net drives the NIC (udev names it) on the way to the milestone.
+    vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("boot to keel-bootstrap.service");
+    let console = vm.console();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("virtio_net virtio0 ") && l.contains("renamed from eth0")),
+        "virtio_net did not take the NIC:\n{}",
+        vm::tail(&console, 60)
+    );
 }
 
 /// Worker and controller come from the test-only profile
