@@ -10,7 +10,7 @@ use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
-use super::tools::{require_host, run_checked};
+use super::tools::{require_host, run_checked, APT_OPTS, MMDEBSTRAP_LIMIT};
 use super::BuildError;
 use crate::profile::Base;
 
@@ -126,11 +126,14 @@ pub fn ensure(cache_dir: &Path, base: &Base, epoch: u64) -> Result<PathBuf, Buil
     for opt in DPKG_OPTS {
         cmd.arg(format!("--dpkgopt={opt}"));
     }
+    for opt in APT_OPTS {
+        cmd.arg(format!("--aptopt={opt}"));
+    }
     cmd.arg(&base.suite).arg(&tmp);
     if let Some(m) = &base.mirror {
         cmd.arg(m);
     }
-    let result = run_checked(cmd, "mmdebstrap (base root filesystem)");
+    let result = run_checked(cmd, "mmdebstrap (base root filesystem)", MMDEBSTRAP_LIMIT);
     remove(&uploads);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

@@ -224,7 +224,7 @@ fn extract_usr(image: &Path, p: &super::gpt::Partition, dir: &Path) -> anyhow::R
     }
     let mut cmd = Command::new(fsck);
     cmd.arg(format!("--extract={}", dir.display())).arg("--preserve").arg(&part);
-    tools::run_checked(cmd, "fsck.erofs --extract (reading /usr)")?;
+    tools::run_checked(cmd, "fsck.erofs --extract (reading /usr)", tools::TOOL_LIMIT)?;
     fs::remove_file(&part).with_context(|| format!("removing {}", part.display()))?;
     Ok(dir.to_path_buf())
 }

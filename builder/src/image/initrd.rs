@@ -12,11 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use keel_contract::initrd::{module_name, MODULE_LIST as LIST, UNLESS_TCG};
 
-use super::tools::require_host;
+use super::tools::{require_host, run_checked, TOOL_LIMIT};
 use super::BuildError;
 
 /// The drivers a Keel node needs before its real root, by module name:
@@ -234,25 +234,16 @@ pub fn make(
 /// The decompressed bytes of the xz file `src` (the host's `xz`).
 fn unxz(src: &Path) -> Result<Vec<u8>, BuildError> {
     let xz = require_host("xz", "xz-utils")?;
-    let output = Command::new(xz)
-        .args(["-d", "-c", "-q", "--"])
-        .arg(src)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| BuildError::io(Path::new("xz"), e))?;
-    if !output.status.success() {
-        return Err(BuildError::Tool {
-            what: format!("xz -d {}", src.display()),
-            message: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr)),
-        });
-    }
-    Ok(output.stdout)
+    let mut cmd = Command::new(xz);
+    cmd.args(["-d", "-c", "-q", "--"]).arg(src);
+    Ok(run_checked(cmd, &format!("xz -d {}", src.display()), TOOL_LIMIT)?.stdout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write as _;
+    use std::process::Stdio;
 
     const DEP: &str = "kernel/drivers/md/dm-mod.ko.xz:\n\
 kernel/drivers/md/dm-bufio.ko.xz: kernel/drivers/md/dm-mod.ko.xz\n\

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::tools::{require_host, run_checked, Tools, WORK};
+use super::tools::{require_host, run_checked, Tools, TOOL_LIMIT, WORK};
 use super::BuildError;
 use crate::secureboot::SigningKey;
 
@@ -107,7 +107,7 @@ pub fn sign(work: &Path, key: &SigningKey, epoch: u64) -> Result<PathBuf, BuildE
         .arg("--output")
         .arg(&signed)
         .arg(&unsigned);
-    run_checked(cmd, "sbsign (signing the UKI with db)")?;
+    run_checked(cmd, "sbsign (signing the UKI with db)", TOOL_LIMIT)?;
     Ok(signed)
 }
 
