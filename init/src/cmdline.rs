@@ -16,6 +16,10 @@ pub struct Cmdline {
     pub usr_flags: Options,
     pub root_fstype: String,
     pub root_flags: Options,
+    /// Skip, under QEMU's emulation (TCG), the modules the builder marks
+    /// so (the x86-64 sha256): true unless `keel.tcg-skip=no`, with which
+    /// a test boots the code path EC2 instances take.
+    pub tcg_skip: bool,
 }
 
 /// Mount options: `ro`/`rw` become the read-only flag, `x-*` options
@@ -94,6 +98,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     let (mut usrhash, mut root, mut rw) = (None, None, None);
     let (mut usr_fstype, mut usr_flags) = (None, String::new());
     let (mut root_fstype, mut root_flags) = (None, String::new());
+    let mut tcg_skip = true;
     for w in words(line) {
         let (key, value) = match w.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -125,6 +130,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             ("mount.usrflags", Some(v)) => usr_flags = v.to_string(),
             ("rootfstype", Some(v)) => root_fstype = Some(v.to_string()),
             ("rootflags", Some(v)) => root_flags = v.to_string(),
+            ("keel.tcg-skip", Some(v)) => tcg_skip = v != "no",
             ("rw", None) => rw = Some(true),
             ("ro", None) => rw = Some(false),
             _ => {}
@@ -139,6 +145,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
         root_fstype: root_fstype.ok_or(CmdlineError::Missing("rootfstype="))?,
         // Read-only unless `rw`, as the kernel mounts a root.
         root_flags: Options::parse(&root_flags, !rw.unwrap_or(false)),
+        tcg_skip,
     })
 }
 
@@ -249,6 +256,9 @@ mod tests {
         let c = parse(&line).unwrap();
         assert!(c.root_flags.read_only, "ro came last");
         assert_eq!(c.usr_flags.data, "");
+        assert!(c.tcg_skip, "skipped under TCG unless asked");
+        assert!(!parse(&format!("{line} keel.tcg-skip=no")).unwrap().tcg_skip);
+        assert!(parse(&format!("{line} keel.tcg-skip=no keel.tcg-skip=yes")).unwrap().tcg_skip);
     }
 
     #[test]

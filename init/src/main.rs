@@ -141,7 +141,7 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         .ok_or_else(|| format!("usrhash={}: not a root hash", cmd.usrhash))?;
 
     let vendor = sys::hypervisor_vendor();
-    let tcg = vendor == TCG;
+    let skip_tcg = vendor == TCG && cmd.tcg_skip;
     let list_path = modules::list_path();
     let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
     let module_args = cmdline::ModuleArgs::parse(&line);
@@ -149,7 +149,7 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     for m in modules::parse(&list)? {
         let name = keel_contract::initrd::module_name(&m.path);
         let params = module_args.params(&name);
-        match modules::load(&m, tcg, &params).map_err(|e| e.to_string())? {
+        match modules::load(&m, skip_tcg, &params).map_err(|e| e.to_string())? {
             modules::Outcome::Loaded => loaded += 1,
             modules::Outcome::LoadedWithoutParams(e) => {
                 loaded += 1;
@@ -161,8 +161,9 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         }
     }
     log.line(&format!(
-        "loaded {loaded} modules (hypervisor {:?}){}{}",
+        "loaded {loaded} modules (hypervisor {:?}{}){}{}",
         vendor,
+        if vendor == TCG && !cmd.tcg_skip { ", keel.tcg-skip=no" } else { "" },
         if here.is_empty() { "" } else { "; not loaded: " },
         here.join(", ")
     ));

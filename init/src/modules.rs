@@ -54,8 +54,8 @@ pub enum Outcome {
 /// Loads `e` with `params` (`param=value ...`, from the command line): a
 /// plain module (the builder decompresses Debian's), or a compressed one
 /// (`.ko.xz`, `.ko.zst`, `.ko.gz`) the kernel decompresses.
-pub fn load(e: &Entry, tcg: bool, params: &str) -> io::Result<Outcome> {
-    if e.unless_tcg && tcg {
+pub fn load(e: &Entry, skip_tcg: bool, params: &str) -> io::Result<Outcome> {
+    if e.unless_tcg && skip_tcg {
         return Ok(Outcome::Skipped);
     }
     let open = || {

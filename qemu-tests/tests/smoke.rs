@@ -78,6 +78,10 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
         "keel-init: ",
         "module parameters from the command line: nvme_core io_timeout=4294967295",
         "dm-verity device usr",
+        // Under TCG keel-init skips the x86-64 sha256 (see
+        // keel_init_takes_module_parameters_and_tcg_skip_from_the_command_line);
+        // the kernel's line.
+        r#"verity: sha256 using shash "sha256-generic""#,
         "switching to the real root",
     ] {
         assert!(console.contains(step), "no {step:?} from keel-init:\n{}", vm::tail(&console, 80));
@@ -120,9 +124,11 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
 /// profile `ci-module-params`, which extends `ci`), and prints what the
 /// kernel then holds for them, the built-in nvme_core's io_timeout too. A
 /// value the kernel refuses (virtio_net's napi_weight=lots) is reported
-/// and the module loaded with its defaults: the NIC still comes up.
+/// and the module loaded with its defaults: the NIC still comes up. With
+/// `keel.tcg-skip=no` keel-init loads the x86-64 sha256 under TCG too, and
+/// dm-verity verifies /usr with it, the code path of EC2's instances.
 #[test]
-fn keel_init_passes_the_command_lines_module_parameters() {
+fn keel_init_takes_module_parameters_and_tcg_skip_from_the_command_line() {
     let dir = out_dir("module-params");
     let image = images::build_from("ci-module-params", Role::Etcd, None, &[])
         .expect("building the etcd image of profile ci-module-params");
@@ -142,6 +148,20 @@ fn keel_init_passes_the_command_lines_module_parameters() {
     ] {
         assert!(line.contains(held), "{held:?} is not in {line:?}");
     }
+    // The kernel's line: the driver sha256_ssse3 registers for the CPU's
+    // best instructions (sha256-avx2 under `-cpu max`; sha256-ni on EC2's
+    // newer CPUs), not sha256-generic.
+    let verity = console
+        .lines()
+        .find(|l| l.contains("verity: sha256 using"))
+        .unwrap_or_else(|| panic!("no dm-verity driver line:\n{}", vm::tail(&console, 60)));
+    assert!(
+        ["sha256-ni", "sha256-avx2", "sha256-avx", "sha256-ssse3"]
+            .iter()
+            .any(|d| verity.contains(&format!("\"{d}\""))),
+        "{verity}"
+    );
+    assert!(!console.contains("skipped under TCG"), "{}", vm::tail(&console, 60));
     let refused: Vec<&str> =
         console.lines().filter(|l| l.contains("loaded without them")).collect();
     assert_eq!(refused.len(), 1, "{}", vm::tail(&console, 60));
