@@ -130,6 +130,12 @@ impl Imds {
         })
     }
 
+    /// The primary network interface's MAC address, as the metadata gives
+    /// it.
+    pub async fn primary_mac(&self) -> Result<String, ImdsError> {
+        self.required("primary network interface's MAC address", "meta-data/mac").await
+    }
+
     /// The instance's user data; `Ok(None)` when the launch gave none.
     pub async fn user_data(&self) -> Result<Option<Vec<u8>>, ImdsError> {
         self.get("user-data").await

@@ -297,6 +297,13 @@ struct Node {
     console: Console,
 }
 
+/// The primary interface's MAC address the metadata gives the node at
+/// `ip` (EC2's start with 0a or 02; the rest from the address).
+fn mac_for(ip: &str) -> String {
+    let o: Vec<u8> = ip.split('.').map(|p| p.parse().unwrap()).collect();
+    format!("0a:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<Vec<u8>>) -> Node {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("usr/lib/keel")).unwrap();
@@ -311,6 +318,7 @@ fn node(role: Role, (id, ip, dns): &(String, String, String), user_data: Option<
         availability_zone: format!("{REGION}a"),
         private_ipv4: ip.clone(),
         local_hostname: dns.clone(),
+        mac: mac_for(ip),
         user_data,
         credentials: Some(Credentials::testing()),
     })
@@ -553,6 +561,10 @@ async fn controller_checks_etcd_with_its_client_certificate_and_configures() {
         std::fs::read_to_string(ctl.path("etc/hostname")).unwrap(),
         format!("{}\n", host_name(62, 2))
     );
+    // systemd-networkd narrowed to the primary interface the metadata names.
+    assert!(console.contains("keel-bootstrap: primary interface: ok"), "{console}");
+    let drop_in = std::fs::read_to_string(ctl.path(keel_contract::primary_nic::DROP_IN)).unwrap();
+    assert_eq!(keel_contract::primary_nic::mac_in(&drop_in), Some(mac_for(&ip(62, 2))));
     // The status file lists every certificate's expiry, soonest first:
     // the ones issued at boot (a year) before the CAs.
     let certs = ctl.status()["certificates"].as_array().unwrap().clone();

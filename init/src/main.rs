@@ -6,7 +6,9 @@
 //! command line (the /usr root hash names the first two), sets up /usr as
 //! the dm-verity device `usr` with device-mapper's ioctls, mounts the root
 //! and /usr, copies back the /etc entries missing from the root's /etc
-//! from the factory copy in /usr, and switches to the root. Each step
+//! from the factory copy in /usr, sets aside the primary network
+//! interface's drop-in when no interface here has its address, and
+//! switches to the root. Each step
 //! prints one `keel-init:` line to the kernel log (and so the console) with
 //! the time since keel-init started.
 //!
@@ -20,6 +22,7 @@ mod cmdline;
 mod disk;
 mod dm;
 mod modules;
+mod nic;
 mod sys;
 mod verity;
 
@@ -251,6 +254,10 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     }
     for e in errors {
         log.line(&format!("could not restore from the factory /etc: {e}"));
+    }
+    // The NIC drivers loaded above have made their interfaces.
+    if let Some(line) = nic::check(Path::new(SYSROOT), Path::new("/sys/class/net")) {
+        log.line(&line);
     }
 
     // The initrd's files stay in memory (its rootfs cannot be unmounted):

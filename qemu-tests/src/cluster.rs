@@ -74,6 +74,7 @@ impl Node {
             availability_zone: self.availability_zone.clone(),
             private_ipv4: self.private_ip.to_string(),
             local_hostname: self.hostname.clone(),
+            mac: self.mac.clone(),
             user_data: self.user_data.clone(),
             credentials: Some(Credentials::testing()),
         }
@@ -414,10 +415,21 @@ impl Cluster {
             "-device".into(),
             format!("virtio-net-pci,netdev=net0,mac={}", node.mac),
         ];
+        // A port to plug a second NIC into (as the Amazon VPC CNI attaches
+        // ENIs to a running instance).
+        cfg.network.extend(vm::hotplug_port_args());
         let vm = Vm::start(&cfg)
             .with_context(|| format!("booting node {name} from {}", image.display()))?;
         self.vms.insert(name.to_string(), vm);
         Ok(())
+    }
+
+    /// Attaches a second NIC with MAC address `mac` to running node `name`,
+    /// on the cluster's network (as an ENI attached after boot).
+    pub fn plug_nic(&mut self, name: &str, mac: &str) -> Result<()> {
+        let tap = self.net.add_tap()?;
+        let vm = self.vms.get_mut(name).with_context(|| format!("node {name} is not running"))?;
+        vm.plug_nic(&tap, mac).with_context(|| format!("plugging a NIC into node {name}"))
     }
 
     /// Waits until node `name`'s console shows one of `patterns`; returns

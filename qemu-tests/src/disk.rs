@@ -72,3 +72,73 @@ pub fn overlay_to_raw(overlay: &Path, raw: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes `contents` as the file `path` (absolute, its parent directories
+/// made as needed, mode 0644, owner root) into the ext4 file system of the
+/// GPT partition named `partition` of the raw disk image `image`, as a
+/// node would have left it at an earlier boot. The partition is copied out,
+/// changed with e2fsprogs' debugfs and copied back.
+pub fn write_into_ext4(image: &Path, partition: &str, path: &str, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let part = partitions(image)?
+        .into_iter()
+        .find(|p| p.name == partition)
+        .with_context(|| format!("{}: no partition {partition}", image.display()))?;
+    let tmp = tempfile::tempdir()?;
+    let (fs_file, src) = (tmp.path().join("fs"), tmp.path().join("contents"));
+    std::fs::write(&src, contents)?;
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut bytes = vec![0u8; usize::try_from(part.size)?];
+    read_at(&mut disk, part.offset, &mut bytes)?;
+    std::fs::write(&fs_file, &bytes)?;
+    let rel = path.trim_start_matches('/');
+    let mut commands = String::new();
+    let mut dir = String::new();
+    for d in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d).unwrap_or(&[]) {
+        dir.push('/');
+        dir.push_str(d);
+        commands.push_str(&format!("mkdir {dir}\n"));
+    }
+    commands.push_str(&format!(
+        "write {} /{rel}\nsif /{rel} mode 0100644\nsif /{rel} uid 0\nsif /{rel} gid 0\n",
+        src.display()
+    ));
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg("-")
+        .arg(&fs_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("piped").write_all(commands.as_bytes())?;
+            c.wait_with_output()
+        })
+        .context("running debugfs (install the Debian package e2fsprogs)")?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    // debugfs exits 0 whatever its commands did; "mkdir" of a directory
+    // that exists is the only complaint expected.
+    let complaints: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("debugfs ") && !l.contains("directory already exists")
+        })
+        .collect();
+    ensure!(
+        out.status.success() && complaints.is_empty(),
+        "debugfs writing {path} into {}: {}",
+        image.display(),
+        complaints.join("; ")
+    );
+    let bytes = std::fs::read(&fs_file)?;
+    disk.seek(SeekFrom::Start(part.offset))?;
+    disk.write_all(&bytes)?;
+    Ok(())
+}

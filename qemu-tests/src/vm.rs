@@ -289,31 +289,8 @@ impl Vm {
     /// again every [`PRESS_AGAIN`] while the guest runs. Fails when
     /// `deadline` passes first (the VM is then killed on drop).
     pub fn power_off(&mut self, deadline: Duration) -> anyhow::Result<()> {
-        use std::io::{BufRead, BufReader, Write};
-        use std::os::unix::net::UnixStream;
-        let sock = UnixStream::connect(&self.qmp)
-            .with_context(|| format!("connecting to QMP at {}", self.qmp.display()))?;
-        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut reader = BufReader::new(sock.try_clone()?);
-        let mut writer = sock;
-        let mut line = String::new();
-        reader.read_line(&mut line).context("reading the QMP greeting")?;
-        let mut qmp = |cmd: &str| -> anyhow::Result<()> {
-            writeln!(writer, "{{\"execute\": \"{cmd}\"}}")?;
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).with_context(|| format!("QMP {cmd}"))? == 0 {
-                    bail!("QMP closed during {cmd}");
-                }
-                if line.contains("\"return\"") {
-                    return Ok(());
-                }
-                if line.contains("\"error\"") {
-                    bail!("QMP {cmd}: {}", line.trim());
-                }
-            }
-        };
-        qmp("qmp_capabilities")?;
+        let mut qmp = Qmp::connect(&self.qmp)?;
+        let mut qmp = |cmd: &str| qmp.execute(cmd, "{}");
         let until = Instant::now() + deadline;
         let mut next_press = Instant::now();
         while self.guard.check_running().is_ok() {
@@ -339,6 +316,79 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(250));
         }
         Ok(())
+    }
+}
+
+impl Vm {
+    /// Plugs a virtio NIC with MAC address `mac` into the running guest, on
+    /// the spare PCIe root port [`HOTPLUG_PORT`] (the VM must have been
+    /// started with [`hotplug_port_args`]), its network the host's tap
+    /// device `tap` (as an ENI attached to a running instance).
+    pub fn plug_nic(&mut self, tap: &str, mac: &str) -> anyhow::Result<()> {
+        let mut qmp = Qmp::connect(&self.qmp)?;
+        qmp.execute(
+            "netdev_add",
+            &format!(
+                r#"{{"type": "tap", "id": "hotnet", "ifname": "{tap}", "script": "no", "downscript": "no"}}"#
+            ),
+        )?;
+        qmp.execute(
+            "device_add",
+            &format!(
+                r#"{{"driver": "virtio-net-pci", "netdev": "hotnet", "mac": "{mac}", "bus": "{HOTPLUG_PORT}", "id": "hotnic"}}"#
+            ),
+        )
+    }
+}
+
+/// The id of the PCIe root port [`hotplug_port_args`] adds: q35's root bus
+/// takes no hot-plugged devices, a root port does.
+pub const HOTPLUG_PORT: &str = "hotplug0";
+
+/// QEMU arguments for a spare PCIe root port to plug a NIC into later
+/// ([`Vm::plug_nic`]). Put them after the boot devices, so that those keep
+/// their PCI addresses (and names).
+pub fn hotplug_port_args() -> Vec<String> {
+    vec!["-device".into(), format!("pcie-root-port,id={HOTPLUG_PORT},chassis=9,slot=9")]
+}
+
+/// A QMP connection: greeted and out of negotiation mode.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    line: String,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> anyhow::Result<Qmp> {
+        use std::io::{BufRead, BufReader};
+        let sock = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to QMP at {}", path.display()))?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut qmp =
+            Qmp { reader: BufReader::new(sock.try_clone()?), writer: sock, line: String::new() };
+        qmp.reader.read_line(&mut qmp.line).context("reading the QMP greeting")?;
+        qmp.execute("qmp_capabilities", "{}")?;
+        Ok(qmp)
+    }
+
+    /// Runs `cmd` with `arguments` (a JSON object) and waits for its
+    /// answer, skipping events.
+    fn execute(&mut self, cmd: &str, arguments: &str) -> anyhow::Result<()> {
+        use std::io::{BufRead, Write};
+        writeln!(self.writer, r#"{{"execute": "{cmd}", "arguments": {arguments}}}"#)?;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).with_context(|| format!("QMP {cmd}"))? == 0 {
+                bail!("QMP closed during {cmd}");
+            }
+            if self.line.contains("\"return\"") {
+                return Ok(());
+            }
+            if self.line.contains("\"error\"") {
+                bail!("QMP {cmd}: {}", self.line.trim());
+            }
+        }
     }
 }
 

@@ -128,13 +128,16 @@ fn main() -> ExitCode {
             }
         },
     });
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("a_three_etcd_vms_form_one_tls_cluster", |c| {
             Box::pin(three_etcd_vms_form_one_tls_cluster(c))
         }),
         ("p_the_published_ami_is_what_boots", |c| Box::pin(the_published_ami_is_what_boots(c))),
         ("d_a_controller_reaches_etcd_with_its_client_certificate", |c| {
             Box::pin(a_controller_reaches_etcd_with_its_client_certificate(c))
+        }),
+        ("n_a_nic_attached_later_is_left_to_whoever_attached_it", |c| {
+            Box::pin(a_nic_attached_later_is_left_to_whoever_attached_it(c))
         }),
         ("b_a_replacement_joins_and_the_dead_member_is_removed", |c| {
             Box::pin(a_replacement_joins_and_the_dead_member_is_removed(c))
@@ -408,6 +411,56 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
     ensure!(
         got.as_deref() == Some("written-with-the-apiserver-etcd-client-certificate"),
         "read back: {got:?}"
+    );
+    Ok(())
+}
+
+/// n. A NIC attached to a running member (as the Amazon VPC CNI attaches
+/// secondary ENIs) is left to whoever attached it: keel-bootstrap narrowed
+/// systemd-networkd to the primary interface the metadata names, so the
+/// new interface asks nobody for DHCP. Before that step networkd ran DHCP
+/// on every Ethernet interface, and a second default route through the
+/// new ENI would have sent the node's traffic out of an interface whose
+/// address it is not.
+async fn a_nic_attached_later_is_left_to_whoever_attached_it(c: &mut EtcdCluster) -> Result<()> {
+    const MAC: &str = "52:54:00:ee:ee:01";
+    const SETTLE: Duration = Duration::from_secs(30);
+    let node = c.members()[0].clone();
+    let console = c.cluster.console(&node.name);
+    ensure!(
+        console.contains("keel-bootstrap: primary interface: ok"),
+        "{}: no primary interface step on the console",
+        node.name
+    );
+    let renamed = |text: &str| {
+        text.lines().filter(|l| l.contains("virtio_net ") && l.contains("renamed from")).count()
+    };
+    let before = renamed(&console);
+    c.cluster.plug_nic(&node.name, MAC)?;
+    // The guest has it once udev has named it (the kernel's line).
+    let until = std::time::Instant::now() + Duration::from_secs(180);
+    while renamed(&c.cluster.console(&node.name)) == before {
+        ensure!(
+            std::time::Instant::now() < until,
+            "{}: the plugged NIC never appeared (no second 'renamed from' line)",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // networkd asks for a lease within a second or two of a link it
+    // manages coming up (under TCG, a few); wait well past that.
+    tokio::time::sleep(SETTLE).await;
+    let log = c.cluster.net.dnsmasq_log().to_ascii_lowercase();
+    ensure!(
+        log.contains(&format!("dhcpack(br0) {} {}", node.private_ip, node.mac)),
+        "dnsmasq's log has no lease for {}'s primary interface {}:\n{log}",
+        node.name,
+        node.mac
+    );
+    ensure!(
+        !log.contains(MAC),
+        "{}'s second NIC {MAC} asked for DHCP: systemd-networkd manages it:\n{log}",
+        node.name
     );
     Ok(())
 }

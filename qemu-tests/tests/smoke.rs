@@ -182,6 +182,36 @@ fn keel_init_takes_module_parameters_and_tcg_skip_from_the_command_line() {
     );
 }
 
+/// A root volume that booted on another instance before: keel-bootstrap's
+/// primary interface drop-in names a MAC address no interface here has
+/// (written into the root file system as that boot left it). keel-init sets
+/// it aside, so systemd-networkd configures this machine's NIC:
+/// wait-online finishes (with the drop-in in place it would match nothing
+/// and fail after its two minutes).
+#[test]
+fn a_root_volume_from_another_instance_still_gets_its_network() {
+    use keel_contract::primary_nic::{render, DROP_IN};
+    const OTHER: &str = "0a:1b:2c:3d:4e:5f";
+    let image = etcd();
+    let dir = out_dir("moved-volume");
+    let raw = dir.join("disk.raw");
+    std::fs::copy(&image.path, &raw).unwrap();
+    disk::write_into_ext4(&raw, "root", &format!("/{DROP_IN}"), render(OTHER).as_bytes())
+        .expect("writing the drop-in into the root file system");
+    let mut vm = Vm::start(&Config::new(&raw, &dir)).expect("starting the VM");
+    vm.wait_for(MILESTONE, BOOT_DEADLINE).expect("boot to keel-bootstrap.service");
+    let console = vm.console();
+    let set_aside = format!("primary network interface {OTHER} is not on this machine");
+    assert!(console.contains(&set_aside), "no {set_aside:?}:\n{}", vm::tail(&console, 80));
+    assert!(
+        console.lines().any(|l| l.contains("Finished") && l.contains("systemd-networkd-wait-onl")),
+        "systemd-networkd-wait-online did not finish:\n{}",
+        vm::tail(&console, 80)
+    );
+    drop(vm);
+    let _ = std::fs::remove_file(&raw);
+}
+
 /// Worker and controller come from the test-only profile
 /// qemu-tests/fixtures/profiles/ci.toml (production, Debian's binaries
 /// repacked, Kubernetes test doubles from a local mirror directory).

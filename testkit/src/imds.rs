@@ -3,7 +3,8 @@
 //! plays one instance (start one per simulated instance: each gets its own
 //! port). It implements the token flow (PUT `/latest/api/token` with a TTL
 //! header; GETs without a valid token get 401), the metadata paths
-//! keel-bootstrap and the AWS SDK read (under `latest` and dated versions),
+//! keel-bootstrap and the AWS SDK read (under `latest` and dated versions:
+//! identity, `mac`),
 //! user data, the identity document, and IAM credentials under both
 //! `iam/security-credentials/` and `iam/security-credentials-extended/`.
 //!
@@ -32,6 +33,8 @@ pub struct Instance {
     pub availability_zone: String,
     pub private_ipv4: String,
     pub local_hostname: String,
+    /// The primary network interface's MAC address (`meta-data/mac`).
+    pub mac: String,
     /// `None` answers 404, as EC2 does for an instance launched without.
     pub user_data: Option<Vec<u8>>,
     /// The instance profile's role name and its credentials.
@@ -57,6 +60,7 @@ impl Instance {
             availability_zone: format!("{region}a"),
             private_ipv4: "10.0.0.1".into(),
             local_hostname: "ip-10-0-0-1".into(),
+            mac: "0a:00:00:00:00:01".into(),
             user_data: None,
             credentials: Some(Credentials::testing()),
         }
@@ -265,6 +269,7 @@ fn lookup(inst: &Instance, path: &str) -> Option<Vec<u8>> {
         "meta-data/placement/availability-zone" => text(&inst.availability_zone),
         "meta-data/local-ipv4" => text(&inst.private_ipv4),
         "meta-data/local-hostname" | "meta-data/hostname" => text(&inst.local_hostname),
+        "meta-data/mac" => text(&inst.mac),
         "dynamic/instance-identity/document" => text(&format!(
             "{{\"instanceId\":\"{}\",\"region\":\"{}\",\"availabilityZone\":\"{}\",\"privateIp\":\"{}\"}}",
             inst.instance_id, inst.region, inst.availability_zone, inst.private_ipv4

@@ -57,6 +57,10 @@ pub enum NodeError {
     NoEtcdAnswer { failures: String },
     #[error("{command}: {source}")]
     Run { command: &'static str, source: std::io::Error },
+    #[error("{command}: no answer within {after:?}")]
+    Timeout { command: &'static str, after: std::time::Duration },
+    #[error("meta-data/mac: {why}")]
+    PrimaryMac { why: String },
     #[error("{command}: {status}")]
     Exit { command: &'static str, status: std::process::ExitStatus },
     #[error(transparent)]

@@ -1,5 +1,6 @@
 //! What keel-bootstrap does at boot, in order (DESIGN.md, "Boot"):
-//! image role -> IMDSv2 identity -> hostname -> user data -> the role's
+//! image role -> IMDSv2 identity -> hostname -> primary interface -> user
+//! data -> the role's
 //! bundle (one S3 GetObject, one KMS Decrypt) -> the role's steps -> status
 //! file and systemd readiness. Each step prints one console line.
 
@@ -9,6 +10,7 @@ pub mod controller;
 mod error;
 pub mod etcd;
 pub mod kube;
+mod primary_nic;
 pub mod worker;
 
 use std::future::Future;
@@ -127,6 +129,7 @@ impl Boot<'_> {
         let id = step(rep, "identity", imds.identity()).await?;
         rep.status.instance_id = Some(id.instance_id.clone());
         step(rep, "hostname", async { set_hostname(layout, &id.local_hostname) }).await?;
+        step(rep, "primary interface", primary_nic::pin(layout, &imds)).await?;
         let ud = step(rep, "user data", async {
             let bytes = imds.user_data().await?.ok_or(NodeError::NoUserData)?;
             Ok::<_, NodeError>(UserData::parse(&bytes, role)?)
