@@ -28,11 +28,12 @@ use anyhow::{bail, Context, Result};
 use keel_contract::userdata::{self, Assets, Etcd, UserData};
 use keel_contract::Role;
 use keel_testkit::imds::{Credentials, ImdsEmulator, Instance};
+use keel_testkit::ntp_double::NtpDouble;
 
 use crate::aws::{Account, AZ, REGION};
 use crate::aws_names::AwsNames;
 use crate::keel;
-use crate::net::{Host, Network, METADATA_ADDR};
+use crate::net::{Host, Network, METADATA_ADDR, TIME_ADDR};
 use crate::rundir;
 use crate::vm::{self, Vm};
 
@@ -86,6 +87,8 @@ pub struct Cluster {
     /// taps are in and the services they talk to.
     vms: HashMap<String, Vm>,
     imds: Option<ImdsEmulator>,
+    /// TEST DOUBLE of the Amazon Time Sync Service, with the metadata.
+    time: Option<NtpDouble>,
     /// The endpoint names' TLS proxy, stopped before moto it forwards to.
     pub aws_names: AwsNames,
     pub account: Account,
@@ -126,6 +129,7 @@ impl Cluster {
         Ok(Cluster {
             vms: HashMap::new(),
             imds: None,
+            time: None,
             aws_names,
             account,
             net,
@@ -157,8 +161,15 @@ impl Cluster {
 
     /// Starts the metadata emulator on 169.254.169.254:80 inside the
     /// network, serving every node added so far and every node added
-    /// later.
+    /// later, and the time service's double on 169.254.169.123:123.
     pub fn serve_metadata(&mut self) -> Result<()> {
+        if self.time.is_none() {
+            let addr = SocketAddr::new(TIME_ADDR.into(), 123);
+            let socket = self.net.bind_udp(addr)?;
+            self.time = Some(NtpDouble::serve(socket).with_context(|| {
+                format!("starting the time service's double on {addr} in {}", self.net.netns())
+            })?);
+        }
         let addr = SocketAddr::new(METADATA_ADDR.into(), 80);
         let listener = self.net.bind_tcp(addr)?;
         let nodes = self
@@ -422,6 +433,12 @@ impl Cluster {
             .with_context(|| format!("booting node {name} from {}", image.display()))?;
         self.vms.insert(name.to_string(), vm);
         Ok(())
+    }
+
+    /// The addresses that asked the time service's double for the time, in
+    /// order.
+    pub fn asked_for_time(&self) -> Vec<IpAddr> {
+        self.time.as_ref().map(NtpDouble::asked).unwrap_or_default()
     }
 
     /// Attaches a second NIC with MAC address `mac` to running node `name`,

@@ -22,7 +22,7 @@
 //! any process still inside them, on the next `Network::create`.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +34,8 @@ use keel_testkit::teardown::{self, Registration};
 
 /// The metadata address every EC2 guest asks.
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The Amazon Time Sync Service's address (Keel's timesyncd.conf.d).
+pub const TIME_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 123);
 const NETNS_PREFIX: &str = "keel-";
 
 /// A guest on the network: its MAC gets a fixed address and hostname.
@@ -143,7 +145,9 @@ impl Network {
         ip(&[ns[0], ns[1], "link", "set", "lo", "up"])?;
         ip(&[ns[0], ns[1], "link", "add", "br0", "type", "bridge"])?;
         ip(&[ns[0], ns[1], "addr", "add", &format!("10.77.{subnet}.1/24"), "dev", "br0"])?;
-        ip(&[ns[0], ns[1], "addr", "add", &format!("{METADATA_ADDR}/32"), "dev", "br0"])?;
+        for local in [METADATA_ADDR, TIME_ADDR] {
+            ip(&[ns[0], ns[1], "addr", "add", &format!("{local}/32"), "dev", "br0"])?;
+        }
         ip(&[ns[0], ns[1], "link", "set", "br0", "up"])?;
         ip(&["link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns])?;
         ip(&["link", "set", &veth_ns, "netns", &netns])?;
@@ -271,16 +275,30 @@ impl Network {
     /// emulator on 169.254.169.254:80). The socket stays in the namespace
     /// whichever thread later serves it.
     pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> Result<TcpListener> {
+        self.bind_in(addr, TcpListener::bind)
+    }
+
+    /// Binds a UDP socket inside the namespace (e.g. the time service's
+    /// double on 169.254.169.123:123), as [`Network::bind_tcp`].
+    pub fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<UdpSocket> {
+        self.bind_in(addr, UdpSocket::bind)
+    }
+
+    fn bind_in<S: Send>(
+        &self,
+        addr: std::net::SocketAddr,
+        bind: fn(std::net::SocketAddr) -> std::io::Result<S>,
+    ) -> Result<S> {
         let path = format!("/run/netns/{}", self.netns);
         let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::scope(|s| {
-            s.spawn(|| -> Result<TcpListener> {
+            s.spawn(|| -> Result<S> {
                 // setns on this short-lived thread only; the thread ends
                 // right after binding.
                 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
                 move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
                     .map_err(|e| anyhow::anyhow!("entering {path}: {}", std::io::Error::from(e)))?;
-                TcpListener::bind(addr).with_context(|| format!("binding {addr} in {path}"))
+                bind(addr).with_context(|| format!("binding {addr} in {path}"))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?

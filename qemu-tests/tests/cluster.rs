@@ -1,7 +1,9 @@
 //! Scenarios a, b and d of issue 7 (and b's variants of issue 14: the
 //! replacement gets the dead member's IP; every member is replaced and the
-//! new ones restore the newest snapshot), and p of issue 13 (the published
-//! AMI is what boots): Keel images booted as a cluster under QEMU against
+//! new ones restore the newest snapshot), p of issue 13 (the published
+//! AMI is what boots), t (the members keep time with the Amazon Time Sync
+//! Service's address, a TEST DOUBLE here) and n (a NIC attached to a
+//! running member is left alone): Keel images booted as a cluster under QEMU against
 //! moto and the metadata emulator, checked from the host with Debian's
 //! etcdctl over TLS. The etcd members boot what `keel publish` uploaded:
 //! the image is published into the run's account and its AMI's root
@@ -128,11 +130,14 @@ fn main() -> ExitCode {
             }
         },
     });
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("a_three_etcd_vms_form_one_tls_cluster", |c| {
             Box::pin(three_etcd_vms_form_one_tls_cluster(c))
         }),
         ("p_the_published_ami_is_what_boots", |c| Box::pin(the_published_ami_is_what_boots(c))),
+        ("t_members_keep_time_with_the_amazon_time_sync_service", |c| {
+            Box::pin(members_keep_time_with_the_amazon_time_sync_service(c))
+        }),
         ("d_a_controller_reaches_etcd_with_its_client_certificate", |c| {
             Box::pin(a_controller_reaches_etcd_with_its_client_certificate(c))
         }),
@@ -413,6 +418,32 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
         "read back: {got:?}"
     );
     Ok(())
+}
+
+/// t. Every member's clock follows the Amazon Time Sync Service: its
+/// systemd-timesyncd (started once the network is online) asks
+/// 169.254.169.123, where the harness serves a TEST DOUBLE of the service
+/// (an SNTP server with the host's clock).
+async fn members_keep_time_with_the_amazon_time_sync_service(c: &mut EtcdCluster) -> Result<()> {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let asked = c.cluster.asked_for_time();
+        let silent: Vec<String> = c
+            .members()
+            .iter()
+            .filter(|m| !asked.contains(&std::net::IpAddr::V4(m.private_ip)))
+            .map(|m| format!("{} ({})", m.name, m.private_ip))
+            .collect();
+        if silent.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < until,
+            "no NTP request to 169.254.169.123 from {} (asked: {asked:?})",
+            silent.join(", ")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// n. A NIC attached to a running member (as the Amazon VPC CNI attaches

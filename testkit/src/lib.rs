@@ -8,6 +8,7 @@ pub mod host_tools;
 pub mod http;
 pub mod imds;
 pub mod moto;
+pub mod ntp_double;
 pub mod process;
 pub mod pytools;
 pub mod readback;

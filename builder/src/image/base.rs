@@ -18,10 +18,18 @@ use crate::profile::Base;
 const RECIPE: &str = "keel-base-3";
 
 /// Packages every image needs whatever the profile says: partition growth
-/// on first boot, DHCP and DNS; and an initramfs generator, because
+/// on first boot, DHCP, DNS and the clock kept to the Amazon Time Sync
+/// Service (systemd-timesyncd); and an initramfs generator, because
 /// Debian's kernel package depends on one (dracut: [`DRACUT_CONF`]).
-pub const IMAGE_PACKAGES: &[&str] =
-    &["dracut", "systemd", "systemd-repart", "systemd-resolved", "udev", "zstd"];
+pub const IMAGE_PACKAGES: &[&str] = &[
+    "dracut",
+    "systemd",
+    "systemd-repart",
+    "systemd-resolved",
+    "systemd-timesyncd",
+    "udev",
+    "zstd",
+];
 
 /// dracut is in the base only because Debian's kernel package depends on
 /// an initramfs generator; the initrd it makes when the kernel is

@@ -19,7 +19,10 @@ use crate::image::BuildError;
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
 /// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
-/// small instance. The D-Bus socket is taken out of sockets.target: its
+/// small instance. systemd-timesyncd is run, but not from sysinit.target,
+/// where Debian enables it (its unit orders it before sysinit.target, on
+/// the way to keel-bootstrap): `keel-time-sync.service` starts it once the
+/// network is online. The D-Bus socket is taken out of sockets.target: its
 /// drop-in (`images/common/files/usr/lib/systemd/system/dbus.socket.d`)
 /// starts it once the network is online, pulled in by logind, which turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
@@ -36,6 +39,7 @@ const NOT_ENABLED: &[&str] = &[
     "getty@tty1.service",
     "sys-kernel-debug.mount",
     "sys-kernel-tracing.mount",
+    "systemd-timesyncd.service",
 ];
 
 /// Units masked (a link to /dev/null in /etc/systemd/system) because a

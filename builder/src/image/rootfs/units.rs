@@ -36,7 +36,9 @@ const ENABLE: &[(&str, &str)] = &[
 /// (logind turns the ACPI power button, which EC2 presses to stop an
 /// instance, into a clean shutdown; its D-Bus socket has its own drop-in,
 /// `images/common/files/usr/lib/systemd/system/dbus.socket.d`), the
-/// serial console's login prompt and permitting logins. (Growing the root
+/// serial console's login prompt and permitting logins, and the clock's
+/// synchronisation (systemd-timesyncd: not enabled, `etc::NOT_ENABLED`;
+/// `keel-time-sync.service` starts it). (Growing the root
 /// is not one of them: keel-bootstrap waits for it, since what it writes,
 /// an etcd snapshot it restores for one, needs more than the image's
 /// 64 MiB root.)
@@ -44,6 +46,7 @@ const AFTER_NETWORK: &[&str] = &[
     "dbus.service",
     "serial-getty@.service",
     "systemd-logind.service",
+    "systemd-timesyncd.service",
     "systemd-user-sessions.service",
 ];
 
