@@ -421,7 +421,7 @@ async fn a_controller_reaches_etcd_with_its_client_certificate(c: &mut EtcdClust
 }
 
 /// t. Every member's clock follows the Amazon Time Sync Service: its
-/// systemd-timesyncd (started once the network is online) asks
+/// systemd-timesyncd (started once keel-bootstrap has ended) asks
 /// 169.254.169.123, where the harness serves a TEST DOUBLE of the service
 /// (an SNTP server with the host's clock).
 async fn members_keep_time_with_the_amazon_time_sync_service(c: &mut EtcdCluster) -> Result<()> {

@@ -21,8 +21,8 @@ use crate::image::BuildError;
 /// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
 /// small instance. systemd-timesyncd is run, but not from sysinit.target,
 /// where Debian enables it (its unit orders it before sysinit.target, on
-/// the way to keel-bootstrap): `keel-time-sync.service` starts it once the
-/// network is online. The D-Bus socket is taken out of sockets.target: its
+/// the way to keel-bootstrap): `keel-time-sync.service` starts it once
+/// keel-bootstrap has ended. The D-Bus socket is taken out of sockets.target: its
 /// drop-in (`images/common/files/usr/lib/systemd/system/dbus.socket.d`)
 /// starts it once the network is online, pulled in by logind, which turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
