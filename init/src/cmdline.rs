@@ -92,6 +92,14 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// An argument's key and, after the first `=`, its value.
+fn key_value(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (arg, None),
+    }
+}
+
 /// Parses `/proc/cmdline`; the last of a repeated argument wins, as in
 /// systemd.
 pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
@@ -100,11 +108,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     let (mut root_fstype, mut root_flags) = (None, String::new());
     let mut tcg_skip = true;
     for w in words(line) {
-        let (key, value) = match w.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (w.as_str(), None),
-        };
-        match (key, value) {
+        match key_value(&w) {
             ("usrhash", Some(v)) => {
                 if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(CmdlineError::Bad {
@@ -163,13 +167,10 @@ impl ModuleArgs {
     pub fn parse(line: &str) -> ModuleArgs {
         let mut out = Vec::new();
         for w in words(line) {
-            let (key, value) = match w.split_once('=') {
-                Some((k, v)) => (k, Some(v.to_string())),
-                None => (w.as_str(), None),
-            };
+            let (key, value) = key_value(&w);
             let Some((name, param)) = key.split_once('.') else { continue };
             if !name.is_empty() && !param.is_empty() {
-                out.push((name.replace('-', "_"), param.to_string(), value));
+                out.push((name.replace('-', "_"), param.to_string(), value.map(str::to_string)));
             }
         }
         ModuleArgs(out)

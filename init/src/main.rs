@@ -144,7 +144,8 @@ fn boot(log: &mut Log) -> Result<Never, String> {
         .ok_or_else(|| format!("usrhash={}: not a root hash", cmd.usrhash))?;
 
     let vendor = sys::hypervisor_vendor();
-    let skip_tcg = vendor == TCG && cmd.tcg_skip;
+    let tcg = vendor == TCG;
+    let skip_tcg = tcg && cmd.tcg_skip;
     let list_path = modules::list_path();
     let list = fs::read_to_string(&list_path).map_err(|e| format!("{list_path}: {e}"))?;
     let module_args = cmdline::ModuleArgs::parse(&line);
@@ -166,7 +167,7 @@ fn boot(log: &mut Log) -> Result<Never, String> {
     log.line(&format!(
         "loaded {loaded} modules (hypervisor {:?}{}){}{}",
         vendor,
-        if vendor == TCG && !cmd.tcg_skip { ", keel.tcg-skip=no" } else { "" },
+        if tcg && !cmd.tcg_skip { ", keel.tcg-skip=no" } else { "" },
         if here.is_empty() { "" } else { "; not loaded: " },
         here.join(", ")
     ));

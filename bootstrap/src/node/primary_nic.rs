@@ -45,14 +45,21 @@ mod tests {
     use super::*;
     use keel_testkit::imds::{ImdsEmulator, Instance};
 
+    /// The metadata emulator serving `mac` as the primary interface's
+    /// address, and a client of it.
+    fn metadata_with_mac(mac: &str) -> (ImdsEmulator, Imds) {
+        let mut instance = Instance::with_credentials_in("eu-west-1");
+        instance.mac = mac.into();
+        let server = ImdsEmulator::start(instance).unwrap();
+        let imds = Imds::new(&server.base_url()).unwrap();
+        (server, imds)
+    }
+
     #[tokio::test]
     async fn the_drop_in_names_the_metadatas_mac_and_is_written_once() {
         let tmp = tempfile::tempdir().unwrap();
         let layout = Layout::new(tmp.path());
-        let mut instance = Instance::with_credentials_in("eu-west-1");
-        instance.mac = "0A:1B:2C:3D:4E:5F".into();
-        let server = ImdsEmulator::start(instance).unwrap();
-        let imds = Imds::new(&server.base_url()).unwrap();
+        let (_server, imds) = metadata_with_mac("0A:1B:2C:3D:4E:5F");
         assert_eq!(pin(&layout, &imds).await.unwrap(), "0a:1b:2c:3d:4e:5f");
         let path = layout.path(DROP_IN);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), render("0a:1b:2c:3d:4e:5f"));
@@ -65,10 +72,7 @@ mod tests {
     #[tokio::test]
     async fn metadata_that_is_not_a_mac_address_fails_the_step() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut instance = Instance::with_credentials_in("eu-west-1");
-        instance.mac = "not-a-mac".into();
-        let server = ImdsEmulator::start(instance).unwrap();
-        let imds = Imds::new(&server.base_url()).unwrap();
+        let (_server, imds) = metadata_with_mac("not-a-mac");
         let e = pin(&Layout::new(tmp.path()), &imds).await.unwrap_err().to_string();
         assert!(e.contains("not a MAC address"), "{e}");
         assert!(!Layout::new(tmp.path()).path(DROP_IN).exists());

@@ -6,11 +6,10 @@
 //! from keel-init (`image::initrd`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
-use super::tools::{require_host, run_checked, APT_OPTS, MMDEBSTRAP_LIMIT};
+use super::tools::{mmdebstrap, run_checked, MMDEBSTRAP_LIMIT};
 use super::BuildError;
 use crate::profile::Base;
 
@@ -100,7 +99,7 @@ pub fn ensure(cache_dir: &Path, base: &Base, epoch: u64) -> Result<PathBuf, Buil
     if tar.is_file() {
         return Ok(tar);
     }
-    let mmdebstrap = require_host("mmdebstrap", "mmdebstrap")?;
+    let mut cmd = mmdebstrap()?;
     std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
     // The files to upload, each under a temporary name beside the tarball.
     let remove = |uploads: &[(PathBuf, &str)]| {
@@ -120,10 +119,8 @@ pub fn ensure(cache_dir: &Path, base: &Base, epoch: u64) -> Result<PathBuf, Buil
     }
     // mmdebstrap picks the output format from the name: keep ".tar" last.
     let tmp = dir.join(format!(".{key}.tmp-{}.tar", std::process::id()));
-    let mut cmd = Command::new(mmdebstrap);
     cmd.arg("--variant=minbase")
         .arg("--format=tar")
-        .arg("--quiet")
         .arg(format!("--include={}", packages(base).join(",")))
         .env("SOURCE_DATE_EPOCH", epoch.to_string());
     for (local, path) in &uploads {
@@ -133,9 +130,6 @@ pub fn ensure(cache_dir: &Path, base: &Base, epoch: u64) -> Result<PathBuf, Buil
     }
     for opt in DPKG_OPTS {
         cmd.arg(format!("--dpkgopt={opt}"));
-    }
-    for opt in APT_OPTS {
-        cmd.arg(format!("--aptopt={opt}"));
     }
     cmd.arg(&base.suite).arg(&tmp);
     if let Some(m) = &base.mirror {

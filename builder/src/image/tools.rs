@@ -64,18 +64,15 @@ impl Tools {
         if root.join("usr/bin/ukify").is_file() {
             return Ok(Tools { root });
         }
-        let mmdebstrap = require_host("mmdebstrap", "mmdebstrap")?;
+        let mut cmd = mmdebstrap()?;
         std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
         let tmp = dir.join(format!(".{key}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let mut cmd = Command::new(mmdebstrap);
         cmd.args([
             "--variant=apt",
             "--format=directory",
-            "--quiet",
             &format!("--include={}", PACKAGES.join(",")),
         ])
-        .args(APT_OPTS.iter().map(|o| format!("--aptopt={o}")))
         .arg(SUITE)
         .arg(&tmp);
         if let Some(m) = mirror {
@@ -157,7 +154,15 @@ pub const TOOL_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// apt's options for mmdebstrap: every download bounded in time and
 /// retried, so a mirror that stops answering fails the build with apt's
 /// error rather than hanging it.
-pub const APT_OPTS: &[&str] = &["Acquire::Retries \"3\"", "Acquire::http::Timeout \"60\""];
+const APT_OPTS: &[&str] = &["Acquire::Retries \"3\"", "Acquire::http::Timeout \"60\""];
+
+/// The host's mmdebstrap, quiet and with [`APT_OPTS`], for the base and
+/// the tools tree (run it with [`run_checked`] and [`MMDEBSTRAP_LIMIT`]).
+pub fn mmdebstrap() -> Result<Command, BuildError> {
+    let mut cmd = Command::new(require_host("mmdebstrap", "mmdebstrap")?);
+    cmd.arg("--quiet").args(APT_OPTS.iter().map(|o| format!("--aptopt={o}")));
+    Ok(cmd)
+}
 
 /// Runs `cmd` (stdin empty, stdout and stderr captured), failing with its
 /// stderr when it exits non-zero, and stopping it, with every process it
