@@ -2,7 +2,8 @@
 //! disk image and the size of an ext4 file system, from the raw bytes
 //! (`qemu-img convert` turns a VM's qcow2 overlay into a sparse raw file
 //! first). Used to check that the root partition and its file system grew
-//! to fill a disk larger than the image.
+//! to fill a disk larger than the image, and to read or write a file of
+//! its root file system.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -80,10 +81,7 @@ pub fn overlay_to_raw(overlay: &Path, raw: &Path) -> Result<()> {
 /// changed with e2fsprogs' debugfs and copied back.
 pub fn write_into_ext4(image: &Path, partition: &str, path: &str, contents: &[u8]) -> Result<()> {
     use std::io::Write;
-    let part = partitions(image)?
-        .into_iter()
-        .find(|p| p.name == partition)
-        .with_context(|| format!("{}: no partition {partition}", image.display()))?;
+    let part = partition_named(image, partition)?;
     let tmp = tempfile::tempdir()?;
     let (fs_file, src) = (tmp.path().join("fs"), tmp.path().join("contents"));
     std::fs::write(&src, contents)?;
@@ -121,16 +119,9 @@ pub fn write_into_ext4(image: &Path, partition: &str, path: &str, contents: &[u8
             c.wait_with_output()
         })
         .context("running debugfs (install the Debian package e2fsprogs)")?;
+    // "mkdir" of a directory that exists is the only complaint expected.
     let said = String::from_utf8_lossy(&out.stderr);
-    // debugfs exits 0 whatever its commands did; "mkdir" of a directory
-    // that exists is the only complaint expected.
-    let complaints: Vec<&str> = said
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("debugfs ") && !l.contains("directory already exists")
-        })
-        .collect();
+    let complaints = debugfs_complaints(&said, &["directory already exists"]);
     ensure!(
         out.status.success() && complaints.is_empty(),
         "debugfs writing {path} into {}: {}",
@@ -141,4 +132,46 @@ pub fn write_into_ext4(image: &Path, partition: &str, path: &str, contents: &[u8
     disk.seek(SeekFrom::Start(part.offset))?;
     disk.write_all(&bytes)?;
     Ok(())
+}
+
+/// The file `path` (absolute) in the ext4 file system of the GPT
+/// partition named `partition` of the raw disk image `image`, as a node
+/// left it: read in place with e2fsprogs' debugfs.
+pub fn read_from_ext4(image: &Path, partition: &str, path: &str) -> Result<Vec<u8>> {
+    let part = partition_named(image, partition)?;
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(format!("{}?offset={}", image.display(), part.offset))
+        .stdin(Stdio::null())
+        .output()
+        .context("running debugfs (install the Debian package e2fsprogs)")?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    let complaints = debugfs_complaints(&said, &[]);
+    ensure!(
+        out.status.success() && complaints.is_empty(),
+        "debugfs reading {path} from {} ({partition}): {}",
+        image.display(),
+        complaints.join("; ")
+    );
+    Ok(out.stdout)
+}
+
+fn partition_named(image: &Path, name: &str) -> Result<Partition> {
+    partitions(image)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{}: no partition {name}", image.display()))
+}
+
+/// What debugfs said on stderr beyond its banner and the `expected`
+/// complaints: it exits 0 whatever its commands did.
+fn debugfs_complaints<'a>(stderr: &'a str, expected: &[&str]) -> Vec<&'a str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("debugfs ") && !expected.iter().any(|e| l.contains(e))
+        })
+        .collect()
 }

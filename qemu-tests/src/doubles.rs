@@ -39,6 +39,14 @@ pub const NAMES: [&str; 4] =
 /// Where the kubelet double reads containerd's configuration (test only;
 /// the default is /etc/containerd/config.toml).
 pub const CONTAINERD_CONFIG_ENV: &str = "KUBELET_TEST_DOUBLE_CONTAINERD_CONFIG";
+/// Where the kubelet double reads the kernel's settings (test only; the
+/// default is /proc/sys).
+pub const PROC_SYS_ENV: &str = "KUBELET_TEST_DOUBLE_PROC_SYS";
+/// A node root's stand-in for /proc/sys: the settings the worker and
+/// controller images' sysctl.d file gives the kernel ([`KERNEL_SETTINGS`]).
+pub const PROC_SYS: &str = "proc/sys";
+/// The images' kernel settings for Kubernetes nodes, in the workspace.
+pub const KERNEL_SETTINGS: &str = "images/worker/files/usr/lib/sysctl.d/80-keel-kubernetes.conf";
 /// The bootstrap token in the worker's root (a well-formed test value).
 pub const TOKEN: &str = "abcdef.0123456789abcdef";
 /// A double takes well under a second; this bounds a hung one.
@@ -323,7 +331,29 @@ impl NodeRoot {
                 worker::write_kubelet_config(l, ud, id, token.trim())
             }),
         };
-        steps.map_err(|e| anyhow::anyhow!("rendering the {} configuration: {e}", ud.role))
+        steps.map_err(|e| anyhow::anyhow!("rendering the {} configuration: {e}", ud.role))?;
+        self.write_kernel_settings()
+    }
+
+    /// Writes [`PROC_SYS`] as systemd-sysctl leaves /proc/sys on a node
+    /// booted from the image: each `key = value` of [`KERNEL_SETTINGS`]
+    /// (a leading `-`, "ignore a failure", dropped: br_netfilter's settings
+    /// as once containerd.service has loaded it).
+    fn write_kernel_settings(&self) -> Result<()> {
+        let file = images::workspace().join(KERNEL_SETTINGS);
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            let Some((key, value)) = line.trim_start_matches('-').split_once('=') else {
+                bail!("{}: not a sysctl setting: {line:?}", file.display());
+            };
+            let rel = format!("{PROC_SYS}/{}", key.trim().replace('.', "/"));
+            self.write(&rel, format!("{}\n", value.trim()).as_bytes())?;
+        }
+        Ok(())
     }
 
     /// `rel` (e.g. `etc/default/kubelet`) under the root.
@@ -399,9 +429,12 @@ impl NodeRoot {
     }
 
     /// The environment the kubelet double needs besides its flags: where
-    /// containerd's configuration is.
+    /// containerd's configuration is, and the kernel's settings.
     pub fn kubelet_env(&self) -> Vec<(&'static str, OsString)> {
-        vec![(CONTAINERD_CONFIG_ENV, self.path(worker::CONTAINERD_CONFIG).into_os_string())]
+        vec![
+            (CONTAINERD_CONFIG_ENV, self.path(worker::CONTAINERD_CONFIG).into_os_string()),
+            (PROC_SYS_ENV, self.path(PROC_SYS).into_os_string()),
+        ]
     }
 }
 

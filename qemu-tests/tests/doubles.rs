@@ -145,9 +145,23 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
             template.display()
         ),
         "request a client certificate for node ip-10-0-1-5.eu-central-1.compute.internal from https://api.dbl.internal:6443".to_string(),
+        // The image's sysctl.d file gives what the kubelet needs, and it
+        // is told to refuse otherwise.
+        "kernel defaults protected and as kubelet needs them".to_string(),
+        "pod network: ip_forward 1, bridge-nf-call-iptables 1, inotify max_user_instances 8192".to_string(),
     ] {
         assert!(summary.contains(&part), "{part:?} not in {summary:?}");
     }
+    // Not told to protect them, kubelet changes what differs.
+    root.write("proc/sys/kernel/panic", b"0\n").unwrap();
+    edit_json(&root, kube::KUBELET_CONFIG, |d| d["protectKernelDefaults"] = false.into());
+    let v = run(&doubles, &root, "kubelet", vec![]);
+    let summary = expect_accepted(&v, "kubelet");
+    assert!(
+        summary.contains("kernel defaults not protected; kubelet would set kernel/panic"),
+        "{summary}"
+    );
+    root.render().unwrap();
 
     // A deprecated flag warns, as kubelet does, and is accepted.
     let v = run(&doubles, &root, "kubelet", flags(&["--max-pods=20"]));
@@ -252,6 +266,14 @@ fn kubelet_double_accepts_a_workers_configuration_and_rejects_what_kubelet_refus
         fault("no runtime at the endpoint", "no such file or directory (is containerd running?)", |r| {
             let sock = r.path("run/elsewhere/containerd.sock");
             edit_json(r, cfg, |d| d["containerRuntimeEndpoint"] = format!("unix://{}", sock.display()).into());
+            vec![]
+        }),
+        fault("a kernel setting the kubelet needs, changed", "invalid kernel flag: vm/overcommit_memory, expected value: 1, actual value: 0", |r| {
+            r.write("proc/sys/vm/overcommit_memory", b"0\n").unwrap();
+            vec![]
+        }),
+        fault("a kernel setting the kubelet needs, missing", "kernel/keys/root_maxbytes: no such file or directory", |r| {
+            remove(r, "proc/sys/kernel/keys/root_maxbytes");
             vec![]
         }),
         fault("a TCP runtime endpoint", "only unix:// endpoints are supported on Linux", |r| {

@@ -54,7 +54,7 @@ fn boots_to_keel_bootstrap(image: &Path, name: &str) {
 /// and after a clean power-off the root partition and its ext4 file system
 /// fill the disk (systemd-repart, then systemd-growfs-root, both in the
 /// real root before keel-bootstrap: keel-init, the initrd's /init, only
-/// mounts it).
+/// mounts it), and the boot's journal is kept on it.
 #[test]
 fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     const DISK: u64 = 2 << 30;
@@ -116,6 +116,23 @@ fn etcd_image_boots_to_keel_bootstrap_and_root_grows_to_fill_the_disk() {
     );
     // 1 KiB blocks would stop online growth near 64 GiB.
     assert_eq!(disk::ext4_block_size(&raw, root.offset).unwrap(), 4096, "root ext4 block size");
+
+    // The journal is kept on the root, under the machine id systemd made
+    // at this first boot and kept for the next: the boot's lines are
+    // there, from the kernel's (keel-init's) to keel-bootstrap's.
+    let id = disk::read_from_ext4(&raw, "root", "/etc/machine-id").unwrap();
+    let id = String::from_utf8_lossy(&id).trim().to_string();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "/etc/machine-id: {id:?}");
+    let journal =
+        disk::read_from_ext4(&raw, "root", &format!("/var/log/journal/{id}/system.journal"))
+            .unwrap();
+    for message in ["SYSLOG_IDENTIFIER=keel-init", "MESSAGE=keel-bootstrap: image role: ok"] {
+        assert!(
+            journal.windows(message.len()).any(|w| w == message.as_bytes()),
+            "{message:?} not in the root's /var/log/journal/{id}/system.journal ({} bytes)",
+            journal.len()
+        );
+    }
     let _ = std::fs::remove_file(&raw);
 }
 

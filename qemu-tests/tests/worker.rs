@@ -4,7 +4,9 @@
 //! real endpoint names over verified HTTPS: keel-bootstrap configures it,
 //! containerd starts with the configuration keel-bootstrap wrote and
 //! answers on its socket with the CRI plugin loaded, the CNI network list
-//! is in place, and the kubelet accepts the rendered configuration and
+//! is in place, the kernel holds the settings a Kubernetes node needs
+//! (the image's sysctl.d file; br_netfilter's once containerd.service has
+//! loaded it), and the kubelet accepts the rendered configuration and
 //! certificates.
 //!
 //! The kubelet in this image is a TEST DOUBLE, not Kubernetes
@@ -96,6 +98,11 @@ async fn a_worker_runs_containerd_with_cri_and_the_kubelet_test_double_accepts_i
         "CNI network keel (host-local bridge portmap) from containerd's template /etc/containerd/cni.conflist.template with the Node's spec.podCIDR".to_string(),
         "client CA /etc/kubernetes/pki/ca.crt".to_string(),
         format!("request a client certificate for node {} from https://{}:6443 with the bootstrap token", node.hostname, c.api_host()),
+        // The image's sysctl.d file, applied at boot, holds what the
+        // kubelet needs (it is told to refuse otherwise); containerd.service
+        // loaded br_netfilter and applied its setting.
+        "kernel defaults protected and as kubelet needs them".to_string(),
+        "pod network: ip_forward 1, bridge-nf-call-iptables 1, inotify max_user_instances 8192".to_string(),
     ] {
         assert!(line.contains(&part), "{part:?} not in the kubelet test double's line: {line}");
     }

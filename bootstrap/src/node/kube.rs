@@ -68,6 +68,11 @@ pub fn kubelet_config(layout: &Layout, ud: &UserData, id: &Identity) -> String {
         "clusterDomain": ud.cluster_domain(),
         "containerRuntimeEndpoint": format!("unix://{}", layout.shown(CONTAINERD_SOCKET)),
         "maxPods": ud.max_pods(),
+        // The image sets the kernel settings the kubelet needs
+        // (80-keel-kubernetes.conf); with this the kubelet refuses to
+        // start when one differs instead of changing it (CIS Kubernetes
+        // Benchmark).
+        "protectKernelDefaults": true,
         "providerID": format!("aws:///{}/{}", id.availability_zone, id.instance_id),
         "rotateCertificates": true,
         // Self-made serving certificates, as kubeadm's default: nothing

@@ -11,6 +11,7 @@ mod error;
 pub mod etcd;
 pub mod kube;
 mod primary_nic;
+mod systemctl;
 pub mod worker;
 
 use std::future::Future;
@@ -490,14 +491,13 @@ pub async fn refresh_etcd_servers(opts: &Options) -> Result<String, NodeError> {
         controller::with_etcd_servers(&env, &now).as_bytes(),
     )?;
     if layout.is_system_root() {
-        const COMMAND: &str = "systemctl try-restart kube-apiserver.service";
-        let status = std::process::Command::new("systemctl")
-            .args(["try-restart", "kube-apiserver.service"])
-            .status()
-            .map_err(|source| NodeError::Run { command: COMMAND, source })?;
-        if !status.success() {
-            return Err(NodeError::Exit { command: COMMAND, status });
-        }
+        // kube-apiserver's stop and start are each bounded by systemd
+        // (90 s by default); keel-etcd-servers.service by 5 minutes.
+        systemctl::run(
+            "systemctl try-restart kube-apiserver.service",
+            std::time::Duration::from_secs(240),
+        )
+        .await?;
     }
     Ok(format!("etcd servers changed from {} to {}", current.join(","), now.join(",")))
 }

@@ -27,15 +27,7 @@ pub async fn pin(layout: &Layout, imds: &Imds) -> Result<String, NodeError> {
     }
     write(layout, DROP_IN, 0o644, text.as_bytes())?;
     if layout.is_system_root() {
-        let mut cmd = tokio::process::Command::new("systemctl");
-        cmd.args(["try-reload-or-restart", "systemd-networkd.service"]).kill_on_drop(true);
-        let status = tokio::time::timeout(RELOAD_TIMEOUT, cmd.status())
-            .await
-            .map_err(|_| NodeError::Timeout { command: RELOAD, after: RELOAD_TIMEOUT })?
-            .map_err(|source| NodeError::Run { command: RELOAD, source })?;
-        if !status.success() {
-            return Err(NodeError::Exit { command: RELOAD, status });
-        }
+        super::systemctl::run(RELOAD, RELOAD_TIMEOUT).await?;
     }
     Ok(mac)
 }

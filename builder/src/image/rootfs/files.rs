@@ -9,11 +9,17 @@ use super::{copy_file, walk};
 use crate::image::BuildError;
 
 /// Copies a tree of files (`images/<role>/files`) onto `root` as laid out,
-/// with modes that do not depend on the checkout ([`copy_file`]).
+/// with modes that do not depend on the checkout ([`copy_file`]). A link
+/// stays a link, except a relative one that leads out of `src`: a file one
+/// role shares with another (the controller's
+/// `usr/lib/sysctl.d/80-keel-kubernetes.conf ->
+/// ../../../../../worker/files/usr/lib/sysctl.d/80-keel-kubernetes.conf`)
+/// would dangle in the image, so the file behind it is copied.
 pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {
     if !src.is_dir() {
         return Ok(());
     }
+    let inside = fs::canonicalize(src).map_err(|e| BuildError::io(src, e))?;
     for entry in walk(src)? {
         let rel = entry.strip_prefix(src).unwrap_or(&entry);
         let dest = root.join(rel);
@@ -29,13 +35,23 @@ pub fn add_files(src: &Path, root: &Path) -> Result<(), BuildError> {
             let _ = fs::remove_file(&dest);
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&entry).map_err(|e| BuildError::io(&entry, e))?;
-                symlink(target, &dest).map_err(|e| BuildError::io(&dest, e))?;
+                if target.is_relative() && !leads_into(&entry, &inside) {
+                    copy_file(&entry, &dest)?;
+                } else {
+                    symlink(target, &dest).map_err(|e| BuildError::io(&dest, e))?;
+                }
             } else {
                 copy_file(&entry, &dest)?;
             }
         }
     }
     Ok(())
+}
+
+/// Whether `link` resolves to a path within `dir` (canonical). A link
+/// that resolves nowhere counts as inside: it is kept as a link.
+fn leads_into(link: &Path, dir: &Path) -> bool {
+    fs::canonicalize(link).map_or(true, |to| to.starts_with(dir))
 }
 
 /// Feeds what the role directories put into an image to `field`, for the
@@ -62,4 +78,36 @@ pub fn hash_role_dirs(dirs: &[PathBuf], field: &mut dyn FnMut(&[u8])) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_out_of_the_roles_files_is_copied_and_one_within_stays_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let (worker, controller, root) = (
+            t.path().join("worker/files"),
+            t.path().join("controller/files"),
+            t.path().join("root"),
+        );
+        fs::create_dir_all(worker.join("etc")).unwrap();
+        fs::create_dir_all(controller.join("etc")).unwrap();
+        fs::write(worker.join("etc/shared.conf"), b"shared\n").unwrap();
+        symlink("../../../worker/files/etc/shared.conf", controller.join("etc/shared.conf"))
+            .unwrap();
+        fs::write(controller.join("etc/own.conf"), b"own\n").unwrap();
+        symlink("own.conf", controller.join("etc/alias.conf")).unwrap();
+        symlink("/dev/null", controller.join("etc/masked.conf")).unwrap();
+        fs::create_dir_all(&root).unwrap();
+
+        add_files(&controller, &root).unwrap();
+
+        let shared = root.join("etc/shared.conf");
+        assert!(!fs::symlink_metadata(&shared).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&shared).unwrap(), b"shared\n");
+        assert_eq!(fs::read_link(root.join("etc/alias.conf")).unwrap(), Path::new("own.conf"));
+        assert_eq!(fs::read_link(root.join("etc/masked.conf")).unwrap(), Path::new("/dev/null"));
+    }
 }
