@@ -441,6 +441,13 @@ impl Cluster {
         self.time.as_ref().map(NtpDouble::asked).unwrap_or_default()
     }
 
+    /// The TCP maximum segment sizes of node `name`'s connections to the
+    /// metadata emulator so far ([`ImdsEmulator::mss_from`]).
+    pub fn metadata_mss(&self, name: &str) -> Result<Vec<u32>> {
+        let ip = IpAddr::V4(self.node(name)?.private_ip);
+        Ok(self.imds.as_ref().map(|i| i.mss_from(ip)).unwrap_or_default())
+    }
+
     /// Attaches a second NIC with MAC address `mac` to running node `name`,
     /// on the cluster's network (as an ENI attached after boot).
     pub fn plug_nic(&mut self, name: &str, mac: &str) -> Result<()> {

@@ -1,6 +1,6 @@
 //! A private network for test VMs: a network namespace holding a bridge,
-//! one tap device per VM, dnsmasq answering DHCP with a fixed address per
-//! MAC and, as the VPC resolver DHCP names, DNS for the names the test
+//! one tap device per VM, all at a VPC's MTU of 9001 ([`MTU`]), dnsmasq
+//! answering DHCP with a fixed address per MAC (and that MTU) and, as the VPC resolver DHCP names, DNS for the names the test
 //! gives it ([`Network::answer_names`]; every other name is refused: the
 //! network has no way out), and the instance metadata address
 //! 169.254.169.254 on the bridge.
@@ -36,6 +36,9 @@ use keel_testkit::teardown::{self, Registration};
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The Amazon Time Sync Service's address (Keel's timesyncd.conf.d).
 pub const TIME_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 123);
+/// The network's MTU, as inside an EC2 VPC (jumbo frames), on the
+/// bridge, the veth pair and every tap; DHCP offers it to the guests.
+pub const MTU: u32 = 9001;
 const NETNS_PREFIX: &str = "keel-";
 
 /// A guest on the network: its MAC gets a fixed address and hostname.
@@ -143,15 +146,16 @@ impl Network {
         ip(&["netns", "add", &netns])?;
         let ns = ["-n", netns.as_str()];
         ip(&[ns[0], ns[1], "link", "set", "lo", "up"])?;
-        ip(&[ns[0], ns[1], "link", "add", "br0", "type", "bridge"])?;
+        let mtu = MTU.to_string();
+        ip(&[ns[0], ns[1], "link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
         ip(&[ns[0], ns[1], "addr", "add", &format!("10.77.{subnet}.1/24"), "dev", "br0"])?;
         for local in [METADATA_ADDR, TIME_ADDR] {
             ip(&[ns[0], ns[1], "addr", "add", &format!("{local}/32"), "dev", "br0"])?;
         }
         ip(&[ns[0], ns[1], "link", "set", "br0", "up"])?;
-        ip(&["link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns])?;
+        ip(&["link", "add", &veth_host, "mtu", &mtu, "type", "veth", "peer", "name", &veth_ns])?;
         ip(&["link", "set", &veth_ns, "netns", &netns])?;
-        ip(&[ns[0], ns[1], "link", "set", &veth_ns, "master", "br0", "up"])?;
+        ip(&[ns[0], ns[1], "link", "set", &veth_ns, "mtu", &mtu, "master", "br0", "up"])?;
         ip(&["addr", "add", &format!("10.77.{subnet}.2/24"), "dev", &veth_host])?;
         ip(&["link", "set", &veth_host, "up"])?;
         Ok(net)
@@ -205,7 +209,7 @@ impl Network {
         let mut text = format!(
             "interface=br0\nbind-interfaces\nno-resolv\nno-hosts\nleasefile-ro\n\
              dhcp-authoritative\ndhcp-range=10.77.{s}.10,static,255.255.255.0,12h\n\
-             dhcp-option=option:router,10.77.{s}.1\n",
+             dhcp-option=option:router,10.77.{s}.1\ndhcp-option=option:mtu,{MTU}\n",
             s = self.subnet
         );
         if self.names.is_empty() {
@@ -266,7 +270,8 @@ impl Network {
     pub fn add_tap(&mut self) -> Result<String> {
         let name = format!("tap{}", self.taps.len());
         ip(&["-n", &self.netns, "tuntap", "add", "dev", &name, "mode", "tap"])?;
-        ip(&["-n", &self.netns, "link", "set", &name, "master", "br0", "up"])?;
+        let mtu = MTU.to_string();
+        ip(&["-n", &self.netns, "link", "set", &name, "mtu", &mtu, "master", "br0", "up"])?;
         self.taps.push(name.clone());
         Ok(name)
     }

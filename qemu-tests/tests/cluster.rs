@@ -36,7 +36,7 @@ use keel_qemu_tests::aws_names::endpoint_name;
 use keel_qemu_tests::cluster::Cluster;
 use keel_qemu_tests::etcd_cluster::{EtcdCluster, FAILED};
 use keel_qemu_tests::etcdctl::{self, Credentials, Etcdctl};
-use keel_qemu_tests::{images, published};
+use keel_qemu_tests::{images, net, published};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Each wait (boot to keel-bootstrap's last line, then to a healthy
@@ -446,7 +446,11 @@ async fn members_keep_time_with_the_amazon_time_sync_service(c: &mut EtcdCluster
     }
 }
 
-/// n. A NIC attached to a running member (as the Amazon VPC CNI attaches
+/// n. The primary interface takes the MTU DHCP gives it (9001 inside a
+/// VPC, as the harness's network): every member's connections to the
+/// metadata service carry segments of up to 9001 - 40 bytes, where
+/// networkd's default (DHCP's MTU ignored) left 1460. And a NIC attached
+/// to a running member (as the Amazon VPC CNI attaches
 /// secondary ENIs) is left to whoever attached it: keel-bootstrap narrowed
 /// systemd-networkd to the primary interface the metadata names, so the
 /// new interface asks nobody for DHCP. Before that step networkd ran DHCP
@@ -456,6 +460,19 @@ async fn members_keep_time_with_the_amazon_time_sync_service(c: &mut EtcdCluster
 async fn a_nic_attached_later_is_left_to_whoever_attached_it(c: &mut EtcdCluster) -> Result<()> {
     const MAC: &str = "52:54:00:ee:ee:01";
     const SETTLE: Duration = Duration::from_secs(30);
+    // A segment is the MTU less 40 bytes of IPv4 and TCP headers (and 12
+    // of TCP timestamps): at most 1460 on a 1500-byte link.
+    for m in c.members() {
+        let mss = c.cluster.metadata_mss(&m.name)?;
+        ensure!(
+            !mss.is_empty() && mss.iter().all(|&s| s > 1460 && s <= net::MTU - 40),
+            "{}: TCP segments to the metadata service of {mss:?} bytes, not the {} of MTU {}: the primary interface did not take DHCP's MTU",
+            m.name,
+            net::MTU - 40,
+            net::MTU
+        );
+        eprintln!("mtu: {} sent TCP segments of {mss:?} bytes to the metadata service", m.name);
+    }
     let node = c.members()[0].clone();
     let console = c.cluster.console(&node.name);
     ensure!(

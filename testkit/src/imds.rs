@@ -15,7 +15,7 @@
 //! instance and picks the one by the request's source address
 //! ([`ImdsEmulator::start_by_source`]); a source it does not know gets 404.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,6 +98,9 @@ struct State {
     faults: VecDeque<Fault>,
     /// Every request as "METHOD path", in order.
     log: Vec<String>,
+    /// The TCP maximum segment size of each connection, by source: what
+    /// the client's MTU allowed (it advertises its own in its SYN).
+    mss: HashMap<IpAddr, BTreeSet<u32>>,
 }
 
 pub struct ImdsEmulator {
@@ -185,10 +188,21 @@ impl ImdsEmulator {
     pub fn tokens_issued(&self) -> usize {
         self.lock().issued
     }
+
+    /// The TCP maximum segment sizes of the connections from `ip` so far
+    /// (each distinct value once): 40 bytes less than the smaller of the
+    /// two ends' MTUs on an IPv4 link.
+    pub fn mss_from(&self, ip: IpAddr) -> Vec<u32> {
+        self.lock().mss.get(&ip).map(|m| m.iter().copied().collect()).unwrap_or_default()
+    }
 }
 
 async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let Ok(peer) = stream.peer_addr() else { return };
+    if let Ok(mss) = socket2::SockRef::from(&stream).tcp_mss() {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.mss.entry(peer.ip()).or_default().insert(mss);
+    }
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
         let (status, body, delay) = answer(&state, peer.ip(), &req);
