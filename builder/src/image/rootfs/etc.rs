@@ -21,8 +21,10 @@ use crate::image::BuildError;
 /// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
 /// small instance. systemd-timesyncd is run, but not from sysinit.target,
 /// where Debian enables it (its unit orders it before sysinit.target, on
-/// the way to keel-bootstrap): `keel-time-sync.service` starts it once
-/// keel-bootstrap has ended. The D-Bus socket is taken out of sockets.target: its
+/// the way to keel-bootstrap): `keel-after-bootstrap.service` starts it
+/// once keel-bootstrap has ended. So too the journal's move from /run to
+/// /var (`systemd-journal-flush.service`, in sysinit.target by systemd):
+/// until then journald writes to memory, not to the ext4 root. The D-Bus socket is taken out of sockets.target: its
 /// drop-in (`images/common/files/usr/lib/systemd/system/dbus.socket.d`)
 /// starts it once the network is online, pulled in by logind, which turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
@@ -39,6 +41,7 @@ const NOT_ENABLED: &[&str] = &[
     "getty@tty1.service",
     "sys-kernel-debug.mount",
     "sys-kernel-tracing.mount",
+    "systemd-journal-flush.service",
     "systemd-timesyncd.service",
 ];
 

@@ -38,7 +38,7 @@ const ENABLE: &[(&str, &str)] = &[
 /// `images/common/files/usr/lib/systemd/system/dbus.socket.d`), the
 /// serial console's login prompt and permitting logins, and the clock's
 /// synchronisation (systemd-timesyncd: not enabled, `etc::NOT_ENABLED`;
-/// `keel-time-sync.service` starts it). (Growing the root
+/// `keel-after-bootstrap.service` starts it). (Growing the root
 /// is not one of them: keel-bootstrap waits for it, since what it writes,
 /// an etcd snapshot it restores for one, needs more than the image's
 /// 64 MiB root.)
