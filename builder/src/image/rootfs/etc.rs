@@ -18,15 +18,17 @@ use crate::image::BuildError;
 /// dracut's copy of the initrd into /run at every boot (only a root on
 /// storage that needs the initrd to be unmounted uses it; Keel's is a plain
 /// ext4 partition and a dm-verity /usr), and the kernel's debug and trace
-/// file systems (an operator mounts them to debug). Each is one more process on the way to keel-bootstrap on a
-/// small instance. systemd-timesyncd is run, but not from sysinit.target,
-/// where Debian enables it (its unit orders it before sysinit.target, on
-/// the way to keel-bootstrap): `keel-after-bootstrap.service` starts it
-/// once keel-bootstrap has ended. So too the journal's move from /run to
-/// /var (`systemd-journal-flush.service`, in sysinit.target by systemd):
-/// until then journald writes to memory, not to the ext4 root. The D-Bus socket is taken out of sockets.target: its
-/// drop-in (`images/common/files/usr/lib/systemd/system/dbus.socket.d`)
-/// starts it once the network is online, pulled in by logind, which turns
+/// file systems (an operator mounts them to debug). Each is one more
+/// process on the way to keel-bootstrap on a small instance.
+/// systemd-timesyncd is run, but not from sysinit.target, where Debian
+/// enables it (its unit orders it before sysinit.target, on the way to
+/// keel-bootstrap): `keel-after-bootstrap.service` starts it once
+/// keel-bootstrap has ended. So too the journal's move from /run to /var
+/// (`systemd-journal-flush.service`, in sysinit.target by systemd): until
+/// then journald writes to memory, not to the ext4 root. The D-Bus socket
+/// is taken out of sockets.target: its drop-in
+/// (`images/common/files/usr/lib/systemd/system/dbus.socket.d`) starts it
+/// once the network is online, pulled in by logind, which turns
 /// the ACPI power button, which EC2 presses to stop an instance, into a
 /// clean shutdown. (A press before logind listens is lost: the QEMU
 /// harness presses again until the VM is off.)
