@@ -1,9 +1,10 @@
 //! A private network for test VMs: a network namespace holding a bridge,
 //! one tap device per VM, all at a VPC's MTU of 9001 ([`MTU`]), dnsmasq
-//! answering DHCP with a fixed address per MAC (and that MTU) and, as the VPC resolver DHCP names, DNS for the names the test
-//! gives it ([`Network::answer_names`]; every other name is refused: the
-//! network has no way out), and the instance metadata address
-//! 169.254.169.254 on the bridge.
+//! answering DHCP with a fixed address per MAC (and that MTU) and, as the
+//! VPC resolver DHCP names, DNS for the names the test gives it
+//! ([`Network::answer_names`]; every other name is refused: the network
+//! has no way out), and the instance metadata address 169.254.169.254 on
+//! the bridge.
 //! A veth pair puts the host (the test process) on the same segment, so
 //! host-side clients reach the VMs and the VMs reach servers the test runs
 //! on the host side (moto) without any routing or NAT.

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -153,8 +153,8 @@ impl ImdsEmulator {
         self.addr
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
     /// Queues faults for the next metadata GETs, one per request.
@@ -190,18 +190,24 @@ impl ImdsEmulator {
     }
 
     /// The TCP maximum segment sizes of the connections from `ip` so far
-    /// (each distinct value once): 40 bytes less than the smaller of the
-    /// two ends' MTUs on an IPv4 link.
+    /// (each distinct value once): on an IPv4 link, the smaller of the two
+    /// ends' MTUs less 40 bytes of headers and the TCP options both use
+    /// (12 with Linux's timestamps: 8949 at an MTU of 9001, 1448 at 1500).
     pub fn mss_from(&self, ip: IpAddr) -> Vec<u32> {
         self.lock().mss.get(&ip).map(|m| m.iter().copied().collect()).unwrap_or_default()
     }
 }
 
+/// The state, also after a thread that held it panicked (a test's
+/// assertion): what it holds stays consistent request by request.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let Ok(peer) = stream.peer_addr() else { return };
     if let Ok(mss) = socket2::SockRef::from(&stream).tcp_mss() {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        st.mss.entry(peer.ip()).or_default().insert(mss);
+        lock(&state).mss.entry(peer.ip()).or_default().insert(mss);
     }
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await {
@@ -224,7 +230,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
 }
 
 fn answer(state: &Mutex<State>, peer: IpAddr, req: &Request) -> (u16, Vec<u8>, Option<Duration>) {
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = lock(state);
     st.log.push(format!("{} {}", req.method, req.path));
     if req.path == "/latest/api/token" {
         if req.method != "PUT" {
